@@ -1,0 +1,47 @@
+"""Install file for boot_jax (tool settings live in pyproject.toml)."""
+
+import setuptools
+
+_TEST = [
+  "pytest>=8",
+  "scikit-learn>=1.4",
+  "scipy>=1.11",
+  "nbclient>=0.10",
+  "ruff>=0.6",
+  # Reference implementations the tests compare against (CPU torch).
+  "torch==2.13.0",
+  "diffusers==0.39.0",
+]
+
+setuptools.setup(
+  name="boot_jax",
+  version="0.1.0",
+  description=(
+    "Data-free distillation of diffusion models into one-step generators "
+    "with BOOT, in JAX/Flax."
+  ),
+  long_description=open("README.md", encoding="utf-8").read(),
+  long_description_content_type="text/markdown",
+  packages=setuptools.find_packages(include=["boot_jax", "boot_jax.*"]),
+  python_requires=">=3.10",
+  install_requires=[
+    "jax>=0.10,<0.12",
+    "flax>=0.12,<0.13",
+    "optax>=0.2.4",
+    "orbax-checkpoint>=0.12,<0.13",
+    "chex>=0.1.88",
+    "ml-collections>=1.0",
+    "absl-py>=2.1",
+    "numpy>=1.26",
+    "Pillow>=10",
+    "tensorboardX>=2.6",
+    "tqdm>=4.66",
+  ],
+  extras_require={
+    "test": _TEST,
+    "sd": ["diffusers==0.39.0", "transformers>=4.57,<5", "safetensors"],
+    "convert": ["torch==2.13.0", "safetensors"],
+    "tpu": ["jax[tpu]>=0.10,<0.12"],
+    "cuda": ["jax[cuda12]>=0.10,<0.12"],
+  },
+)
