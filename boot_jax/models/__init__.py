@@ -1,0 +1,66 @@
+"""Flax networks, chosen by name from `MODELS`."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from boot_jax.models import mlp, unet
+
+MODELS = {
+  "mlp": mlp.MLP,
+  "unet": unet.UNet,
+}
+
+
+def make_model(config, sample_shape, num_classes: int = 0, dtype=None):
+  """Builds a network from a `model` config section.
+
+  Args:
+    config: section with `name` and the module's own attributes.
+    sample_shape: one sample's shape; sets the output width/channels.
+    num_classes: > 0 for class-conditional networks.
+    dtype: computation dtype (None: float32).
+  """
+  kwargs = dict(config)
+  name = kwargs.pop("name")
+  try:
+    cls = MODELS[name]
+  except KeyError:
+    raise ValueError(
+      f"unknown model {name!r}; expected one of {sorted(MODELS)}"
+    ) from None
+  if name == "mlp":
+    if len(sample_shape) != 1:
+      raise ValueError(f"the mlp model takes vectors, not {sample_shape}")
+    kwargs["out_dim"] = sample_shape[0]
+  else:
+    if len(sample_shape) != 3:
+      raise ValueError(f"the unet model takes HWC images, not {sample_shape}")
+    kwargs["out_channels"] = sample_shape[-1]
+    for key in ("channel_mult", "attention_resolutions"):
+      if key in kwargs:
+        kwargs[key] = tuple(kwargs[key])
+  known = set(cls.__dataclass_fields__) - {"parent", "name"}
+  unknown = set(kwargs) - known
+  if unknown:
+    raise ValueError(
+      f"unknown {name} model keys {sorted(unknown)}; known: {sorted(known)}"
+    )
+  return cls(num_classes=num_classes, dtype=dtype, **kwargs)
+
+
+def init_params(module, key, sample_shape, cond=None):
+  """Initial parameters (logical-axis boxes removed) for a batch of one.
+
+  Args:
+    module: the network.
+    key: PRNG key.
+    sample_shape: one sample's shape.
+    cond: an example condition for a batch of one (None: unconditional).
+  """
+  x = jnp.zeros((1,) + tuple(sample_shape), jnp.float32)
+  t = jnp.zeros((1,), jnp.float32)
+  variables = jax.jit(module.init)(key, x, t, cond)
+  return nn.meta.unbox(variables["params"])

@@ -1,0 +1,121 @@
+"""Shared building blocks with logical axis names on every parameter.
+
+Logical names used across our models (the sharding rules map them onto mesh
+axes):
+
+* 'embed': a model-width input dimension (FSDP shards it).
+* 'mlp': a hidden width produced by a dense layer (tensor parallel).
+* 'heads': the fused query/key/value features of attention.
+* 'conv_in', 'conv_out': convolution channels; 'conv_h', 'conv_w': taps.
+* 'classes': rows of a class-embedding table.
+* 'norm': scales and biases of normalisation layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+partitioned = nn.with_logical_partitioning
+
+
+def dense(
+  features: int,
+  names: Sequence[str | None],
+  *,
+  zero_init: bool = False,
+  dtype=None,
+  name: str | None = None,
+) -> nn.Dense:
+  """A Dense layer whose kernel and bias carry logical axis names."""
+  init = nn.initializers.zeros if zero_init else nn.initializers.lecun_normal()
+  return nn.Dense(
+    features,
+    dtype=dtype,
+    kernel_init=partitioned(init, tuple(names)),
+    bias_init=partitioned(nn.initializers.zeros, (names[-1],)),
+    name=name,
+  )
+
+
+def conv(
+  features: int,
+  kernel: int = 3,
+  *,
+  strides: int = 1,
+  zero_init: bool = False,
+  dtype=None,
+  name: str | None = None,
+) -> nn.Conv:
+  """A same-padded NHWC convolution with named kernel axes."""
+  init = nn.initializers.zeros if zero_init else nn.initializers.lecun_normal()
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=(strides, strides),
+    padding="SAME",
+    dtype=dtype,
+    kernel_init=partitioned(init, ("conv_h", "conv_w", "conv_in", "conv_out")),
+    bias_init=partitioned(nn.initializers.zeros, ("conv_out",)),
+    name=name,
+  )
+
+
+def group_norm(groups: int, dtype=None, name: str | None = None):
+  return nn.GroupNorm(
+    num_groups=groups,
+    dtype=dtype,
+    scale_init=partitioned(nn.initializers.ones, ("norm",)),
+    bias_init=partitioned(nn.initializers.zeros, ("norm",)),
+    name=name,
+  )
+
+
+def layer_norm(dtype=None, name: str | None = None):
+  return nn.LayerNorm(
+    dtype=dtype,
+    scale_init=partitioned(nn.initializers.ones, ("norm",)),
+    bias_init=partitioned(nn.initializers.zeros, ("norm",)),
+    name=name,
+  )
+
+
+def class_embedding(num_classes: int, features: int, name: str | None = None):
+  """A table with one extra row: the null label `num_classes` (for CFG)."""
+  return nn.Embed(
+    num_classes + 1,
+    features,
+    embedding_init=partitioned(
+      nn.initializers.normal(stddev=1.0), ("classes", "embed")
+    ),
+    name=name,
+  )
+
+
+def timestep_embedding(t, dim: int, max_period: float = 10000.0):
+  """Sinusoidal features of (float) times `[B] -> [B, dim]`."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half) / half)
+  args = t.astype(jnp.float32)[:, None] * freqs[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class TimeEmbedding(nn.Module):
+  """Sinusoidal features, then a two-layer MLP."""
+
+  features: int
+  time_scale: float = 1.0
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, t):
+    emb = timestep_embedding(t * self.time_scale, self.features)
+    emb = dense(self.features, ("embed", "mlp"), dtype=self.dtype)(emb)
+    emb = nn.silu(emb)
+    return dense(self.features, ("mlp", "embed"), dtype=self.dtype)(emb)
