@@ -1,0 +1,67 @@
+"""Data-free inputs: noise, class labels and time-grid indices.
+
+Nothing here reads data. Every example's randomness is drawn from
+`fold_in(fold_in(key, step), global_index)`, so the inputs of a given seed
+and step do not depend on the batch layout, the mesh or the number of
+processes that draw them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from boot_jax import boot
+from boot_jax.teachers import base
+
+
+def _example_keys(key, step, indices):
+  step_key = jax.random.fold_in(key, step)
+  return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(indices)
+
+
+def draw_noise(key, step, indices, sample_shape):
+  """`eps [len(indices), *sample_shape]`, one key per global index."""
+  keys = _example_keys(key, step, indices)
+  return jax.vmap(lambda k: jax.random.normal(k, tuple(sample_shape)))(keys)
+
+
+def draw_labels(key, num_classes: int, label_logits=None):
+  """A label per key: uniform, or from `label_logits` (log frequencies)."""
+  if label_logits is None:
+    return jax.random.randint(key, (), 0, num_classes)
+  return jax.random.categorical(key, label_logits)
+
+
+def draw_batch(
+  key,
+  step,
+  indices,
+  sample_shape,
+  condition: base.ConditionSpec,
+  grid: boot.Grid,
+  label_logits=None,
+):
+  """The BOOT inputs of one step for the given global example indices.
+
+  Returns:
+    A dict with `eps`, `cond` (labels or None) and the time inputs of
+    `boot.time_inputs`.
+  """
+  keys = _example_keys(key, step, indices)
+  split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
+  k_eps, k_time, k_label = split[:, 0], split[:, 1], split[:, 2]
+  eps = jax.vmap(lambda k: jax.random.normal(k, tuple(sample_shape)))(k_eps)
+  idx = jax.vmap(lambda k: jax.random.randint(k, (), 1, grid.num_steps + 1))(
+    k_time
+  )
+  batch = dict(eps=eps, cond=None, **boot.time_inputs(grid, idx))
+  if condition.kind == "class":
+    batch["cond"] = jax.vmap(
+      lambda k: draw_labels(k, condition.num_classes, label_logits)
+    )(k_label).astype(jnp.int32)
+  elif condition.kind == "text":
+    raise NotImplementedError(
+      "text conditions come from a prompt source; see the text-to-image issue"
+    )
+  return batch

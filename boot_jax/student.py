@@ -1,0 +1,165 @@
+"""The one-step student `g(eps, t, c)`.
+
+The student always reads the same pure noise `eps` and a time `t`, and
+predicts the signal `y_t` of the teacher's DDIM trajectory that starts at
+`eps` (METHOD.md). For learned teachers it is the teacher's own network,
+initialised from the teacher's weights; for the analytic teacher a fresh
+network.
+
+How the network's raw output becomes `y_t` (`parameterization`):
+
+* 'direct': the raw output is `y_t`.
+* 'teacher': the raw output is read through the teacher's own conversion
+  at the noise end, `y_t = x0(out, x=eps, alpha_T, sigma_T)`. At
+  initialisation the student then equals the teacher's x0-prediction at
+  `(eps, T)`, which is exactly the boundary target. This is well
+  conditioned for v- and x0-prediction teachers; for eps-prediction
+  teachers it divides by `alpha_T` and is not offered.
+* 'auto' (default): 'teacher' for v and x0 teachers, else 'direct'.
+
+`space='x'` is the ablation that reads the output as `x_t` itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from boot_jax import diffusion, models
+from boot_jax.teachers import base
+
+PARAMETERIZATIONS = ("auto", "direct", "teacher")
+SPACES = ("signal", "x")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Student:
+  """A student network and how to read it.
+
+  Attributes:
+    module: the Flax network `(x, t, cond) -> raw output`.
+    schedule: the teacher's schedule.
+    sample_shape: shape of one sample.
+    condition: the teacher's condition spec.
+    parameterization: 'direct' or 'teacher' (resolved, never 'auto').
+    prediction: the teacher's native prediction (for 'teacher').
+    space: 'signal' (predict y_t) or 'x' (predict x_t; ablation).
+  """
+
+  module: Any
+  schedule: diffusion.Schedule
+  sample_shape: tuple[int, ...]
+  condition: base.ConditionSpec
+  parameterization: str = "direct"
+  prediction: str = "x0"
+  space: str = "signal"
+
+  def raw(self, params, eps, t, cond=None, train: bool = False):
+    return self.module.apply({"params": params}, eps, t, cond, train=train)
+
+  def apply(self, params, eps, t, cond=None):
+    """`g(eps, t, c)`: `y_t` (or `x_t` when `space == 'x'`) for `[B]` times."""
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), eps.shape[:1])
+    out = self.raw(params, eps, t, cond)
+    if self.parameterization == "teacher":
+      alpha_T, sigma_T = self.schedule.alpha_sigma(
+        jnp.full(eps.shape[:1], self.schedule.t_max)
+      )
+      out = diffusion.to_x0(out, eps, alpha_T, sigma_T, self.prediction)
+    return out
+
+  def x_t(self, params, eps, t, cond=None):
+    """The trajectory point `x_t = alpha_t g(eps, t) + sigma_t eps`."""
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), eps.shape[:1])
+    out = self.apply(params, eps, t, cond)
+    if self.space == "x":
+      return out
+    alpha, sigma = self.schedule.alpha_sigma(t)
+    return diffusion.x_from_signal(out, eps, alpha, sigma)
+
+  def generate(self, params, eps, cond=None):
+    """One-step sampling: the trajectory's clean end from `eps`."""
+    return self.x_t(params, eps, self.schedule.t_clean, cond)
+
+  def trajectory(self, params, eps, ts, cond=None):
+    """`x_t` for every `t` in `ts` at once: `[len(ts), B, ...]`."""
+    ts = jnp.asarray(ts, jnp.float32)
+    return jax.vmap(lambda t: self.x_t(params, eps, t, cond))(ts)
+
+
+def resolve_parameterization(name: str, prediction: str) -> str:
+  if name not in PARAMETERIZATIONS:
+    raise ValueError(
+      f"unknown student parameterization {name!r}; expected {PARAMETERIZATIONS}"
+    )
+  if name == "auto":
+    return "teacher" if prediction in ("v", "x0") else "direct"
+  if name == "teacher" and prediction == "eps":
+    raise ValueError(
+      "student.parameterization='teacher' divides by alpha_T for an "
+      "eps-prediction teacher; use 'direct'"
+    )
+  return name
+
+
+def make_student(teacher: base.Teacher, config, key) -> tuple[Student, Any]:
+  """Builds the student and its initial parameters.
+
+  With a network teacher (`teacher.module` set) the student is the same
+  network with a copy of the teacher's weights; otherwise (the analytic
+  teacher) it is `config.model`, freshly initialised from `key`.
+
+  Args:
+    teacher: the frozen teacher.
+    config: the `student` config section.
+    key: PRNG key for fresh initialisation.
+
+  Returns:
+    `(student, params)`; params are plain arrays (logical-axis boxes
+    removed) and never alias the teacher's buffers.
+  """
+  space = config.get("space", "signal")
+  if space not in SPACES:
+    raise ValueError(f"unknown student space {space!r}; expected {SPACES}")
+  fresh = teacher.module is None or config.get("init", "teacher") == "fresh"
+  if fresh:
+    module = models.make_model(
+      config.model, teacher.sample_shape, teacher.condition.num_classes
+    )
+    prediction = "x0"
+    parameterization = "direct"
+  else:
+    module = teacher.module
+    prediction = teacher.prediction
+    parameterization = resolve_parameterization(
+      config.get("parameterization", "auto"), prediction
+    )
+  student = Student(
+    module=module,
+    schedule=teacher.schedule,
+    sample_shape=tuple(teacher.sample_shape),
+    condition=teacher.condition,
+    parameterization=parameterization,
+    prediction=prediction,
+    space=space,
+  )
+  if fresh:
+    params = init_params(module, teacher, key)
+  else:
+    params = jax.tree.map(jnp.array, teacher.params)  # a copy
+  return student, params
+
+
+def init_params(module, teacher: base.Teacher, key):
+  """Fresh parameters for a network reading this teacher's inputs."""
+  return models.init_params(
+    module, key, teacher.sample_shape, teacher.null_condition(1)
+  )
+
+
+def num_params(params) -> int:
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
