@@ -1,0 +1,46 @@
+"""Shared command-line plumbing: flag parsing with one-line errors."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+
+
+def fail(message: str, code: int = 2):
+  """Exits with `error: <message>` on one line of stderr."""
+  message = " ".join(str(message).split())
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _last_line(text: str) -> str:
+  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+  return lines[-1] if lines else str(text)
+
+
+def parse_flags(argv):
+  """absl flag parsing that turns every parse error into one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these for an override of a key the config
+    # does not have.
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    key = str(e).strip("\"'")
+    fail(f"unknown config key {key!r} in {' '.join(overrides)}")
+  except Exception as e:  # noqa: BLE001 - every parse error gets one line
+    fail(_last_line(e))
+
+
+def config_value(config_flag):
+  """The parsed config, or a one-line error if its file failed to load."""
+  try:
+    config = config_flag.value
+    if config is not None:
+      config.keys()  # a config that failed to load raises on first use
+  except Exception as e:  # noqa: BLE001
+    fail(f"cannot load the config: {_last_line(e)}")
+  if config is None:
+    fail("--config is required")
+  return config

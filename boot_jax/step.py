@@ -1,0 +1,71 @@
+"""The BOOT train step: one pure function, jitted once with donation."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from boot_jax import boot
+from boot_jax import state as state_lib
+from boot_jax.student import Student
+from boot_jax.teachers.base import Teacher
+
+
+def make_loss_fn(student: Student, teacher: Teacher, config):
+  """`(params, teacher_params, batch) -> (loss, metrics)` from `config.boot`."""
+  guidance = config.get("guidance")
+
+  def loss_fn(params, teacher_params, batch):
+    def teacher_fn(x, t, cond):
+      return teacher.x0(teacher_params, x, t, cond, guidance)
+
+    return boot.boot_loss(
+      params,
+      batch,
+      student.apply,
+      teacher_fn,
+      boundary_weight=config.boundary_weight,
+      weighting=config.weighting,
+      weight_clip=config.get("weight_clip"),
+      space=student.space,
+      boundary_target=config.boundary_target,
+    )
+
+  return loss_fn
+
+
+def make_train_step(
+  student: Student,
+  teacher: Teacher,
+  optimizer: optax.GradientTransformation,
+  boot_config,
+  ema_decay: float | None = None,
+):
+  """The un-jitted step `(state, teacher_params, batch) -> (state, metrics)`.
+
+  Gradients flow only into the student's parameters; the teacher's are an
+  argument (never a traced-in constant, so a large teacher is not baked
+  into the program).
+  """
+  loss_fn = make_loss_fn(student, teacher, boot_config)
+
+  def train_step(state: state_lib.TrainState, teacher_params, batch):
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, teacher_params, batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema is not None:
+      ema = state_lib.ema_update(ema, params, ema_decay)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    new_state = state.replace(
+      step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema
+    )
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(train_step, **jit_kwargs):
+  """Jits the step, donating the state (argument 0)."""
+  return jax.jit(train_step, donate_argnums=(0,), **jit_kwargs)
