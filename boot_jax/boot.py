@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from boot_jax import diffusion
+from boot_jax.teachers import base
 
 SPACINGS = ("uniform", "lambda")
 WEIGHTINGS = ("inv_delta_sq", "none")
@@ -192,10 +193,7 @@ def boot_loss(
   a_s, s_s = batch["alpha_s"], batch["sigma_s"]
   a_T, s_T = batch["alpha_T"], batch["sigma_T"]
   use_boundary = boundary_weight != 0
-  double = lambda a, b: jax.tree.map(  # noqa: E731
-    lambda u, v: jnp.concatenate([u, v]), a, b
-  )
-  batch_size = eps.shape[0]
+  double = base.interleave  # keeps a sharded batch local
 
   # Student at t, without gradient.
   g_t = jax.lax.stop_gradient(student_fn(params, eps, t, cond))
@@ -204,7 +202,7 @@ def boot_loss(
   # One teacher call: the step's point, and the boundary point x_T = eps.
   if use_boundary:
     f = teacher_fn(double(x_hat_t, eps), double(t, t_T), double(cond, cond))
-    f_t, f_T = f[:batch_size], f[batch_size:]
+    f_t, f_T = base.deinterleave(f)
   else:
     f_t = teacher_fn(x_hat_t, t, cond)
   delta = diffusion.ddim_delta(a_t, s_t, a_s, s_s)
@@ -218,7 +216,7 @@ def boot_loss(
   # Student at s (and at T), with gradient: one call.
   if use_boundary:
     g = student_fn(params, double(eps, eps), double(s, t_T), double(cond, cond))
-    g_s, g_T = g[:batch_size], g[batch_size:]
+    g_s, g_T = base.deinterleave(g)
   else:
     g_s = student_fn(params, eps, s, cond)
 

@@ -40,28 +40,26 @@ def make_train_step(
   optimizer: optax.GradientTransformation,
   boot_config,
   ema_decay: float | None = None,
+  nan_policy: str = "stop",
 ):
   """The un-jitted step `(state, teacher_params, batch) -> (state, metrics)`.
 
   Gradients flow only into the student's parameters; the teacher's are an
   argument (never a traced-in constant, so a large teacher is not baked
-  into the program).
+  into the program). A non-finite loss or gradient leaves the state
+  unchanged (see `state.apply_gradients`).
   """
   loss_fn = make_loss_fn(student, teacher, boot_config)
 
   def train_step(state: state_lib.TrainState, teacher_params, batch):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, teacher_params, batch)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if ema is not None:
-      ema = state_lib.ema_update(ema, params, ema_decay)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    new_state = state.replace(
-      step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema
+    (loss, metrics), grads = grad_fn(state.params, teacher_params, batch)
+    state, grad_norm = state_lib.apply_gradients(
+      state, grads, loss, optimizer, ema_decay, nan_policy
     )
-    return new_state, metrics
+    metrics["grad_norm"] = grad_norm
+    metrics["skipped"] = state.skipped
+    return state, metrics
 
   return train_step
 
