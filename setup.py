@@ -4,7 +4,6 @@ import setuptools
 
 _TEST = [
   "pytest>=8",
-  "scikit-learn>=1.4",
   "scipy>=1.11",
   "nbclient>=0.10",
   "ruff>=0.6",
@@ -35,7 +34,8 @@ setuptools.setup(
     "numpy>=1.26",
     "Pillow>=10",
     "tensorboardX>=2.6",
-    "tqdm>=4.66",
+    # The demo's teacher trains on scikit-learn's bundled digits.
+    "scikit-learn>=1.4",
   ],
   extras_require={
     "test": _TEST,

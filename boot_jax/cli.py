@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from absl import flags
+from absl import flags, logging
 
 
 def fail(message: str, code: int = 2):
-  """Exits with `error: <message>` on one line of stderr."""
+  """Exits with `error: <message>` on one line of stderr.
+
+  Exits with os._exit: callers have already waited for (or never started)
+  checkpoint writes, and after a failed orbax restore its background
+  threads otherwise print tracebacks from a closed event loop at shutdown.
+  """
   message = " ".join(str(message).split())
   print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(code)
+  sys.stdout.flush()
+  os._exit(code)
 
 
 def _last_line(text: str) -> str:
@@ -20,7 +27,13 @@ def _last_line(text: str) -> str:
 
 
 def parse_flags(argv):
-  """absl flag parsing that turns every parse error into one line."""
+  """absl flag parsing that turns every parse error into one line.
+
+  Library INFO logs (orbax logs every checkpoint step) are hidden unless
+  --verbosity is given.
+  """
+  if not any(a.startswith(("--verbosity", "-v")) for a in argv[1:]):
+    logging.set_verbosity(logging.WARNING)
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
@@ -44,3 +57,8 @@ def config_value(config_flag):
   if config is None:
     fail("--config is required")
   return config
+
+
+def printer(line: str) -> None:
+  """Progress output: one flushed line on stdout."""
+  print(line, flush=True)

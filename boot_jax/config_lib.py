@@ -74,6 +74,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 100
   c.train.ckpt_every = 1000
   c.train.eval_every = 1000
+  c.train.keep_checkpoints = 3
+  # 'stop': a non-finite loss or gradient stops the run (the last good
+  # checkpoint is kept); 'skip': such steps change nothing and are counted.
+  c.train.nan_policy = "stop"
+  # Continue in a work directory whose config.json differs (beyond the
+  # keys in RESUMABLE_CHANGES) only when this is set.
+  c.train.allow_config_change = False
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
@@ -81,7 +88,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.num_samples = 4000
   c.eval.seed = 12345
   c.eval.batch_size = 1000
+  # Evaluate at the end of `train` (reads the real data for FID where the
+  # teacher has any; distillation itself never does).
+  c.eval.final = True
   return c
+
+
+# Keys that may change between runs in one work directory (longer training,
+# other logging or evaluation); everything else must match config.json.
+RESUMABLE_CHANGES = (
+  "train.steps",
+  "train.log_every",
+  "train.ckpt_every",
+  "train.eval_every",
+  "train.keep_checkpoints",
+  "train.allow_config_change",
+  "eval.",
+)
 
 
 def validate(config) -> None:
@@ -116,7 +139,109 @@ def validate(config) -> None:
       config.train.log_every > 0,
       f"train.log_every must be positive, got {config.train.log_every}",
     ),
+    (
+      config.train.get("nan_policy", "stop") in ("stop", "skip"),
+      "train.nan_policy must be 'stop' or 'skip', got "
+      f"{config.train.get('nan_policy')!r}",
+    ),
   ]
   for ok, message in checks:
     if not ok:
       raise ValueError(message)
+
+
+def digits_unet() -> ml_collections.ConfigDict:
+  """The demo's UNet on 8x8 digits: attention only at 4x4."""
+  return ml_collections.ConfigDict(
+    dict(
+      name="unet",
+      channels=64,
+      channel_mult=(1, 2),
+      num_res_blocks=2,
+      attention_resolutions=(4,),
+      num_heads=2,
+      groups=8,
+      dropout=0.0,
+      time_scale=1.0,
+      remat=False,
+    )
+  )
+
+
+def digits_teacher_config(conditional: bool = False):
+  """Teacher training on scikit-learn's digits (configs/digits_teacher.py)."""
+  c = ml_collections.ConfigDict()
+  c.data = ml_collections.ConfigDict(
+    dict(source="digits", image_size=8, channels=1, path="", labels_path="")
+  )
+  c.num_classes = 10 if conditional else 0
+  c.label_dropout = 0.1 if conditional else 0.0
+  c.model = digits_unet()
+  c.diffusion = ml_collections.ConfigDict(
+    dict(
+      schedule=discrete_schedule("squaredcos_cap_v2"),
+      prediction="v",
+    )
+  )
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      lr=2e-3,
+      schedule="cosine",
+      warmup_steps=200,
+      final_lr_fraction=0.05,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.0,
+      grad_clip=1.0,
+      ema_decay=0.999,
+    )
+  )
+  c.train = ml_collections.ConfigDict(
+    dict(
+      steps=4000,
+      batch_size=128,
+      seed=0,
+      log_every=250,
+      ckpt_every=1000,
+      eval_every=2000,
+      keep_checkpoints=2,
+      nan_policy="stop",
+      allow_config_change=False,
+    )
+  )
+  c.eval = ml_collections.ConfigDict(
+    dict(grid_size=64, ddim_steps=50, seed=0, guidance=placeholder(float))
+  )
+  return c
+
+
+# Teacher-training recipes that `train` can run itself when a BOOT config's
+# teacher.path holds no trained teacher (see configs/digits.py).
+TEACHER_RECIPES = {
+  "digits": lambda: digits_teacher_config(conditional=False),
+  "digits_cond": lambda: digits_teacher_config(conditional=True),
+}
+
+
+def pixel_boot_config(recipe: str) -> ml_collections.ConfigDict:
+  """A BOOT run on our own pixel teacher trained by `recipe`.
+
+  The teacher's network, schedule and prediction are left unset (None)
+  and read from the teacher's own config.json when the run starts.
+  """
+  c = base_config()
+  t = c.teacher = ml_collections.ConfigDict()
+  t.name = "unet"
+  t.path = "teacher"  # relative paths live inside the work directory
+  t.recipe = recipe
+  t.init = "checkpoint"
+  t.seed = 0
+  t.model = None
+  t.schedule = None
+  t.prediction = None
+  t.sample_shape = None
+  t.num_classes = None
+  t.label_logits = None
+  c.student.init = "teacher"
+  return c

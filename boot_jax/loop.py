@@ -1,12 +1,18 @@
-"""The smallest BOOT loop: build everything from a config, then step.
+"""Training loops: the BOOT setup, and one driver for every trainer.
 
-`train.py` adds the work directory, checkpoints and evaluation around it;
-tests and benchmarks call `setup` and `run` directly.
+`setup` builds everything a BOOT run needs from a resolved config. `drive`
+runs any jitted step function with logging, periodic and final
+checkpoints, evaluation hooks, a non-finite-loss stop and a clean stop on
+SIGTERM/SIGINT (a preempted TPU VM receives SIGTERM): it saves a checkpoint
+of the current step before exiting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,15 +22,39 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from boot_jax import boot, conditions, config_lib, optim, teachers
+from boot_jax import (
+  boot,
+  checkpoint,
+  conditions,
+  config_lib,
+  metrics,
+  optim,
+  sharding,
+  teachers,
+)
 from boot_jax import state as state_lib
 from boot_jax import step as step_lib
 from boot_jax import student as student_lib
+from boot_jax import workdir as workdir_lib
+
+
+class NonFiniteLoss(FloatingPointError):
+  """The loss or gradient became NaN or infinite (policy 'stop')."""
+
+
+class Interrupted(RuntimeError):
+  """A stop signal arrived; the state was checkpointed first."""
+
+  def __init__(self, signum: int, step: int):
+    name = signal.Signals(signum).name
+    super().__init__(f"received {name} at step {step}; checkpoint saved")
+    self.signum = signum
+    self.step = step
 
 
 @dataclasses.dataclass
 class Setup:
-  """What a run is made of, built once from the resolved config."""
+  """What a BOOT run is made of, built once from the resolved config."""
 
   config: Any
   teacher: teachers.Teacher
@@ -34,6 +64,7 @@ class Setup:
   train_step: Callable  # jitted (state, teacher_params, batch)
   draw: Callable  # jitted (step, stage) -> batch; stage is static
   init_params: Any
+  mesh: Any = None
 
   @property
   def grid(self) -> boot.Grid:
@@ -45,11 +76,25 @@ class Setup:
     n = len(self.grids)
     return min(int(step) * n // max(self.config.train.steps, 1), n - 1)
 
-  def init_state(self) -> state_lib.TrainState:
+  def _create(self, params):
     ema = self.config.optim.ema_decay is not None
-    return jax.jit(lambda p: state_lib.create(p, self.optimizer, ema))(
+    return state_lib.create(params, self.optimizer, ema)
+
+  def init_state(self) -> state_lib.TrainState:
+    return jax.jit(self._create, out_shardings=sharding.replicated(self.mesh))(
       self.init_params
     )
+
+  def abstract_state(self):
+    """The state's shapes, dtypes and shardings, without computing it."""
+    return sharding.with_sharding(
+      jax.eval_shape(self._create, self.init_params),
+      sharding.replicated(self.mesh),
+    )
+
+  def step_fn(self, state, step: int):
+    batch = self.draw(step, self.stage(step))
+    return self.train_step(state, self.teacher.params, batch)
 
 
 def curriculum_grids(schedule, config) -> list[boot.Grid]:
@@ -59,10 +104,17 @@ def curriculum_grids(schedule, config) -> list[boot.Grid]:
   return [boot.make_grid(schedule, n, config.spacing) for n in sizes]
 
 
-def setup(config) -> Setup:
+def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
   """Builds teacher, student, grids, optimizer and the jitted functions."""
   config_lib.validate(config)
-  teacher = teachers.build_teacher(config.teacher)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.batch_size_per_shard(mesh, config.train.batch_size)
+  if teacher is None:
+    teacher = teachers.build_teacher(config.teacher)
+  replicated = sharding.replicated(mesh)
+  teacher = dataclasses.replace(
+    teacher, params=jax.device_put(teacher.params, replicated)
+  )
   key = jax.random.key(config.train.seed)
   k_init, k_data = jax.random.split(key)
   student, params = student_lib.make_student(teacher, config.student, k_init)
@@ -70,8 +122,15 @@ def setup(config) -> Setup:
   optimizer = optim.make_optimizer(config.optim, config.train.steps)
   train_step = step_lib.jit_train_step(
     step_lib.make_train_step(
-      student, teacher, optimizer, config.boot, config.optim.ema_decay
-    )
+      student,
+      teacher,
+      optimizer,
+      config.boot,
+      config.optim.ema_decay,
+      config.train.nan_policy,
+    ),
+    in_shardings=(replicated, replicated, sharding.batch_sharding(mesh)),
+    out_shardings=(replicated, replicated),
   )
   indices = jnp.arange(config.train.batch_size)
   label_logits = config.teacher.get("label_logits")
@@ -95,40 +154,253 @@ def setup(config) -> Setup:
     grids=grids,
     optimizer=optimizer,
     train_step=train_step,
-    draw=jax.jit(draw, static_argnums=1),
+    draw=jax.jit(
+      draw, static_argnums=1, out_shardings=sharding.batch_sharding(mesh)
+    ),
     init_params=params,
+    mesh=mesh,
   )
 
 
-def run(
-  s: Setup,
-  state: state_lib.TrainState | None = None,
-  until: int | None = None,
-  on_log: Callable[[int, dict], None] | None = None,
-):
-  """Steps from `state` (or a fresh one) up to step `until` (default: all).
+@contextlib.contextmanager
+def stop_signals():
+  """Records SIGTERM/SIGINT instead of dying; yields a list of signums."""
+  received: list[int] = []
+  handled = (signal.SIGTERM, signal.SIGINT)
+  previous = {}
+
+  def handler(signum, frame):
+    del frame
+    received.append(signum)
+
+  try:
+    for s in handled:
+      previous[s] = signal.signal(s, handler)
+  except ValueError:  # not the main thread: leave signals alone
+    previous = {}
+  try:
+    yield received
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+@dataclasses.dataclass
+class Driver:
+  """How `drive` runs a step function.
+
+  Attributes:
+    total_steps: run until `state.step` reaches this.
+    step_fn: `(state, step) -> (state, metrics)`, jitted inside.
+    log_every, ckpt_every, eval_every: periods in steps (0: never).
+    save: `(step, state) -> None`, starts a checkpoint (None: no saving).
+    wait: blocks until pending checkpoints are written.
+    log: `(step, row) -> None` for each logged row (process 0 only).
+    evaluate: `(step, state) -> dict | None` every `eval_every` steps.
+    sync: wait for each step before dispatching the next (see
+      `sharding.needs_step_sync`).
+    stop_on_nonfinite: raise NonFiniteLoss once a step was non-finite
+      (nan_policy 'stop'); with 'skip' such steps are only counted.
+  """
+
+  total_steps: int
+  step_fn: Callable
+  log_every: int = 100
+  ckpt_every: int = 0
+  eval_every: int = 0
+  save: Callable | None = None
+  wait: Callable = lambda: None
+  log: Callable | None = None
+  evaluate: Callable | None = None
+  sync: bool = False
+  stop_on_nonfinite: bool = True
+
+
+def _check_finite(state, step: int, last_saved: int | None):
+  bad = int(state.first_bad_step)
+  if bad >= 0:
+    where = (
+      f"the last good checkpoint is step {last_saved}"
+      if last_saved is not None
+      else "no checkpoint was saved"
+    )
+    raise NonFiniteLoss(
+      f"loss or gradient became non-finite at step {bad}; stopped at step "
+      f"{step}; {where}"
+    )
+
+
+def drive(state, d: Driver, last_saved: int | None = None):
+  """Runs `d.step_fn` from `state.step` to `d.total_steps`.
 
   Returns:
-    `(state, history)`: history is a list of logged metric dicts.
+    `(state, history)`: history holds the logged rows.
+
+  Raises:
+    NonFiniteLoss: under nan_policy 'stop' (nothing bad is saved).
+    Interrupted: after SIGTERM/SIGINT, once the current step is saved.
+  """
+  history = []
+  start = int(state.step)
+  # Speed over the last logging interval; the clock starts after the first
+  # step, whose call includes compilation.
+  t_last, step_last = None, start
+  with stop_signals() as received:
+    for step in range(start, d.total_steps):
+      state, m = d.step_fn(state, step)
+      if d.sync:
+        jax.block_until_ready(state.step)
+      done = step + 1
+      if t_last is None:
+        t_last, step_last = time.perf_counter(), done
+      log_now = d.log_every and (
+        done % d.log_every == 0 or done == d.total_steps
+      )
+      ckpt_now = d.save is not None and (
+        done == d.total_steps or (d.ckpt_every and done % d.ckpt_every == 0)
+      )
+      if log_now:
+        row = {k: float(v) for k, v in jax.device_get(m).items()}
+        now = time.perf_counter()
+        elapsed = now - t_last
+        row["steps_per_s"] = (
+          (done - step_last) / elapsed if done > step_last else float("nan")
+        )
+        t_last, step_last = now, done
+        history.append(dict(row, step=done))
+        if d.log is not None:
+          d.log(done, row)
+      if d.stop_on_nonfinite and (log_now or ckpt_now or received):
+        _check_finite(state, done, last_saved)
+      if ckpt_now or (received and d.save is not None):
+        d.save(done, state)
+        last_saved = done
+      if (
+        d.evaluate is not None
+        and d.eval_every
+        and (done % d.eval_every == 0 or done == d.total_steps)
+      ):
+        d.evaluate(done, state)
+      if received:
+        d.wait()
+        raise Interrupted(received[0], done)
+  d.wait()
+  return state, history
+
+
+def run(s: Setup, state=None, until: int | None = None, on_log=None):
+  """The smallest BOOT loop (no work directory): for tests and benchmarks.
+
+  Returns:
+    `(state, history)`.
   """
   if state is None:
     state = s.init_state()
-  until = s.config.train.steps if until is None else until
-  log_every = s.config.train.log_every
-  history = []
-  start = int(state.step)
-  t0 = time.perf_counter()
-  for step in range(start, until):
-    batch = s.draw(step, s.stage(step))
-    state, metrics = s.train_step(state, s.teacher.params, batch)
-    if (step + 1) % log_every == 0 or step + 1 == until:
-      row = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      row["step"] = step + 1
-      row["steps_per_s"] = (step + 1 - start) / (time.perf_counter() - t0)
-      row["num_grid_steps"] = s.grids[s.stage(step)].num_steps
-      history.append(row)
-      if on_log is not None:
-        on_log(step + 1, row)
-      if not np.isfinite(row["loss"]):
-        raise FloatingPointError(f"loss is {row['loss']} at step {step + 1}")
-  return state, history
+  total = s.config.train.steps if until is None else until
+  driver = Driver(
+    total_steps=total,
+    step_fn=s.step_fn,
+    log_every=s.config.train.log_every,
+    log=on_log,
+    sync=sharding.needs_step_sync(s.mesh),
+    stop_on_nonfinite=s.config.train.nan_policy == "stop",
+  )
+  return drive(state, driver)
+
+
+def progress_logger(total: int, writer=None, tb=None, printer=print):
+  """A `Driver.log` that writes JSONL/TensorBoard rows and a progress line."""
+
+  def log(step, row):
+    if writer is not None:
+      writer.write(step, row)
+    if tb is not None:
+      tb.write(step, row)
+    printer(metrics.progress_line(step, total, row["steps_per_s"], row))
+
+  return log
+
+
+def params_for_sampling(state):
+  """The EMA parameters when kept, else the raw ones."""
+  return state.ema_params if state.ema_params is not None else state.params
+
+
+def tree_equal(a, b) -> bool:
+  """Bitwise equality of two pytrees of arrays."""
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  return len(la) == len(lb) and all(
+    np.array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(la, lb, strict=True)
+  )
+
+
+def run_in_workdir(
+  workdir: str,
+  config,
+  *,
+  abstract_state,
+  init_state: Callable[[], Any],
+  step_fn: Callable,
+  items: Callable[[Any], dict],
+  evaluate: Callable | None = None,
+  printer: Callable = print,
+  sync: bool = False,
+):
+  """Runs a trainer under the work-directory contract, resuming if it can.
+
+  Phases: check the directory (read only) -> restore the latest checkpoint
+  onto `abstract_state`, or `init_state()` -> only then write config.json
+  and open the metric writers -> `drive` with periodic, final and
+  on-signal checkpoints.
+
+  Args:
+    workdir: the work directory.
+    config: the resolved config (`train` section read here).
+    abstract_state: the state's ShapeDtypeStructs (with shardings).
+    init_state: builds a fresh state.
+    step_fn: `(state, step) -> (state, metrics)`.
+    items: `state -> {name: pytree}` saved in each checkpoint; must hold
+      'state' (what resuming restores).
+    evaluate: `(step, state) -> None`, every `train.eval_every` steps.
+    printer: where progress lines go.
+    sync: wait for each step (multi-device CPU meshes).
+
+  Returns:
+    `(state, history)`.
+  """
+  resuming = workdir_lib.check(workdir, config)
+  ckpt = checkpoint.Checkpointer(
+    os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints
+  )
+  last = ckpt.latest_step()
+  if last is not None:
+    state = ckpt.restore({"state": abstract_state}, last)["state"]
+    printer(f"resuming from the checkpoint of step {last}")
+  else:
+    if resuming:
+      printer(f"{workdir} has no checkpoint yet: starting from step 0")
+    state = init_state()
+  workdir_lib.write_config(workdir, config)
+  workdir_lib.truncate_metrics(workdir, int(state.step))
+  writer = metrics.MetricWriter(workdir)
+  tb = metrics.TensorBoard(workdir)
+  t = config.train
+  driver = Driver(
+    total_steps=t.steps,
+    step_fn=step_fn,
+    log_every=t.log_every,
+    ckpt_every=t.ckpt_every,
+    eval_every=t.eval_every,
+    save=lambda step, st: ckpt.save(step, items(st)),
+    wait=ckpt.wait,
+    log=progress_logger(t.steps, writer, tb, printer),
+    evaluate=evaluate,
+    sync=sync,
+    stop_on_nonfinite=t.get("nan_policy", "stop") == "stop",
+  )
+  try:
+    return drive(state, driver, last_saved=last)
+  finally:
+    ckpt.close()
+    tb.close()

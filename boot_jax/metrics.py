@@ -46,3 +46,33 @@ def progress_line(step: int, total: int, steps_per_s: float, scalars: dict):
     f"step {step}/{total} ({pct:.0f}%) {steps_per_s:.1f} steps/s "
     f"ETA {eta_s} {shown}"
   )
+
+
+class TensorBoard:
+  """Scalars (and images) to TensorBoard event files under `W/tb/`."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self._writer = None
+    if enabled:
+      from tensorboardX import SummaryWriter  # imports protobuf: lazily
+
+      self._writer = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def write(self, step: int, scalars: dict) -> None:
+    if self._writer is None:
+      return
+    for k, v in scalars.items():
+      if k != "step":
+        self._writer.add_scalar(k, float(v), int(step))
+    self._writer.flush()
+
+  def image(self, tag: str, grid_uint8, step: int) -> None:
+    if self._writer is None:
+      return
+    fmt = "HW" if grid_uint8.ndim == 2 else "HWC"
+    self._writer.add_image(tag, grid_uint8, int(step), dataformats=fmt)
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()

@@ -1,97 +1,155 @@
 r"""Distil a teacher into a one-step student with BOOT.
 
+    python -m boot_jax.train --config configs/digits.py --workdir /tmp/boot
     python -m boot_jax.train --config configs/gmm.py --workdir /tmp/gmm \
       [--config.train.steps=2000 ...]
 
-Writes to the work directory: `config.json` (the resolved config),
-`metrics.jsonl` (one JSON object per logged step) and, for the analytic
-teacher, `eval.json` (the student's one step against the teacher's DDIM-N
-and against exact mixture samples).
+Writes DESIGN.md's work-directory contract: config.json (the resolved
+config), checkpoints/ (orbax; every train.ckpt_every steps, at the end and
+on SIGTERM), metrics.jsonl, tb/ (TensorBoard), samples/ (a PNG grid of the
+student's one-step samples on fixed noise at every evaluation) and, when
+`eval.final` is set, eval.json. Rerunning the same command continues from
+the latest checkpoint.
+
+If `teacher.path` names a directory without a finished teacher and the
+config has a `teacher.recipe`, that teacher is trained there first.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 
-from absl import app, flags, logging
+import jax
+import numpy as np
+from absl import app, flags
 from ml_collections import config_flags
 
-from boot_jax import cli, evaluate, loop, metrics
-from boot_jax import student as student_lib
-
-_CONFIG = config_flags.DEFINE_config_file(
-  "config",
-  None,
-  "Path to a config file (configs/*.py[:arg]).",
-  lock_config=True,
+from boot_jax import (
+  checkpoint,
+  cli,
+  config_lib,
+  evaluate,
+  loop,
+  sharding,
+  train_teacher,
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory.")
+from boot_jax import student as student_lib
+from boot_jax import workdir as workdir_lib
+from boot_jax.teachers import network
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Runs BOOT from `config`, writing the work-directory files.
+def resolve_teacher_path(config, workdir: str) -> None:
+  """Makes a relative `teacher.path` relative to the work directory."""
+  path = config.teacher.get("path")
+  if path and not os.path.isabs(path):
+    config.teacher.path = os.path.join(os.path.abspath(workdir), path)
 
-  Phases: resolve the config and build everything (teacher, student,
-  optimizer, jitted step) -> record the resolved config -> loop -> evaluate.
 
-  Returns:
-    The evaluation report (empty when the teacher has no analytic check).
-  """
-  os.makedirs(workdir, exist_ok=True)
-  setup = loop.setup(config)  # resolves teacher fields into the config
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  writer = metrics.MetricWriter(workdir)
-  total = config.train.steps
-  logging.info(
-    "teacher %s, student %d params, grid N=%d",
-    setup.teacher.name,
-    student_lib.num_params(setup.init_params),
-    setup.grid.num_steps,
+def ensure_teacher(config, printer=print) -> None:
+  """Trains the recipe's teacher into `teacher.path` if none is there."""
+  t = config.teacher
+  if t.get("init", "checkpoint") != "checkpoint" or not t.get("path"):
+    return
+  if network.trained(t.path):
+    return
+  recipe = t.get("recipe")
+  if not recipe:
+    if not os.path.isdir(t.path):
+      raise network.TeacherError(f"teacher directory {t.path!r} does not exist")
+    raise network.TeacherError(f"{t.path!r} holds no finished teacher")
+  printer(
+    f"no trained teacher in {t.path}: training one first with the "
+    f"'{recipe}' recipe (configs/{recipe}_teacher.py)"
   )
+  teacher_config = config_lib.TEACHER_RECIPES[recipe]()
+  train_teacher.train_and_evaluate(teacher_config, t.path, printer=printer)
 
-  def on_log(step, row):
-    writer.write(step, row)
-    print(
-      metrics.progress_line(step, total, row["steps_per_s"], row), flush=True
-    )
 
-  t0 = time.perf_counter()
-  state, _ = loop.run(setup, on_log=on_log)
-  train_s = time.perf_counter() - t0
-  report = {}
-  if setup.teacher.name == "gmm":
-    params = state.ema_params if state.ema_params is not None else state.params
-    report = evaluate.gmm_report(
-      setup.teacher,
-      setup.student,
-      params,
-      setup.grid,
-      config.boot.guidance,
-      num=config.eval.num_samples,
-      seed=config.eval.seed,
-      batch_size=config.eval.batch_size,
-    )
-    report["train_seconds"] = train_s
-    with open(os.path.join(workdir, "eval.json"), "w", encoding="utf-8") as f:
-      json.dump(report, f, indent=2, sort_keys=True)
-    print(json.dumps(report, sort_keys=True), flush=True)
+def sample_grid_fn(setup: loop.Setup, config, workdir: str, tb=None):
+  """An `evaluate` hook: the student's one step on fixed noise, as a PNG."""
+  num = int(config.eval.get("grid_size", 64))
+  eps, cond = evaluate.eval_inputs(setup.teacher, num, config.eval.seed)
+  generate = jax.jit(setup.student.generate)
+  image_like = len(setup.teacher.sample_shape) == 3
+
+  def hook(step, state):
+    params = loop.params_for_sampling(state)
+    out = np.asarray(generate(params, eps, cond))
+    if image_like:
+      path = os.path.join(workdir, "samples", f"student_{step:07d}.png")
+      workdir_lib.save_image_grid(out, path, ncol=int(np.sqrt(num)))
+
+  return hook
+
+
+def train_and_evaluate(config, workdir: str, printer=print) -> dict:
+  """Runs BOOT from `config` in `workdir`; returns the final evaluation.
+
+  Phases: config (validate, resolve the teacher) -> teacher -> student
+  state (abstract first) -> restore or init -> loop -> evaluate.
+  """
+  config_lib.validate(config)
+  resolve_teacher_path(config, workdir)
+  # Read-only checks first, so a bad command never writes anything.
+  workdir_lib.check(workdir, config, compare=False)
+  ensure_teacher(config, printer)
+  setup = loop.setup(config)  # resolves teacher fields into the config
+  workdir_lib.check(workdir, config)
+  printer(
+    f"teacher {setup.teacher.name} ({setup.teacher.prediction}-prediction), "
+    f"student {student_lib.num_params(setup.init_params):,} parameters, "
+    f"grid N={setup.grid.num_steps}"
+  )
+  state, _ = loop.run_in_workdir(
+    workdir,
+    config,
+    abstract_state=setup.abstract_state(),
+    init_state=setup.init_state,
+    step_fn=setup.step_fn,
+    items=lambda st: {"state": st},
+    evaluate=sample_grid_fn(setup, config, workdir),
+    printer=printer,
+    sync=sharding.needs_step_sync(setup.mesh),
+  )
+  if not config.eval.get("final", True):
+    return {}
+  report = evaluate.evaluate(setup, loop.params_for_sampling(state), config)
+  path = os.path.join(workdir, "eval.json")
+  workdir_lib.atomic_write(path, json.dumps(report, indent=2, sort_keys=True))
+  printer(evaluate.format_report(report))
   return report
 
 
-def main(argv):
+def define_flags():
+  """The CLI's flags (defined only when run as a program)."""
+  return dict(
+    config=config_flags.DEFINE_config_file(
+      "config", None, "Config file (configs/*.py[:arg]).", lock_config=True
+    ),
+    workdir=flags.DEFINE_string("workdir", None, "Work directory."),
+  )
+
+
+def main(argv, f):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = cli.config_value(_CONFIG)
-  if not _WORKDIR.value:
+  config = cli.config_value(f["config"])
+  if not f["workdir"].value:
     cli.fail("--workdir is required")
   try:
-    train_and_evaluate(config, _WORKDIR.value)
-  except (ValueError, OSError, FloatingPointError) as e:
+    train_and_evaluate(config, f["workdir"].value, printer=cli.printer)
+  except loop.Interrupted as e:
+    cli.fail(e, code=128 + e.signum)
+  except (
+    ValueError,
+    OSError,
+    FloatingPointError,
+    checkpoint.CheckpointError,
+  ) as e:
     cli.fail(e, code=1)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  _flags = define_flags()
+  app.run(lambda argv: main(argv, _flags), flags_parser=cli.parse_flags)

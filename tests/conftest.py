@@ -18,3 +18,28 @@ _CACHE = os.environ.get(
 )
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def run_module(module, *args, cwd=None, timeout=900, env=None):
+  """Runs `python -m module args` and returns (returncode, stdout, stderr).
+
+  The child inherits this session's 8 fake CPU devices.
+  """
+  import subprocess
+  import sys
+
+  full_env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+  proc = subprocess.run(
+    [sys.executable, "-m", module, *map(str, args)],
+    capture_output=True,
+    text=True,
+    cwd=cwd,
+    env=full_env,
+    timeout=timeout,
+  )
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+def error_lines(stderr: str) -> list[str]:
+  """The `error: ...` lines of a CLI's stderr (absl may log other lines)."""
+  return [line for line in stderr.splitlines() if line.startswith("error:")]

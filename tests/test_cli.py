@@ -38,6 +38,15 @@ def _run(*args, cwd=None):
     (["--config", GMM + ":bogus"], "unknown gmm preset 'bogus'"),
     (["--config", GMM, "--config.train.steps=abc"], "invalid literal"),
     (["--config", GMM], "--workdir is required"),
+    (
+      [
+        "--config",
+        GMM,
+        "--config.mesh.data=-1",
+        "--config.train.batch_size=100",
+      ],
+      "not divisible by the 8 devices",
+    ),
   ],
 )
 def test_user_errors_are_one_line(tmp_path, args, expected):
@@ -52,3 +61,57 @@ def test_user_errors_are_one_line(tmp_path, args, expected):
   assert len(errors) == 1, stderr
   assert expected in errors[0], stderr
   assert "Traceback" not in stderr
+
+
+def _metrics(workdir):
+  import json
+
+  path = workdir / "metrics.jsonl"
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  """lr 1e30 makes the loss non-finite within a few steps."""
+  work = tmp_path / "w"
+  common = [
+    "--config",
+    GMM,
+    "--config.train.steps=200",
+    "--config.train.batch_size=32",
+    "--config.train.log_every=1",
+    "--config.optim.warmup_steps=0",
+    "--config.eval.final=false",
+    "--workdir",
+    str(work),
+  ]
+  code, _, err = _run(
+    *common, "--config.train.ckpt_every=1", "--config.optim.lr=1e30"
+  )
+  lines = [line for line in err.splitlines() if line.startswith("error:")]
+  assert code != 0 and len(lines) == 1, err[-2000:]
+  assert "became non-finite at step" in lines[0]
+  bad = int(lines[0].split("non-finite at step ")[1].split(";")[0])
+  assert f"the last good checkpoint is step {bad - 1}" in lines[0]
+  saved = sorted(
+    int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit()
+  )
+  assert saved and max(saved) == bad - 1
+  # The bad step's row is logged (with its non-finite loss) before the stop.
+  rows = _metrics(work)
+  assert rows[-1]["step"] == bad
+  assert rows[-1]["loss"] != rows[-1]["loss"] or abs(rows[-1]["loss"]) == float(
+    "inf"
+  )
+
+  # With nan_policy=skip the run completes and counts the skipped steps.
+  work2 = tmp_path / "w2"
+  common[-1] = str(work2)
+  code, _, err = _run(
+    *common,
+    "--config.train.nan_policy=skip",
+    "--config.optim.lr=1e30",
+    "--config.train.steps=30",
+  )
+  assert code == 0, err[-2000:]
+  rows = _metrics(work2)
+  assert rows[-1]["step"] == 30 and rows[-1]["skipped"] > 0

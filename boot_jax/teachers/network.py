@@ -1,57 +1,160 @@
-"""Teachers that are one of our own networks (UNet for pixels, MLP)."""
+"""Teachers that are one of our own networks (UNet for pixels, MLP).
+
+A trained teacher lives in a teacher work directory written by
+`python -m boot_jax.train_teacher`: its `config.json` says what network,
+schedule and prediction it has, and its checkpoints hold the item `params`
+(the EMA weights when EMA was on). A BOOT config names that directory in
+`teacher.path`; fields it leaves unset (None) are taken from the teacher's
+own config, and fields it does set must agree with it.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import json
+import os
 
 import jax
+import ml_collections
 
-from boot_jax import diffusion, models
+from boot_jax import checkpoint, diffusion, models
 from boot_jax.teachers import base
+
+# BOOT teacher key -> how to read it from a teacher-training config.
+_INHERITED = {
+  "model": lambda tc: tc["model"],
+  "schedule": lambda tc: tc["diffusion"]["schedule"],
+  "prediction": lambda tc: tc["diffusion"]["prediction"],
+  "sample_shape": lambda tc: [
+    tc["data"]["image_size"],
+    tc["data"]["image_size"],
+    tc["data"]["channels"],
+  ],
+  "num_classes": lambda tc: tc.get("num_classes", 0),
+}
+
+
+class TeacherError(ValueError):
+  """A teacher that cannot be loaded as configured."""
+
+
+def _read_teacher_config(path: str) -> dict:
+  if not os.path.isdir(path):
+    raise TeacherError(f"teacher directory {path!r} does not exist")
+  cfg = os.path.join(path, "config.json")
+  if not os.path.isfile(cfg):
+    raise TeacherError(
+      f"{path!r} holds no config.json: not a teacher directory"
+    )
+  try:
+    with open(cfg, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise TeacherError(f"cannot read {cfg}: {e}") from None
+
+
+def _plain(v):
+  if isinstance(v, ml_collections.ConfigDict):
+    return json.loads(v.to_json_best_effort(sort_keys=True))
+  if isinstance(v, tuple):
+    return list(v)
+  return v
+
+
+def resolve_config(config) -> None:
+  """Fills unset teacher fields from `config.path`'s own config.
+
+  Raises:
+    TeacherError: missing directory, or a set field that disagrees with the
+      teacher's own config.
+  """
+  if not config.get("path"):
+    missing = [k for k in _INHERITED if config.get(k) is None]
+    if missing:
+      raise TeacherError(
+        f"teacher.path is empty and teacher.{missing[0]} is unset: name a "
+        "trained teacher directory (or set init='random' and every field)"
+      )
+    return
+  own = _read_teacher_config(config.path)
+  for key, read in _INHERITED.items():
+    try:
+      theirs = read(own)
+    except (KeyError, TypeError):
+      raise TeacherError(
+        f"{config.path}/config.json has no {key}: not written by "
+        "boot_jax.train_teacher"
+      ) from None
+    ours = config.get(key)
+    if ours is None:
+      config[key] = theirs
+    elif _plain(ours) != _plain(theirs):
+      raise TeacherError(
+        f"teacher.{key} does not fit the teacher in {config.path}: the config "
+        f"says {_plain(ours)}, the teacher was trained with {theirs}"
+      )
 
 
 def build(config) -> base.Teacher:
   """Builds a network teacher from a `teacher` config section.
 
-  Keys: `model` (a model section), `schedule`, `prediction` ('eps', 'v' or
-  'x0'), `sample_shape`, `num_classes` (0 for unconditional) and `init`:
-  'random' initialises the weights from `seed` (for tests and benchmarks
-  that need a teacher of a given size, not a good one).
+  Keys: `path` (a teacher work directory), `use_ema`, `init` ('checkpoint',
+  or 'random' to initialise from `seed`, for tests and benchmarks that need
+  a teacher of a given size, not a good one), and `model`, `schedule`,
+  `prediction`, `sample_shape`, `num_classes` (taken from the teacher's own
+  config when unset).
   """
+  init = config.get("init", "checkpoint")
+  if init not in ("checkpoint", "random"):
+    raise TeacherError(
+      f"teacher.init must be checkpoint or random, got {init!r}"
+    )
+  if init == "checkpoint":
+    resolve_config(config)
   prediction = diffusion.canonical_prediction(config.prediction)
   schedule = diffusion.make_schedule(config.schedule)
   sample_shape = tuple(config.sample_shape)
-  num_classes = int(config.get("num_classes", 0))
+  num_classes = int(config.get("num_classes") or 0)
   condition = (
     base.ConditionSpec("class", num_classes=num_classes)
     if num_classes
     else base.ConditionSpec()
   )
   module = models.make_model(config.model, sample_shape, num_classes)
-  init = config.get("init", "random")
-  if init != "random":
-    raise ValueError(
-      f"teacher.init={init!r} is not supported for a {config.name} teacher; "
-      "use 'random'"
-    )
+
+  def init_fn(key):
+    return models.init_params(module, key, sample_shape, condition.null(1))
+
+  key = jax.random.key(int(config.get("seed", 0)))
+  if init == "random":
+    params = init_fn(key)
+  else:
+    abstract = jax.eval_shape(init_fn, key)
+    try:
+      params = checkpoint.read_item(
+        os.path.join(config.path, "checkpoints"), "params", abstract
+      )
+    except checkpoint.CheckpointError as e:
+      raise TeacherError(f"teacher {config.path}: {e}") from None
 
   def apply(params, x_t, t, cond=None):
     return module.apply({"params": params}, x_t, t, cond)
 
-  teacher = base.Teacher(
+  return base.Teacher(
     name=config.name,
     apply=apply,
-    params=None,
+    params=params,
     schedule=schedule,
     prediction=prediction,
     sample_shape=sample_shape,
     condition=condition,
     module=module,
   )
-  params = models.init_params(
-    module,
-    jax.random.key(int(config.get("seed", 0))),
-    sample_shape,
-    condition.null(1),
-  )
-  return dataclasses.replace(teacher, params=params)
+
+
+def trained(path: str) -> bool:
+  """Whether `path` holds a finished teacher: its final step is saved."""
+  try:
+    steps = _read_teacher_config(path)["train"]["steps"]
+  except (TeacherError, KeyError, TypeError):
+    return False
+  return os.path.isdir(os.path.join(path, "checkpoints", str(steps)))

@@ -1,0 +1,123 @@
+"""Checkpoints: the only module that imports orbax.
+
+`Checkpointer` wraps an orbax CheckpointManager over `W/checkpoints/`:
+asynchronous saves (wait before exit), the last `max_to_keep` kept, restore
+onto an abstract target that carries dtypes, shapes and shardings (so a
+checkpoint restores onto another device layout). A checkpoint holds named
+items (e.g. `state` for resuming and `params` for consumers such as a
+student reading its teacher), and any subset of them can be restored.
+Orbax writes each step to a temporary directory and renames it when
+complete, so a process killed mid-save leaves the previous checkpoints
+intact.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be restored (corrupt, truncated, mismatched)."""
+
+
+def abstract_like(tree):
+  """ShapeDtypeStructs (with shardings) of a pytree of arrays."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpointer:
+  """Saves and restores a train state under one directory.
+
+  Args:
+    directory: where the numbered step directories live.
+    max_to_keep: how many of the latest checkpoints to keep.
+    async_save: write in a background thread (call `wait` before exit).
+    read_only: only read (nothing is created or cleaned up).
+  """
+
+  def __init__(
+    self,
+    directory: str,
+    max_to_keep: int = 3,
+    async_save: bool = True,
+    read_only: bool = False,
+  ):
+    self.directory = os.path.abspath(directory)
+    if read_only and not os.path.isdir(self.directory):
+      raise CheckpointError(f"no checkpoint directory {self.directory}")
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=None if read_only else max_to_keep,
+      save_interval_steps=0 if read_only else 1,
+      enable_async_checkpointing=async_save and not read_only,
+      create=not read_only,
+      cleanup_tmp_directories=not read_only,
+      read_only=read_only,
+    )
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, items: dict) -> None:
+    """Starts saving the named pytrees as `step` (returns before written)."""
+    args = ocp.args.Composite(
+      **{k: ocp.args.StandardSave(v) for k, v in items.items()}
+    )
+    self._manager.save(int(step), args=args, force=True)
+
+  def restore(self, targets: dict, step: int | None = None) -> dict:
+    """Restores named items of `step` (default: the latest).
+
+    Args:
+      targets: item name -> a pytree of arrays or ShapeDtypeStructs (with
+        shardings) giving the structure, shapes, dtypes and placement.
+      step: which checkpoint; the latest when None.
+
+    Returns:
+      item name -> restored pytree.
+
+    Raises:
+      CheckpointError: no checkpoint, or one that is unreadable or does
+        not fit `target`, with a one-line reason.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    args = ocp.args.Composite(
+      **{
+        k: ocp.args.StandardRestore(abstract_like(v))
+        for k, v in targets.items()
+      }
+    )
+    try:
+      restored = self._manager.restore(step, args=args)
+      return {k: restored[k] for k in targets}
+    except Exception as e:  # noqa: BLE001 - orbax raises many types
+      reason = " ".join(str(e).split())[:400]
+      raise CheckpointError(
+        f"checkpoint {os.path.join(self.directory, str(step))} cannot be "
+        f"restored: {type(e).__name__}: {reason}"
+      ) from e
+
+  def wait(self) -> None:
+    """Blocks until every pending save is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def read_item(directory: str, name: str, target, step: int | None = None):
+  """Reads one item of a checkpoint without touching the directory."""
+  ckpt = Checkpointer(directory, read_only=True)
+  try:
+    return ckpt.restore({name: target}, step)[name]
+  finally:
+    ckpt.close()

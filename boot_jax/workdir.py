@@ -1,0 +1,182 @@
+"""The work-directory contract (DESIGN.md).
+
+    W/config.json     the resolved config
+    W/checkpoints/    orbax checkpoints (see checkpoint.py)
+    W/metrics.jsonl   one JSON object per logged step
+    W/samples/        PNG grids
+    W/tb/             TensorBoard event files
+
+Nothing here writes before the run has been validated: `check` only reads,
+so a bad command never touches a good work directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import ml_collections
+import numpy as np
+
+from boot_jax import config_lib
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+
+
+class WorkdirError(ValueError):
+  """A work directory that cannot be used as asked."""
+
+
+def config_dict(config) -> dict:
+  """The config as plain JSON data (tuples become lists)."""
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG)
+  if not os.path.isfile(path):
+    raise WorkdirError(f"{workdir!r} holds no {CONFIG}: not a work directory")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, json.JSONDecodeError) as e:
+    raise WorkdirError(f"cannot read {path}: {e}") from None
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+  """Keys whose values differ, ignoring `config_lib.RESUMABLE_CHANGES`."""
+  a, b = _flatten(old), _flatten(new)
+  diffs = []
+  for key in sorted(set(a) | set(b)):
+    if any(
+      key == r or (r.endswith(".") and key.startswith(r))
+      for r in config_lib.RESUMABLE_CHANGES
+    ):
+      continue
+    if a.get(key, "<absent>") != b.get(key, "<absent>"):
+      diffs.append(
+        f"{key}: {a.get(key, '<absent>')} -> {b.get(key, '<absent>')}"
+      )
+  return diffs
+
+
+def check(workdir: str, config, compare: bool = True) -> bool:
+  """Validates the work directory for `config` without writing to it.
+
+  Args:
+    workdir: the work directory (need not exist yet).
+    config: the run's config.
+    compare: also compare with an existing config.json (pass False before
+      the config's derived fields are resolved).
+
+  Returns:
+    True when it already holds a run (config.json present).
+
+  Raises:
+    WorkdirError: unwritable, or made by a different config (unless
+      `train.allow_config_change`).
+  """
+  workdir = os.path.abspath(workdir)
+  probe = workdir
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise WorkdirError(f"work directory {workdir!r}: {probe!r} is a file")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise WorkdirError(f"work directory {workdir!r} is not writable")
+  path = os.path.join(workdir, CONFIG)
+  if not os.path.exists(path):
+    return False
+  if not compare:
+    return True
+  old = config_dict(load_config(workdir))
+  diffs = config_differences(old, config_dict(config))
+  if diffs and not config.train.get("allow_config_change", False):
+    shown = "; ".join(diffs[:3]) + ("; ..." if len(diffs) > 3 else "")
+    raise WorkdirError(
+      f"{workdir} was made by a different config ({shown}); use another "
+      "--workdir or pass --config.train.allow_config_change=true"
+    )
+  return True
+
+
+def atomic_write(path: str, text: str) -> None:
+  """Writes via a temporary file and a rename (never a half-written file)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_config(workdir: str, config) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+  atomic_write(os.path.join(workdir, CONFIG), text)
+
+
+def truncate_metrics(workdir: str, step: int) -> None:
+  """Drops rows after `step` (written before a crash, redone on resume)."""
+  path = os.path.join(workdir, METRICS)
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        keep.append(line)
+    except (json.JSONDecodeError, KeyError, TypeError):
+      continue  # a line cut short by a kill
+  if len(keep) != len(lines):
+    atomic_write(path, "".join(keep))
+
+
+def image_grid(images: np.ndarray, ncol: int | None = None, scale: int = 1):
+  """Tiles `[N, H, W, C]` images in [-1, 1] into one uint8 array."""
+  images = np.asarray(images, np.float32)
+  n, h, w, c = images.shape
+  ncol = ncol or int(np.ceil(np.sqrt(n)))
+  nrow = int(np.ceil(n / ncol))
+  pad = 1
+  grid = np.ones(
+    (nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), np.float32
+  )
+  for i, img in enumerate(images):
+    r, col = divmod(i, ncol)
+    y, x = pad + r * (h + pad), pad + col * (w + pad)
+    grid[y : y + h, x : x + w] = img
+  grid = ((grid.clip(-1, 1) + 1) * 127.5).round().astype(np.uint8)
+  if scale > 1:
+    grid = grid.repeat(scale, 0).repeat(scale, 1)
+  return grid[..., 0] if c == 1 else grid
+
+
+def save_image_grid(images, path: str, ncol: int | None = None) -> str:
+  """Writes a PNG grid; small images are enlarged to >= 32 px per tile."""
+  from PIL import Image
+
+  h = np.asarray(images).shape[1]
+  scale = max(1, int(np.ceil(32 / h)))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(image_grid(images, ncol, scale)).save(path)
+  return path

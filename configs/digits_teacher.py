@@ -1,0 +1,18 @@
+"""Teacher for the demo: a small UNet on scikit-learn's 8x8 digits.
+
+    python -m boot_jax.train_teacher --config configs/digits_teacher.py \\
+      --workdir /tmp/digits_teacher
+
+v-prediction on the squaredcos_cap_v2 table (T = 1000), EMA 0.999. The
+digits ship inside scikit-learn; nothing is downloaded. Train on your own
+images with --config.data.source=folder --config.data.path=DIR (or idx with
+--config.data.path=IMAGES.idx --config.data.labels_path=LABELS.idx), and
+--config.data.image_size / --config.data.channels to match.
+"""
+
+from boot_jax import config_lib
+
+
+def get_config(arg: str = ""):
+  del arg
+  return config_lib.digits_teacher_config(conditional=False)

@@ -1,0 +1,359 @@
+"""The pixel pipeline on a tiny digits teacher: train_teacher, train (data
+free), sample and evaluate, and their one-line errors.
+
+The teacher and student here are deliberately tiny and barely trained: these
+tests check plumbing and contracts, not quality (benchmarks/demo.py does).
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+from conftest import error_lines, run_module
+
+from boot_jax import data, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "configs" / "digits.py"
+TEACHER_CFG = ROOT / "configs" / "digits_teacher.py"
+TINY_TEACHER = [
+  "--config.model.channels=16",
+  "--config.model.num_res_blocks=1",
+  "--config.model.num_heads=1",
+  "--config.train.steps=20",
+  "--config.train.batch_size=32",
+  "--config.train.log_every=10",
+  "--config.train.ckpt_every=10",
+  "--config.train.eval_every=20",
+  "--config.eval.grid_size=16",
+  "--config.eval.ddim_steps=5",
+]
+
+
+def _boot_args(teacher_dir, steps=10):
+  return [
+    "--config",
+    DIGITS,
+    f"--config.teacher.path={teacher_dir}",
+    f"--config.train.steps={steps}",
+    "--config.train.batch_size=16",
+    "--config.train.log_every=5",
+    "--config.train.ckpt_every=5",
+    "--config.train.eval_every=10",
+    "--config.eval.grid_size=16",
+    "--config.eval.final=false",
+    "--config.mesh.data=1",
+  ]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("teacher")
+  code, out, err = run_module(
+    "boot_jax.train_teacher",
+    "--config",
+    TEACHER_CFG,
+    "--workdir",
+    path,
+    *TINY_TEACHER,
+  )
+  assert code == 0, err[-3000:]
+  assert "teacher data: digits, 1797 images" in out
+  assert (path / "samples" / "teacher_0000020.png").exists()
+  return path
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory, teacher_dir):
+  path = tmp_path_factory.mktemp("student")
+  code, out, err = run_module(
+    "boot_jax.train", *_boot_args(teacher_dir), "--workdir", path
+  )
+  assert code == 0, err[-3000:]
+  assert (path / "samples" / "student_0000010.png").exists()
+  return path
+
+
+def _tree_hash(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  for p in sorted(path.rglob("*")):
+    if p.is_file():
+      h.update(str(p.relative_to(path)).encode())
+      h.update(p.read_bytes())
+  return h.hexdigest()
+
+
+def test_distillation_never_reads_data(teacher_dir, tmp_path, monkeypatch):
+  """Every dataset loader raises; distillation still runs to the end."""
+  calls = []
+
+  def forbidden(*args, **kwargs):
+    calls.append(args)
+    raise AssertionError("distillation read the dataset")
+
+  for name in ("load_dataset", "load_digits", "load_image_folder", "load_idx"):
+    monkeypatch.setattr(data, name, forbidden)
+  from boot_jax import workdir as workdir_lib
+
+  config = _config_from_args(_boot_args(teacher_dir, steps=6))
+  train.train_and_evaluate(config, str(tmp_path / "w"), printer=lambda s: None)
+  assert not calls
+  assert workdir_lib.load_config(str(tmp_path / "w")).teacher.path
+  assert (tmp_path / "w" / "checkpoints" / "6").is_dir()
+  assert (tmp_path / "w" / "samples" / "student_0000006.png").exists()
+
+
+def _config_from_args(args):
+  """The digits config with the `--config.a.b=v` overrides applied."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("digits", DIGITS)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for arg in args:
+    if not str(arg).startswith("--config."):
+      continue
+    key, value = str(arg)[len("--config.") :].split("=", 1)
+    *parents, last = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    old = node[last]
+    if isinstance(old, bool):
+      value = value.lower() == "true"
+    elif isinstance(old, int):
+      value = int(value)
+    node[last] = value
+  return config
+
+
+def test_sample_cli_same_eps_for_every_sampler(student_dir, tmp_path):
+  outs = {}
+  for sampler, steps in (("student", 1), ("teacher", 4), ("hybrid", 2)):
+    out = tmp_path / f"{sampler}.npz"
+    code, stdout, err = run_module(
+      "boot_jax.sample",
+      "--workdir",
+      student_dir,
+      "--out",
+      out,
+      "--num",
+      12,
+      "--seed",
+      7,
+      "--sampler",
+      sampler,
+      "--steps",
+      steps,
+      "--batch_size",
+      8,
+    )
+    assert code == 0, err[-3000:]
+    assert "images/s (after compilation)" in stdout
+    with np.load(out) as f:
+      outs[sampler] = (f["images"], f["noise"])
+    assert out.with_suffix(".png").exists()
+  for images, _ in outs.values():
+    assert images.shape == (12, 8, 8, 1) and images.dtype == np.float32
+    assert np.all(np.isfinite(images))
+  np.testing.assert_array_equal(outs["student"][1], outs["teacher"][1])
+  np.testing.assert_array_equal(outs["student"][1], outs["hybrid"][1])
+  # --noise replays a given eps: the same images as that seed's.
+  noise_file = tmp_path / "eps.npy"
+  np.save(noise_file, outs["student"][1])
+  code, _, err = run_module(
+    "boot_jax.sample",
+    "--workdir",
+    student_dir,
+    "--out",
+    tmp_path / "replay.npz",
+    "--noise",
+    noise_file,
+  )
+  assert code == 0, err[-3000:]
+  with np.load(tmp_path / "replay.npz") as f:
+    np.testing.assert_allclose(f["images"], outs["student"][0], atol=1e-6)
+
+
+def test_evaluate_cli_writes_eval_json(student_dir, tmp_path):
+  work = tmp_path / "w"
+  shutil.copytree(student_dir, work)
+  # Small and quick: the contract, not the numbers.
+  cfg = json.loads((work / "config.json").read_text())
+  cfg["eval"].update(
+    num_samples=64,
+    batch_size=32,
+    ddim_steps=[1, 2, 10],
+    agreement_steps=[10],
+    hybrid_steps=[1],
+  )
+  (work / "config.json").write_text(json.dumps(cfg))
+  code, out, err = run_module("boot_jax.evaluate", "--workdir", work)
+  assert code == 0, err[-3000:]
+  report = json.loads((work / "eval.json").read_text())
+  assert report["checkpoint_step"] == 10
+  assert 0.9 < report["classifier_accuracy"] <= 1.0
+  names = set(report["samplers"])
+  assert {"student 1 step", "teacher DDIM 1", "teacher DDIM 10"} <= names
+  for entry in report["samplers"].values():
+    assert entry["fid"] >= 0 and entry["images_per_s"] > 0
+  assert set(report["agreement"]) == {"10"}
+  assert "FID" in out
+
+
+def test_teacher_shape_mismatch_is_one_line(teacher_dir, tmp_path):
+  """A teacher whose config and checkpoint disagree is refused cleanly."""
+  bad = tmp_path / "bad_teacher"
+  shutil.copytree(teacher_dir, bad)
+  cfg = json.loads((bad / "config.json").read_text())
+  cfg["model"]["channels"] = 32  # the checkpoint holds 16
+  (bad / "config.json").write_text(json.dumps(cfg))
+  before = _tree_hash(bad)
+  work = tmp_path / "w"
+  code, _, err = run_module(
+    "boot_jax.train", *_boot_args(bad), "--workdir", work
+  )
+  assert code != 0
+  lines = error_lines(err)
+  assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+  assert "not compatible with the stored shape" in lines[0]
+  assert _tree_hash(bad) == before
+  assert not (work / "config.json").exists()
+
+
+def test_missing_teacher_directory_is_one_line(tmp_path):
+  code, _, err = run_module(
+    "boot_jax.train",
+    *_boot_args(tmp_path / "nowhere"),
+    "--config.teacher.recipe=",
+    "--workdir",
+    tmp_path / "w",
+  )
+  assert code != 0
+  lines = error_lines(err)
+  assert len(lines) == 1, err[-2000:]
+  assert "does not exist" in lines[0]
+
+
+def test_train_teacher_bad_image_folders(tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  (broken / "a.png").write_bytes(b"not a png")
+  for folder, expected in (
+    (empty, "holds no PNG or JPEG"),
+    (broken, "cannot read image"),
+  ):
+    code, _, err = run_module(
+      "boot_jax.train_teacher",
+      "--config",
+      TEACHER_CFG,
+      "--config.data.source=folder",
+      f"--config.data.path={folder}",
+      "--workdir",
+      tmp_path / "t",
+    )
+    assert code != 0
+    lines = error_lines(err)
+    assert len(lines) == 1 and expected in lines[0], err[-2000:]
+  assert not (tmp_path / "t" / "config.json").exists()
+
+
+def test_image_folder_and_idx_loaders(tmp_path):
+  from PIL import Image
+
+  for cls in ("cat", "dog"):
+    (tmp_path / "imgs" / cls).mkdir(parents=True)
+    for i in range(3):
+      arr = np.full((5, 7, 3), 40 * i, np.uint8)
+      Image.fromarray(arr).save(tmp_path / "imgs" / cls / f"{i}.png")
+  ds = data.load_image_folder(str(tmp_path / "imgs"), 4, channels=3)
+  assert ds.images.shape == (6, 4, 4, 3) and ds.num_classes == 2
+  assert ds.images.min() >= -1 and ds.images.max() <= 1
+  assert sorted(set(ds.labels.tolist())) == [0, 1]
+  # IDX (MNIST format), gzip, with labels.
+  import gzip
+  import struct
+
+  imgs = np.arange(2 * 6 * 6, dtype=np.uint8).reshape(2, 6, 6)
+  with gzip.open(tmp_path / "x.idx.gz", "wb") as f:
+    f.write(
+      bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2, 6, 6) + imgs.tobytes()
+    )
+  with open(tmp_path / "y.idx", "wb") as f:
+    f.write(bytes([0, 0, 0x08, 1]) + struct.pack(">I", 2) + bytes([3, 1]))
+  ds = data.load_idx(str(tmp_path / "x.idx.gz"), str(tmp_path / "y.idx"), 6)
+  np.testing.assert_allclose(ds.images[..., 0], imgs / 127.5 - 1.0, atol=1e-6)
+  assert ds.labels.tolist() == [3, 1] and ds.num_classes == 4
+  with open(tmp_path / "short.idx", "wb") as f:
+    f.write(bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2, 6, 6) + b"\0" * 10)
+  with pytest.raises(data.DataError, match="truncated"):
+    data.load_idx(str(tmp_path / "short.idx"), None, 6)
+
+
+def test_digits_loader():
+  ds = data.load_digits(8)
+  assert ds.images.shape == (1797, 8, 8, 1)
+  assert ds.images.min() == -1.0 and ds.images.max() == 1.0
+  assert ds.num_classes == 10
+  up = data.load_digits(16)
+  assert up.images.shape == (1797, 16, 16, 1)
+
+
+def test_workdir_errors_leave_checkpoints_untouched(student_dir, tmp_path):
+  work = tmp_path / "w"
+  shutil.copytree(student_dir, work)
+  teacher = json.loads((work / "config.json").read_text())["teacher"]["path"]
+  args = _boot_args(teacher)
+  before = _tree_hash(work)
+
+  # A different config.
+  code, _, err = run_module(
+    "boot_jax.train", *args, "--config.boot.num_steps=8", "--workdir", work
+  )
+  lines = error_lines(err)
+  assert code != 0 and len(lines) == 1, err[-2000:]
+  assert "made by a different config" in lines[0]
+  assert "boot.num_steps: 16 -> 8" in lines[0]
+  assert _tree_hash(work) == before
+
+  # A truncated checkpoint file.
+  latest = work / "checkpoints" / "10" / "state"
+  victim = max(
+    (p for p in latest.rglob("*") if p.is_file()),
+    key=lambda p: p.stat().st_size,
+  )
+  victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+  before = _tree_hash(work)
+  code, _, err = run_module(
+    "boot_jax.train", *args, "--config.train.steps=15", "--workdir", work
+  )
+  lines = error_lines(err)
+  assert code != 0 and len(lines) == 1, err[-2000:]
+  assert "cannot be restored" in lines[0]
+  assert _tree_hash(work) == before
+
+
+def test_unwritable_workdir(teacher_dir, tmp_path):
+  a_file = tmp_path / "file"
+  a_file.write_text("x")
+  code, _, err = run_module(
+    "boot_jax.train", *_boot_args(teacher_dir), "--workdir", a_file / "w"
+  )
+  lines = error_lines(err)
+  assert code != 0 and len(lines) == 1, err[-2000:]
+  assert "is a file" in lines[0]
+  if os.geteuid() != 0:  # root ignores permission bits
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    code, _, err = run_module(
+      "boot_jax.train", *_boot_args(teacher_dir), "--workdir", ro / "w"
+    )
+    assert code != 0 and "not writable" in error_lines(err)[0]
