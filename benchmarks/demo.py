@@ -67,6 +67,18 @@ def bars(report: dict) -> list[tuple[str, bool, str]]:
   ]
 
 
+def ordered(names) -> list[str]:
+  """Student first, then teacher DDIM and hybrids by their step counts."""
+
+  def key(name):
+    digits = "".join(c if c.isdigit() else " " for c in name).split()
+    steps = int(digits[-1]) if digits else 0
+    kind = 0 if name.startswith("student") else 1 if "DDIM" in name else 2
+    return kind, steps
+
+  return sorted(names, key=key)
+
+
 def markdown(report, seconds, command, bar_rows) -> str:
   lines = [
     SECTION_BEGIN,
@@ -90,7 +102,8 @@ def markdown(report, seconds, command, bar_rows) -> str:
     "| sampler | FID-digits | images/s |",
     "|---|---|---|",
   ]
-  for name, e in report["samplers"].items():
+  for name in ordered(report["samplers"]):
+    e = report["samplers"][name]
     lines.append(f"| {name} | {e['fid']:.2f} | {e['images_per_s']:.0f} |")
   lines += [
     "",
@@ -126,10 +139,20 @@ def main():
   parser.add_argument("--workdir", default="/tmp/boot_jax_demo_benchmark")
   parser.add_argument("--keep", action="store_true", help="keep the workdir")
   parser.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+  parser.add_argument(
+    "--rerender",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="only redo the table from an existing --workdir that took SECONDS",
+  )
   args = parser.parse_args()
-  if os.path.exists(args.workdir):
-    shutil.rmtree(args.workdir)
-  seconds = run_demo(args.workdir)
+  if args.rerender is None:
+    if os.path.exists(args.workdir):
+      shutil.rmtree(args.workdir)
+    seconds = run_demo(args.workdir)
+  else:
+    seconds = args.rerender
   with open(os.path.join(args.workdir, "eval.json"), encoding="utf-8") as f:
     report = json.load(f)
   grids = sorted(glob.glob(os.path.join(args.workdir, "samples", "student_*")))
@@ -146,7 +169,7 @@ def main():
   for name, ok, measured in rows:
     print(f"{'PASS' if ok else 'MISS'}  {name}: {measured}")
   print(f"demo wall time {seconds:.0f} s; wrote {args.out}")
-  if not args.keep:
+  if not args.keep and args.rerender is None:
     shutil.rmtree(args.workdir)
 
 

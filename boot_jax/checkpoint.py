@@ -23,6 +23,60 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be restored (corrupt, truncated, mismatched)."""
 
 
+def _path_str(path) -> str:
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+def _shapes(tree) -> dict:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_path_str(p): tuple(getattr(v, "shape", ())) for p, v in leaves}
+
+
+def check_fits(item_dir: str, target) -> None:
+  """Raises CheckpointError if a saved item's arrays do not fit `target`.
+
+  Compares the saved metadata (names and shapes) with the target before
+  restoring, so a mismatch is reported by name, without starting a restore.
+  Unreadable metadata is left for the restore itself to report.
+  """
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    meta = checkpointer.metadata(item_dir)
+  except Exception:  # noqa: BLE001 - corrupt metadata: restore reports it
+    return
+  finally:
+    checkpointer.close()
+  saved = _shapes(getattr(meta, "item_metadata", meta))
+  wanted = _shapes(target)
+  missing = sorted(set(wanted) - set(saved))
+  extra = sorted(set(saved) - set(wanted))
+  if missing or extra:
+    raise CheckpointError(
+      f"{item_dir} does not fit the config: "
+      + (f"{missing[0]} is not in the checkpoint" if missing else "")
+      + ("; " if missing and extra else "")
+      + (
+        f"the checkpoint has {extra[0]}, which the config does not"
+        if extra
+        else ""
+      )
+    )
+  for name, shape in wanted.items():
+    if saved[name] != shape:
+      raise CheckpointError(
+        f"{item_dir} does not fit the config: {name} has shape "
+        f"{saved[name]} in the checkpoint, the config expects {shape}"
+      )
+
+
 def abstract_like(tree):
   """ShapeDtypeStructs (with shardings) of a pytree of arrays."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
@@ -89,6 +143,8 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
+    for name, target in targets.items():
+      check_fits(os.path.join(self.directory, str(step), name), target)
     args = ocp.args.Composite(
       **{
         k: ocp.args.StandardRestore(abstract_like(v))

@@ -29,11 +29,12 @@ def _last_line(text: str) -> str:
 def parse_flags(argv):
   """absl flag parsing that turns every parse error into one line.
 
-  Library INFO logs (orbax logs every checkpoint step) are hidden unless
+  Library INFO and WARNING logs (orbax logs every checkpoint step and
+  warns about read-only directories) are hidden unless
   --verbosity is given.
   """
   if not any(a.startswith(("--verbosity", "-v")) for a in argv[1:]):
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:

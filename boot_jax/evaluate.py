@@ -49,26 +49,16 @@ def eval_inputs(teacher, num: int, seed: int):
   return eps, cond
 
 
-def batched(fn, *args, batch_size: int):
-  """Applies a jitted `fn` over leading-axis chunks (None args pass)."""
-  n = next(a.shape[0] for a in args if a is not None)
-  outs = []
-  for i in range(0, n, batch_size):
-    chunk = [None if a is None else a[i : i + batch_size] for a in args]
-    outs.append(np.asarray(fn(*chunk)))
-  return np.concatenate(outs)
-
-
 def teacher_ddim(teacher, grid: boot.Grid, eps, cond, guidance, batch_size):
   """The teacher's DDIM-N on the grid's model-call times from `eps`."""
   ts = grid.ddim_timesteps()
   fn = jax.jit(lambda e, c: teacher.ddim(teacher.params, e, ts, c, guidance))
-  return batched(fn, eps, cond, batch_size=batch_size)
+  return sample.run_sampler(fn, eps, cond, batch_size)[0]
 
 
 def student_one_step(student, params, eps, cond, batch_size):
   fn = jax.jit(lambda e, c: student.generate(params, e, c))
-  return batched(fn, eps, cond, batch_size=batch_size)
+  return sample.run_sampler(fn, eps, cond, batch_size)[0]
 
 
 def mmd(x, y, scales=MMD_SCALES, bandwidth=None):

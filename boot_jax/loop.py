@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from boot_jax import (
@@ -324,15 +323,6 @@ def progress_logger(total: int, writer=None, tb=None, printer=print):
 def params_for_sampling(state):
   """The EMA parameters when kept, else the raw ones."""
   return state.ema_params if state.ema_params is not None else state.params
-
-
-def tree_equal(a, b) -> bool:
-  """Bitwise equality of two pytrees of arrays."""
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  return len(la) == len(lb) and all(
-    np.array_equal(np.asarray(x), np.asarray(y))
-    for x, y in zip(la, lb, strict=True)
-  )
 
 
 def run_in_workdir(

@@ -6,9 +6,11 @@ r"""Sample from a trained work directory: student, teacher or hybrid.
 
 * student: one network call, `x = g(eps, clean)`.
 * teacher: the teacher's DDIM with K steps (trailing spacing).
-* hybrid: the student jumps to the top of the teacher's K-step grid below
-  T (snapped to the student's training grid) and the teacher finishes with
-  K DDIM steps: a quality dial between one step and DDIM.
+* hybrid: the teacher finishes the last K steps of the student's training
+  grid: the student jumps to the first point of that K-step grid (the K-th
+  lowest grid time) and the teacher runs K DDIM steps from there. K = 0
+  would be the student alone, K = N the teacher's DDIM-N from the student's
+  x_T: a quality dial.
 
 Writes `images` (float32, NHWC in [-1, 1], or [N, D] vectors) and `noise`
 (the eps used) to the npz, and a PNG grid beside it for images. The same
@@ -51,12 +53,17 @@ def noise(shape, num: int, seed: int) -> jax.Array:
 
 
 def hybrid_timesteps(setup: loop.Setup, steps: int) -> np.ndarray:
-  """The student's jump time, then the teacher's remaining DDIM times."""
-  sched = setup.teacher.schedule
-  ts = np.asarray(sched.timesteps(steps + 1, "trailing"), np.float64)[1:]
-  grid = setup.grid.times[1:]
-  ts[0] = grid[np.argmin(np.abs(grid - ts[0]))]
-  return ts
+  """The last `steps` model-call times of the training grid, descending.
+
+  The first is where the student jumps to; the teacher's DDIM runs from
+  there through the rest to the clean end.
+  """
+  n = setup.grid.num_steps
+  if not 1 <= steps <= n:
+    raise ValueError(
+      f"hybrid needs 1 <= --steps <= {n} (the student's grid), got {steps}"
+    )
+  return setup.grid.times[1 : steps + 1][::-1].astype(np.float64)
 
 
 def make_sampler(setup: loop.Setup, params, kind: str, steps: int, guidance):

@@ -58,27 +58,34 @@ def ensure_teacher(config, printer=print) -> None:
     if not os.path.isdir(t.path):
       raise network.TeacherError(f"teacher directory {t.path!r} does not exist")
     raise network.TeacherError(f"{t.path!r} holds no finished teacher")
+  if recipe not in config_lib.TEACHER_RECIPES:
+    raise network.TeacherError(
+      f"unknown teacher.recipe {recipe!r}; expected one of "
+      f"{sorted(config_lib.TEACHER_RECIPES)}"
+    )
   printer(
     f"no trained teacher in {t.path}: training one first with the "
-    f"'{recipe}' recipe (configs/{recipe}_teacher.py)"
+    f"{recipe!r} teacher recipe"
   )
   teacher_config = config_lib.TEACHER_RECIPES[recipe]()
   train_teacher.train_and_evaluate(teacher_config, t.path, printer=printer)
 
 
-def sample_grid_fn(setup: loop.Setup, config, workdir: str, tb=None):
-  """An `evaluate` hook: the student's one step on fixed noise, as a PNG."""
+def sample_grid_fn(setup: loop.Setup, config, workdir: str):
+  """An `evaluate` hook: the student's one step on fixed noise, as a PNG.
+
+  None for vector data (there is no picture to draw).
+  """
+  if len(setup.teacher.sample_shape) != 3:
+    return None
   num = int(config.eval.get("grid_size", 64))
   eps, cond = evaluate.eval_inputs(setup.teacher, num, config.eval.seed)
   generate = jax.jit(setup.student.generate)
-  image_like = len(setup.teacher.sample_shape) == 3
 
   def hook(step, state):
-    params = loop.params_for_sampling(state)
-    out = np.asarray(generate(params, eps, cond))
-    if image_like:
-      path = os.path.join(workdir, "samples", f"student_{step:07d}.png")
-      workdir_lib.save_image_grid(out, path, ncol=int(np.sqrt(num)))
+    out = np.asarray(generate(loop.params_for_sampling(state), eps, cond))
+    path = os.path.join(workdir, "samples", f"student_{step:07d}.png")
+    workdir_lib.save_image_grid(out, path, ncol=int(np.sqrt(num)))
 
   return hook
 
@@ -114,7 +121,9 @@ def train_and_evaluate(config, workdir: str, printer=print) -> dict:
   )
   if not config.eval.get("final", True):
     return {}
-  report = evaluate.evaluate(setup, loop.params_for_sampling(state), config)
+  report = evaluate.evaluate(
+    setup, loop.params_for_sampling(state), config, printer
+  )
   path = os.path.join(workdir, "eval.json")
   workdir_lib.atomic_write(path, json.dumps(report, indent=2, sort_keys=True))
   printer(evaluate.format_report(report))

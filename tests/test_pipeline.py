@@ -221,7 +221,8 @@ def test_teacher_shape_mismatch_is_one_line(teacher_dir, tmp_path):
   assert code != 0
   lines = error_lines(err)
   assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-  assert "not compatible with the stored shape" in lines[0]
+  assert "does not fit the config" in lines[0]
+  assert "Conv_0/bias has shape (16,) in the checkpoint" in lines[0]
   assert _tree_hash(bad) == before
   assert not (work / "config.json").exists()
 
@@ -339,6 +340,35 @@ def test_workdir_errors_leave_checkpoints_untouched(student_dir, tmp_path):
   assert "cannot be restored" in lines[0]
   assert _tree_hash(work) == before
 
+  # Bad values and unknown keys never touch the directory either.
+  for extra, expected in (
+    ("--config.train.steps=-1", "train.steps must be >= 0"),
+    ("--config.boot.nope=1", "unknown config key 'nope'"),
+    ("--config.train.batch_size=0", "batch_size must be positive"),
+  ):
+    code, _, err = run_module("boot_jax.train", *args, extra, "--workdir", work)
+    lines = error_lines(err)
+    assert code != 0 and len(lines) == 1 and expected in lines[0], err[-2000:]
+    assert _tree_hash(work) == before
+
+
+def test_allow_config_change(student_dir, tmp_path):
+  work = tmp_path / "w"
+  shutil.copytree(student_dir, work)
+  teacher = json.loads((work / "config.json").read_text())["teacher"]["path"]
+  code, out, err = run_module(
+    "boot_jax.train",
+    *_boot_args(teacher, steps=12),
+    "--config.optim.lr=1e-4",
+    "--config.train.allow_config_change=true",
+    "--workdir",
+    work,
+  )
+  assert code == 0, err[-2000:]
+  assert "resuming from the checkpoint of step 10" in out
+  assert json.loads((work / "config.json").read_text())["optim"]["lr"] == 1e-4
+  assert (work / "checkpoints" / "12").is_dir()
+
 
 def test_unwritable_workdir(teacher_dir, tmp_path):
   a_file = tmp_path / "file"
@@ -357,3 +387,38 @@ def test_unwritable_workdir(teacher_dir, tmp_path):
       "boot_jax.train", *_boot_args(teacher_dir), "--workdir", ro / "w"
     )
     assert code != 0 and "not writable" in error_lines(err)[0]
+
+
+def test_train_trains_the_missing_teacher_first(tmp_path, monkeypatch):
+  """The single command: no teacher yet -> one line, teacher, then BOOT."""
+  from boot_jax import config_lib
+
+  def tiny_recipe():
+    c = config_lib.digits_teacher_config()
+    c.model.num_res_blocks = 1
+    c.model.num_heads = 1
+    c.train.steps = 8
+    c.train.batch_size = 16
+    c.train.log_every = 4
+    c.train.ckpt_every = 8
+    c.train.eval_every = 8
+    c.eval.grid_size = 4
+    c.eval.ddim_steps = 2
+    return c
+
+  monkeypatch.setitem(config_lib.TEACHER_RECIPES, "tiny", tiny_recipe)
+  config = _config_from_args(_boot_args("teacher", steps=4))
+  config.teacher.recipe = "tiny"
+  lines = []
+  train.train_and_evaluate(config, str(tmp_path / "w"), printer=lines.append)
+  said = [line for line in lines if line.startswith("no trained teacher")]
+  assert len(said) == 1 and "'tiny' teacher recipe" in said[0]
+  teacher = tmp_path / "w" / "teacher"
+  assert (teacher / "checkpoints" / "8").is_dir()
+  assert (tmp_path / "w" / "checkpoints" / "4").is_dir()
+  assert list((tmp_path / "w" / "tb").glob("events.out.tfevents*"))
+  # A second run finds the teacher and the finished student: nothing to do.
+  lines.clear()
+  train.train_and_evaluate(config, str(tmp_path / "w"), printer=lines.append)
+  assert not any(line.startswith("no trained teacher") for line in lines)
+  assert any("resuming from the checkpoint of step 4" in line for line in lines)
