@@ -9,6 +9,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from boot_jax import sharding as sharding_defaults
+
 
 def discrete_schedule(
   beta_schedule: str = "linear",
@@ -82,7 +84,24 @@ def base_config() -> ml_collections.ConfigDict:
   # keys in RESUMABLE_CHANGES) only when this is set.
   c.train.allow_config_change = False
 
+  # 'bfloat16': the networks compute in bf16 while parameters, optimizer
+  # state and the BOOT target arithmetic stay float32.
+  c.train.compute_dtype = "float32"
+  # Rematerialise the student's blocks in the backward pass (less memory,
+  # about one more forward pass of compute).
+  c.train.remat = False
+
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding = ml_collections.ConfigDict()
+  # [logical axis name, mesh axis or None] pairs (see boot_jax.sharding).
+  c.sharding.rules = [list(r) for r in sharding_defaults.DEFAULT_RULES]
+  # Split an unnamed (or rule-unsplit) parameter's largest divisible
+  # dimension over fsdp.
+  c.sharding.fsdp_fallback = True
+  # The frozen teacher: 'replicate', 'fsdp', or 'auto' (fsdp above
+  # replicate_teacher_below_mb of parameters).
+  c.sharding.teacher = "auto"
+  c.sharding.replicate_teacher_below_mb = 1024.0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 4000
@@ -104,6 +123,9 @@ RESUMABLE_CHANGES = (
   "train.keep_checkpoints",
   "train.allow_config_change",
   "eval.",
+  # The device layout: checkpoints restore onto any mesh.
+  "mesh.",
+  "sharding.",
 )
 
 

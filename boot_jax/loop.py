@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec as P
 
 from boot_jax import (
   boot,
@@ -27,6 +29,7 @@ from boot_jax import (
   conditions,
   config_lib,
   metrics,
+  models,
   optim,
   sharding,
   teachers,
@@ -51,9 +54,28 @@ class Interrupted(RuntimeError):
     self.step = step
 
 
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config):
+  """The networks' computation dtype from `train.compute_dtype`."""
+  name = config.train.get("compute_dtype", "float32")
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(
+      f"train.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got "
+      f"{name!r}"
+    )
+  return COMPUTE_DTYPES[name]
+
+
 @dataclasses.dataclass
 class Setup:
-  """What a BOOT run is made of, built once from the resolved config."""
+  """What a BOOT run is made of, built once from the resolved config.
+
+  The state is only ever built through `init_state` (one jit whose
+  out_shardings spread it over the mesh) or restored onto
+  `abstract_state()`; nothing full size is materialised on one device.
+  """
 
   config: Any
   teacher: teachers.Teacher
@@ -61,9 +83,12 @@ class Setup:
   grids: list[boot.Grid]  # one per curriculum stage, the finest last
   optimizer: optax.GradientTransformation
   train_step: Callable  # jitted (state, teacher_params, batch)
-  draw: Callable  # jitted (step, stage) -> batch; stage is static
-  init_params: Any
+  draw: Callable  # (step, stage) -> global batch; stage is static
+  create: Callable  # teacher_params -> state (un-jitted)
+  state_shardings: Any
+  num_params: int
   mesh: Any = None
+  traces: list = dataclasses.field(default_factory=list)
 
   @property
   def grid(self) -> boot.Grid:
@@ -75,20 +100,18 @@ class Setup:
     n = len(self.grids)
     return min(int(step) * n // max(self.config.train.steps, 1), n - 1)
 
-  def _create(self, params):
-    ema = self.config.optim.ema_decay is not None
-    return state_lib.create(params, self.optimizer, ema)
-
   def init_state(self) -> state_lib.TrainState:
-    return jax.jit(self._create, out_shardings=sharding.replicated(self.mesh))(
-      self.init_params
+    return jax.jit(self.create, out_shardings=self.state_shardings)(
+      self.teacher.params
     )
 
   def abstract_state(self):
     """The state's shapes, dtypes and shardings, without computing it."""
-    return sharding.with_sharding(
-      jax.eval_shape(self._create, self.init_params),
-      sharding.replicated(self.mesh),
+    abstract = jax.eval_shape(self.create, self.teacher.params)
+    return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract,
+      self.state_shardings,
     )
 
   def step_fn(self, state, step: int):
@@ -103,39 +126,107 @@ def curriculum_grids(schedule, config) -> list[boot.Grid]:
   return [boot.make_grid(schedule, n, config.spacing) for n in sizes]
 
 
+def _placement(config, mesh, rules):
+  """Where the frozen teacher goes: replicated, or over fsdp when large."""
+
+  def place(abstract, specs):
+    mode = sharding.teacher_placement(config, sharding.tree_bytes(abstract))
+    if mode == "replicate":
+      return jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+    return sharding.tree_shardings(abstract, specs, mesh, rules)
+
+  return place
+
+
 def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
-  """Builds teacher, student, grids, optimizer and the jitted functions."""
+  """Builds teacher, student, grids, optimizer and the jitted functions.
+
+  Phases: mesh -> teacher (restored straight into its shardings) ->
+  student and the state's shardings (abstract, from the parameters'
+  logical axis names and `config.sharding.rules`) -> the jitted step and
+  the process-local input draw.
+  """
   config_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.batch_size_per_shard(mesh, config.train.batch_size)
+  rules = sharding.rules_from_config(config)
+  dtype = compute_dtype(config)
+  place = _placement(config, mesh, rules)
   if teacher is None:
-    teacher = teachers.build_teacher(config.teacher)
-  replicated = sharding.replicated(mesh)
-  teacher = dataclasses.replace(
-    teacher, params=jax.device_put(teacher.params, replicated)
-  )
+    teacher = teachers.build_teacher(
+      config.teacher, placement=place, dtype=dtype
+    )
+  else:
+    specs = jax.tree.map(lambda _: P(), teacher.params)
+    teacher = dataclasses.replace(
+      teacher,
+      params=jax.device_put(teacher.params, place(teacher.params, specs)),
+    )
   key = jax.random.key(config.train.seed)
   k_init, k_data = jax.random.split(key)
-  student, params = student_lib.make_student(teacher, config.student, k_init)
-  grids = curriculum_grids(teacher.schedule, config.boot)
-  optimizer = optim.make_optimizer(config.optim, config.train.steps)
-  train_step = step_lib.jit_train_step(
-    step_lib.make_train_step(
-      student,
-      teacher,
-      optimizer,
-      config.boot,
-      config.optim.ema_decay,
-      config.train.nan_policy,
-    ),
-    in_shardings=(replicated, replicated, sharding.batch_sharding(mesh)),
-    out_shardings=(replicated, replicated),
+  student, params_fn = student_lib.build_student(
+    teacher,
+    config.student,
+    k_init,
+    dtype=dtype,
+    remat=bool(config.train.get("remat", False)),
   )
-  indices = jnp.arange(config.train.batch_size)
+  optimizer = optim.make_optimizer(config.optim, config.train.steps)
+  ema = config.optim.ema_decay is not None
+
+  def create(teacher_params):
+    return state_lib.create(params_fn(teacher_params), optimizer, ema)
+
+  # Logical names ride along in the parameters' boxes through the
+  # optimizer's init, so moments and EMA get their parameter's spec.
+  boxed = models.boxed_abstract_params(
+    student.module, student.sample_shape, teacher.null_condition(1)
+  )
+  specs = sharding.logical_specs(
+    jax.eval_shape(lambda p: state_lib.create(p, optimizer, ema), boxed)
+  )
+  abstract = jax.eval_shape(create, teacher.params)
+  section = config.get("sharding") or {}
+  state_shardings = sharding.tree_shardings(
+    abstract,
+    specs,
+    mesh,
+    rules,
+    fsdp_fallback=bool(section.get("fsdp_fallback", True)),
+  )
+  grids = curriculum_grids(teacher.schedule, config.boot)
+  traces = []
+
+  def counted_step(*args):
+    traces.append("train_step")  # runs once per trace, never per step
+    return step_fn(*args)
+
+  step_fn = step_lib.make_train_step(
+    student,
+    teacher,
+    optimizer,
+    config.boot,
+    config.optim.ema_decay,
+    config.train.nan_policy,
+  )
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+  train_step = step_lib.jit_train_step(
+    counted_step,
+    in_shardings=(
+      state_shardings,
+      jax.tree.map(lambda x: x.sharding, teacher.params),
+      batch_sharding,
+    ),
+    out_shardings=(state_shardings, replicated),
+  )
+  batch_size = config.train.batch_size
+  indices = jnp.asarray(sharding.local_indices(batch_sharding, batch_size))
   label_logits = config.teacher.get("label_logits")
   label_logits = None if label_logits is None else jnp.asarray(label_logits)
 
-  def draw(step, stage):
+  @functools.partial(jax.jit, static_argnums=1)
+  def draw_local(step, stage):
     return conditions.draw_batch(
       k_data,
       step,
@@ -146,6 +237,12 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
       label_logits,
     )
 
+  def draw(step, stage):
+    # Each process draws only its rows (keys fold in the global example
+    # index), so the global batch does not depend on the process count.
+    local = draw_local(step, stage)
+    return sharding.assemble_batch(batch_sharding, local, batch_size)
+
   return Setup(
     config=config,
     teacher=teacher,
@@ -153,11 +250,12 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
     grids=grids,
     optimizer=optimizer,
     train_step=train_step,
-    draw=jax.jit(
-      draw, static_argnums=1, out_shardings=sharding.batch_sharding(mesh)
-    ),
-    init_params=params,
+    draw=draw,
+    create=create,
+    state_shardings=state_shardings,
+    num_params=student_lib.num_params(abstract.params),
     mesh=mesh,
+    traces=traces,
   )
 
 
@@ -320,6 +418,10 @@ def progress_logger(total: int, writer=None, tb=None, printer=print):
   return log
 
 
+def _quiet(*args, **kwargs):
+  del args, kwargs
+
+
 def params_for_sampling(state):
   """The EMA parameters when kept, else the raw ones."""
   return state.ema_params if state.ema_params is not None else state.params
@@ -371,10 +473,13 @@ def run_in_workdir(
     if resuming:
       printer(f"{workdir} has no checkpoint yet: starting from step 0")
     state = init_state()
-  workdir_lib.write_config(workdir, config)
-  workdir_lib.truncate_metrics(workdir, int(state.step))
-  writer = metrics.MetricWriter(workdir)
-  tb = metrics.TensorBoard(workdir)
+  # Only process 0 writes files; every process takes part in checkpoints.
+  lead = sharding.is_lead()
+  if lead:
+    workdir_lib.write_config(workdir, config)
+    workdir_lib.truncate_metrics(workdir, int(state.step))
+  writer = metrics.MetricWriter(workdir, enabled=lead)
+  tb = metrics.TensorBoard(workdir, enabled=lead)
   t = config.train
   driver = Driver(
     total_steps=t.steps,
@@ -384,7 +489,7 @@ def run_in_workdir(
     eval_every=t.eval_every,
     save=lambda step, st: ckpt.save(step, items(st)),
     wait=ckpt.wait,
-    log=progress_logger(t.steps, writer, tb, printer),
+    log=progress_logger(t.steps, writer, tb, printer if lead else _quiet),
     evaluate=evaluate,
     sync=sync,
     stop_on_nonfinite=t.get("nan_policy", "stop") == "stop",

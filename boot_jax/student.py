@@ -106,21 +106,28 @@ def resolve_parameterization(name: str, prediction: str) -> str:
   return name
 
 
-def make_student(teacher: base.Teacher, config, key) -> tuple[Student, Any]:
-  """Builds the student and its initial parameters.
+def build_student(
+  teacher: base.Teacher, config, key, dtype=None, remat: bool = False
+):
+  """Builds the student and a function that makes its initial parameters.
 
   With a network teacher (`teacher.module` set) the student is the same
-  network with a copy of the teacher's weights; otherwise (the analytic
-  teacher) it is `config.model`, freshly initialised from `key`.
+  network (optionally with another computation dtype and rematerialised
+  blocks) starting from a copy of the teacher's weights; otherwise (the
+  analytic teacher) it is `config.model`, freshly initialised from `key`.
 
   Args:
     teacher: the frozen teacher.
     config: the `student` config section.
     key: PRNG key for fresh initialisation.
+    dtype: computation dtype of the network (None: float32); parameters
+      stay float32.
+    remat: rematerialise the network's blocks in the backward pass.
 
   Returns:
-    `(student, params)`; params are plain arrays (logical-axis boxes
-    removed) and never alias the teacher's buffers.
+    `(student, params_fn)`: `params_fn(teacher_params)` returns the initial
+    parameters (plain arrays that never alias the teacher's buffers); jit
+    it with out_shardings to build them sharded.
   """
   space = config.get("space", "signal")
   if space not in SPACES:
@@ -138,6 +145,15 @@ def make_student(teacher: base.Teacher, config, key) -> tuple[Student, Any]:
     parameterization = resolve_parameterization(
       config.get("parameterization", "auto"), prediction
     )
+  changes = dict(dtype=dtype)
+  if remat:
+    if "remat" not in getattr(module, "__dataclass_fields__", {}):
+      raise ValueError(
+        f"{type(module).__name__} has no rematerialisation switch; set "
+        "train.remat=false"
+      )
+    changes["remat"] = True
+  module = module.clone(**changes)
   student = Student(
     module=module,
     schedule=teacher.schedule,
@@ -147,11 +163,19 @@ def make_student(teacher: base.Teacher, config, key) -> tuple[Student, Any]:
     prediction=prediction,
     space=space,
   )
-  if fresh:
-    params = init_params(module, teacher, key)
-  else:
-    params = jax.tree.map(jnp.array, teacher.params)  # a copy
-  return student, params
+
+  def params_fn(teacher_params):
+    if fresh:
+      return init_params(module, teacher, key)
+    return jax.tree.map(jnp.copy, teacher_params)
+
+  return student, params_fn
+
+
+def make_student(teacher: base.Teacher, config, key) -> tuple[Student, Any]:
+  """`build_student` with its initial parameters computed (float32)."""
+  student, params_fn = build_student(teacher, config, key)
+  return student, jax.jit(params_fn)(teacher.params)
 
 
 def init_params(module, teacher: base.Teacher, key):

@@ -34,7 +34,6 @@ from boot_jax import (
   sharding,
   train_teacher,
 )
-from boot_jax import student as student_lib
 from boot_jax import workdir as workdir_lib
 from boot_jax.teachers import network
 
@@ -80,10 +79,16 @@ def sample_grid_fn(setup: loop.Setup, config, workdir: str):
     return None
   num = int(config.eval.get("grid_size", 64))
   eps, cond = evaluate.eval_inputs(setup.teacher, num, config.eval.seed)
-  generate = jax.jit(setup.student.generate)
+  # Every process runs the (sharded) step; the replicated result lets
+  # process 0 alone write the picture.
+  generate = jax.jit(
+    setup.student.generate, out_shardings=sharding.replicated(setup.mesh)
+  )
 
   def hook(step, state):
     out = np.asarray(generate(loop.params_for_sampling(state), eps, cond))
+    if not sharding.is_lead():
+      return
     path = os.path.join(workdir, "samples", f"student_{step:07d}.png")
     workdir_lib.save_image_grid(out, path, ncol=int(np.sqrt(num)))
 
@@ -105,7 +110,7 @@ def train_and_evaluate(config, workdir: str, printer=print) -> dict:
   workdir_lib.check(workdir, config)
   printer(
     f"teacher {setup.teacher.name} ({setup.teacher.prediction}-prediction), "
-    f"student {student_lib.num_params(setup.init_params):,} parameters, "
+    f"student {setup.num_params:,} parameters, "
     f"grid N={setup.grid.num_steps}"
   )
   state, _ = loop.run_in_workdir(
@@ -120,6 +125,12 @@ def train_and_evaluate(config, workdir: str, printer=print) -> dict:
     sync=sharding.needs_step_sync(setup.mesh),
   )
   if not config.eval.get("final", True):
+    return {}
+  if jax.process_count() > 1:
+    printer(
+      "multi-process run: skipping the final evaluation; run "
+      f"`python -m boot_jax.evaluate --workdir {workdir}` in one process"
+    )
     return {}
   report = evaluate.evaluate(
     setup, loop.params_for_sampling(state), config, printer
@@ -137,7 +148,39 @@ def define_flags():
       "config", None, "Config file (configs/*.py[:arg]).", lock_config=True
     ),
     workdir=flags.DEFINE_string("workdir", None, "Work directory."),
+    distributed=flags.DEFINE_bool(
+      "distributed",
+      False,
+      "Start JAX's multi-process runtime, finding the coordinator from the "
+      "environment (Cloud TPU VMs, SLURM, Open MPI, GKE).",
+    ),
+    coordinator=flags.DEFINE_string(
+      "coordinator",
+      None,
+      "host:port of process 0's coordinator (implies --distributed; needs "
+      "--num_processes and --process_id).",
+    ),
+    num_processes=flags.DEFINE_integer(
+      "num_processes", None, "Processes in the run (with --coordinator)."
+    ),
+    process_id=flags.DEFINE_integer(
+      "process_id", None, "This process's index (with --coordinator)."
+    ),
   )
+
+
+def start_runtime(f) -> None:
+  """Joins the multi-process runtime when the flags ask for it."""
+  if not (f["distributed"].value or f["coordinator"].value):
+    return
+  try:
+    sharding.initialize_distributed(
+      f["coordinator"].value,
+      f["num_processes"].value,
+      f["process_id"].value,
+    )
+  except (ValueError, RuntimeError) as e:
+    cli.fail(f"cannot start the multi-process runtime: {e}", code=1)
 
 
 def main(argv, f):
@@ -146,6 +189,7 @@ def main(argv, f):
   config = cli.config_value(f["config"])
   if not f["workdir"].value:
     cli.fail("--workdir is required")
+  start_runtime(f)
   try:
     train_and_evaluate(config, f["workdir"].value, printer=cli.printer)
   except loop.Interrupted as e:
@@ -157,6 +201,16 @@ def main(argv, f):
     checkpoint.CheckpointError,
   ) as e:
     cli.fail(e, code=1)
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    # A collective or the coordination service failed: most often another
+    # process of the run died.
+    cli.fail(
+      "the multi-process run failed (did another process stop?): "
+      f"{' '.join(str(e).split())[:300]}",
+      code=1,
+    )
 
 
 if __name__ == "__main__":

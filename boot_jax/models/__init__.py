@@ -51,6 +51,21 @@ def make_model(config, sample_shape, num_classes: int = 0, dtype=None):
   return cls(num_classes=num_classes, dtype=dtype, **kwargs)
 
 
+def _example_inputs(sample_shape):
+  x = jnp.zeros((1,) + tuple(sample_shape), jnp.float32)
+  return x, jnp.zeros((1,), jnp.float32)
+
+
+def boxed_abstract_params(module, sample_shape, cond=None):
+  """The parameters' ShapeDtypeStructs, still in their logical-axis boxes.
+
+  Nothing is computed; `sharding.logical_specs` reads the names from it.
+  """
+  x, t = _example_inputs(sample_shape)
+  variables = jax.eval_shape(module.init, jax.random.key(0), x, t, cond)
+  return variables["params"]
+
+
 def init_params(module, key, sample_shape, cond=None):
   """Initial parameters (logical-axis boxes removed) for a batch of one.
 
@@ -60,7 +75,6 @@ def init_params(module, key, sample_shape, cond=None):
     sample_shape: one sample's shape.
     cond: an example condition for a batch of one (None: unconditional).
   """
-  x = jnp.zeros((1,) + tuple(sample_shape), jnp.float32)
-  t = jnp.zeros((1,), jnp.float32)
+  x, t = _example_inputs(sample_shape)
   variables = jax.jit(module.init)(key, x, t, cond)
   return nn.meta.unbox(variables["params"])

@@ -8,6 +8,27 @@ import jax.numpy as jnp
 from boot_jax.models import layers
 
 
+class Block(nn.Module):
+  """Pre-norm residual block; the condition is added before the MLP."""
+
+  width: int
+  mlp_ratio: int
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, h, cond):
+    r = layers.layer_norm(self.dtype)(h)
+    r = r + layers.dense(self.width, ("embed", "mlp"), dtype=self.dtype)(cond)
+    r = layers.dense(
+      self.width * self.mlp_ratio, ("embed", "mlp"), dtype=self.dtype
+    )(r)
+    r = nn.silu(r)
+    r = layers.dense(
+      self.width, ("mlp", "embed"), zero_init=True, dtype=self.dtype
+    )(r)
+    return h + r
+
+
 class MLP(nn.Module):
   """Residual MLP: `(x [B, D], t [B], labels [B] | None) -> [B, D]`.
 
@@ -19,6 +40,7 @@ class MLP(nn.Module):
     num_classes: > 0 adds a class embedding with a null label.
     time_scale: times are multiplied by this before the sinusoids (use
       1000 for continuous times in [0, 1], 1 for DDPM timesteps).
+    remat: rematerialise the blocks in the backward pass.
     dtype: computation dtype (parameters stay float32).
   """
 
@@ -28,6 +50,7 @@ class MLP(nn.Module):
   mlp_ratio: int = 2
   num_classes: int = 0
   time_scale: float = 1.0
+  remat: bool = False
   dtype: object = None
 
   @nn.compact
@@ -40,17 +63,12 @@ class MLP(nn.Module):
       emb = emb + layers.class_embedding(self.num_classes, self.width)(labels)
     cond = nn.silu(emb)
     h = layers.dense(self.width, ("embed", "mlp"), dtype=self.dtype)(x)
-    for _ in range(self.depth):
-      r = layers.layer_norm(self.dtype)(h)
-      r = r + layers.dense(self.width, ("embed", "mlp"), dtype=self.dtype)(cond)
-      r = layers.dense(
-        self.width * self.mlp_ratio, ("embed", "mlp"), dtype=self.dtype
-      )(r)
-      r = nn.silu(r)
-      r = layers.dense(
-        self.width, ("mlp", "embed"), zero_init=True, dtype=self.dtype
-      )(r)
-      h = h + r
+    block = nn.remat(Block) if self.remat else Block
+    for i in range(self.depth):
+      # Named explicitly so remat does not rename the parameters.
+      h = block(self.width, self.mlp_ratio, self.dtype, name=f"Block_{i}")(
+        h, cond
+      )
     h = nn.silu(layers.layer_norm(self.dtype)(h))
     out = layers.dense(self.out_dim, ("embed", None), dtype=self.dtype)(h)
     return out.astype(jnp.float32)

@@ -100,7 +100,19 @@ class UNet(nn.Module):
     block_cls = (
       nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
     )
-    res_block = lambda f: block_cls(f, self.groups, self.dropout, self.dtype)  # noqa: E731
+    count = iter(range(10**6))
+
+    def res_block(features):
+      # Explicit names: nn.remat would otherwise rename the blocks, and the
+      # student must read the teacher's parameter tree either way.
+      return block_cls(
+        features,
+        self.groups,
+        self.dropout,
+        self.dtype,
+        name=f"ResBlock_{next(count)}",
+      )
+
     attn = lambda: SelfAttention(self.num_heads, self.groups, self.dtype)  # noqa: E731
     emb_dim = 4 * self.channels
     emb = layers.TimeEmbedding(emb_dim, self.time_scale, self.dtype)(t)

@@ -12,15 +12,22 @@ TEACHERS = {
 }
 
 
-def build_teacher(config) -> Teacher:
-  """Builds the teacher named by `config.name` from its config section."""
+def build_teacher(config, placement=None, dtype=None) -> Teacher:
+  """Builds the teacher named by `config.name` from its config section.
+
+  Args:
+    config: the `teacher` section.
+    placement: `(abstract_params, logical_specs) -> shardings`, where the
+      frozen parameters are put (None: the default device).
+    dtype: computation dtype of network teachers (None: float32).
+  """
   try:
     builder = TEACHERS[config.name]
   except KeyError:
     raise ValueError(
       f"unknown teacher {config.name!r}; expected one of {sorted(TEACHERS)}"
     ) from None
-  return builder(config)
+  return builder(config, placement=placement, dtype=dtype)
 
 
 __all__ = ["TEACHERS", "ConditionSpec", "Teacher", "build_teacher"]

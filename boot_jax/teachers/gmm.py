@@ -178,11 +178,19 @@ def assign(params, x):
   return jnp.argmax(r, axis=-1)
 
 
-def build(config) -> base.Teacher:
-  """Builds the analytic teacher from a `teacher` config section."""
+def build(config, placement=None, dtype=None) -> base.Teacher:
+  """Builds the analytic teacher from a `teacher` config section.
+
+  `placement` (see `network.build`) places the mixture's arrays; `dtype` is
+  ignored (the closed form is always computed in float32).
+  """
+  del dtype
   resolve_config(config)
   schedule = diffusion.make_schedule(config.schedule)
   params = make_params(config.means, config.stds, config.weights)
+  if placement is not None:
+    specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)
+    params = jax.device_put(params, placement(params, specs))
   conditional = bool(config.get("conditional", False))
   condition = (
     base.ConditionSpec("class", num_classes=config.num_components)

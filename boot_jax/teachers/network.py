@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import os
 
+import flax.linen as nn
 import jax
 import ml_collections
 
-from boot_jax import checkpoint, diffusion, models
+from boot_jax import checkpoint, diffusion, models, sharding
 from boot_jax.teachers import base
 
 # BOOT teacher key -> how to read it from a teacher-training config.
@@ -94,7 +95,7 @@ def resolve_config(config) -> None:
       )
 
 
-def build(config) -> base.Teacher:
+def build(config, placement=None, dtype=None) -> base.Teacher:
   """Builds a network teacher from a `teacher` config section.
 
   Keys: `path` (a teacher work directory), `use_ema`, `init` ('checkpoint',
@@ -102,6 +103,13 @@ def build(config) -> base.Teacher:
   a teacher of a given size, not a good one), and `model`, `schedule`,
   `prediction`, `sample_shape`, `num_classes` (taken from the teacher's own
   config when unset).
+
+  Args:
+    config: the `teacher` section.
+    placement: `(abstract_params, logical_specs) -> shardings`; the
+      parameters are restored (or initialised) straight into those
+      shardings, never whole on one device. None: default placement.
+    dtype: the network's computation dtype (None: float32).
   """
   init = config.get("init", "checkpoint")
   if init not in ("checkpoint", "random"):
@@ -119,16 +127,27 @@ def build(config) -> base.Teacher:
     if num_classes
     else base.ConditionSpec()
   )
-  module = models.make_model(config.model, sample_shape, num_classes)
+  module = models.make_model(
+    config.model, sample_shape, num_classes, dtype=dtype
+  )
 
   def init_fn(key):
     return models.init_params(module, key, sample_shape, condition.null(1))
 
   key = jax.random.key(int(config.get("seed", 0)))
+  boxed = models.boxed_abstract_params(module, sample_shape, condition.null(1))
+  abstract = nn.meta.unbox(boxed)
+  shardings = None
+  if placement is not None:
+    shardings = placement(abstract, sharding.logical_specs(boxed))
+    abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract,
+      shardings,
+    )
   if init == "random":
-    params = init_fn(key)
+    params = jax.jit(init_fn, out_shardings=shardings)(key)
   else:
-    abstract = jax.eval_shape(init_fn, key)
     try:
       params = checkpoint.read_item(
         os.path.join(config.path, "checkpoints"), "params", abstract

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Runs a multi-process BOOT job on this machine: P CPU processes with D fake
+# devices each, joined through a coordinator on localhost (collectives over
+# gloo). This is how the tests prove multi-host behaviour without a pod.
+#
+#   launch/local.sh --processes 2 --devices-per-process 4 -- \
+#     --config configs/gmm.py --workdir /tmp/gmm_mp [--config.a.b=v ...]
+#
+# Every process's output is prefixed with its index. When one process fails
+# the others are stopped, and the script exits with the first failure's
+# status. --dry-run prints the exact commands instead of running them.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+usage: launch/local.sh [--processes P] [--devices-per-process D]
+                       [--port N] [--module M] [--dry-run] -- <args>
+  --processes P            processes to start (default 2)
+  --devices-per-process D  fake CPU devices in each process (default 4)
+  --port N                 coordinator port on localhost (default 12355)
+  --module M               python module to run (default boot_jax.train)
+  --dry-run                print the commands, run nothing
+  <args>                   passed to every process (e.g. --config, --workdir)
+USAGE
+}
+
+processes=2
+devices=4
+port=12355
+module=boot_jax.train
+dry_run=0
+grace=90
+python=${PYTHON:-python3}
+
+while (($#)); do
+  case "$1" in
+    --processes) processes=$2; shift 2 ;;
+    --devices-per-process) devices=$2; shift 2 ;;
+    --port) port=$2; shift 2 ;;
+    --module) module=$2; shift 2 ;;
+    --dry-run) dry_run=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; break ;;
+    *) echo "error: unknown option $1 (arguments for the job go after --)" >&2
+       exit 2 ;;
+  esac
+done
+
+for v in "$processes" "$devices" "$port"; do
+  if ! [[ "$v" =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: --processes, --devices-per-process and --port take" \
+      "positive integers, got '$v'" >&2
+    exit 2
+  fi
+done
+
+command_for() {
+  local id=$1
+  shift
+  cmd=(env JAX_PLATFORMS=cpu "JAX_NUM_CPU_DEVICES=$devices"
+    "$python" -m "$module" "--coordinator=localhost:$port"
+    "--num_processes=$processes" "--process_id=$id" "$@")
+}
+
+if ((dry_run)); then
+  for ((i = 0; i < processes; i++)); do
+    command_for "$i" "$@"
+    printf '%q ' "${cmd[@]}"
+    echo
+  done
+  exit 0
+fi
+
+pids=()
+stop_all() {
+  for pid in "${pids[@]}"; do
+    kill "$1" "$pid" 2>/dev/null || true
+  done
+}
+trap 'stop_all -TERM; wait; exit 143' TERM
+trap 'stop_all -INT; wait; exit 130' INT
+
+for ((i = 0; i < processes; i++)); do
+  command_for "$i" "$@"
+  exec {out}> >(sed -u "s/^/[process $i] /")
+  "${cmd[@]}" >&"$out" 2>&1 &
+  pids+=("$!")
+  exec {out}>&-
+done
+
+status=0
+running=("${pids[@]}")
+while ((${#running[@]})); do
+  set +e
+  wait -n -p finished "${running[@]}"
+  rc=$?
+  set -e
+  left=()
+  for pid in "${running[@]}"; do
+    if [[ "$pid" != "$finished" ]]; then
+      left+=("$pid")
+    fi
+  done
+  running=("${left[@]}")
+  if ((rc != 0 && status == 0)); then
+    status=$rc
+    # The others notice the lost peer themselves (JAX's heartbeat) and exit
+    # with their own error; any still running after the grace period are
+    # killed.
+    echo "local.sh: a process exited with status $rc; waiting up to" \
+      "${grace}s for the others" >&2
+    (sleep "$grace"; stop_all -KILL) &
+    killer=$!
+  fi
+done
+if [[ -n "${killer:-}" ]]; then
+  kill "$killer" 2>/dev/null || true
+fi
+exit "$status"
