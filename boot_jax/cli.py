@@ -14,10 +14,16 @@ def fail(message: str, code: int = 2):
   Exits with os._exit: callers have already waited for (or never started)
   checkpoint writes, and after a failed orbax restore its background
   threads otherwise print tracebacks from a closed event loop at shutdown.
+  The line goes out in one write that starts on a fresh line, so output
+  other threads are still printing cannot split it; after it, stderr is
+  closed to them.
   """
   message = " ".join(str(message).split())
-  print(f"error: {message}", file=sys.stderr, flush=True)
   sys.stdout.flush()
+  sys.stderr.flush()
+  os.write(2, f"\nerror: {message}\n".encode("utf-8", "replace"))
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
   os._exit(code)
 
 

@@ -467,7 +467,11 @@ def run_in_workdir(
   )
   last = ckpt.latest_step()
   if last is not None:
-    state = ckpt.restore({"state": abstract_state}, last)["state"]
+    try:
+      state = ckpt.restore({"state": abstract_state}, last)["state"]
+    except checkpoint.CheckpointError:
+      ckpt.close()  # stop orbax's threads before the error is reported
+      raise
     printer(f"resuming from the checkpoint of step {last}")
   else:
     if resuming:

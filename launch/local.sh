@@ -57,7 +57,7 @@ done
 command_for() {
   local id=$1
   shift
-  cmd=(env JAX_PLATFORMS=cpu "JAX_NUM_CPU_DEVICES=$devices"
+  cmd=(env JAX_PLATFORMS=cpu "JAX_NUM_CPU_DEVICES=$devices" PYTHONUNBUFFERED=1
     "$python" -m "$module" "--coordinator=localhost:$port"
     "--num_processes=$processes" "--process_id=$id" "$@")
 }
@@ -102,14 +102,22 @@ while ((${#running[@]})); do
     fi
   done
   running=("${left[@]}")
+  index=0
+  for ((i = 0; i < processes; i++)); do
+    if [[ "${pids[$i]}" == "$finished" ]]; then
+      index=$i
+    fi
+  done
+  if ((rc != 0)); then
+    echo "local.sh: process $index exited with status $rc" >&2
+  fi
   if ((rc != 0 && status == 0)); then
     status=$rc
     # The others notice the lost peer themselves (JAX's heartbeat) and exit
     # with their own error; any still running after the grace period are
     # killed.
-    echo "local.sh: a process exited with status $rc; waiting up to" \
-      "${grace}s for the others" >&2
-    (sleep "$grace"; stop_all -KILL) &
+    echo "local.sh: waiting up to ${grace}s for the other processes" >&2
+    (sleep "$grace" && stop_all -KILL) >/dev/null 2>&1 &
     killer=$!
   fi
 done

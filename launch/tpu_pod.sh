@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Runs a BOOT job on a Cloud TPU VM slice: create the slice, install this
+# checkout on every worker, run the same train command on all workers (gcloud
+# streams each worker's output back), then delete the slice.
+#
+#   launch/tpu_pod.sh --name boot-v4 --zone us-central2-b \
+#     --accelerator v4-32 -- --config configs/digits.py \
+#     --workdir /mnt/shared/boot_digits
+#
+# JAX finds the coordinator from the TPU VM metadata (train --distributed).
+# The work directory must be on storage every worker sees (a Filestore or
+# gcsfuse mount): every worker writes its checkpoint shards there.
+# --dry-run prints the exact commands instead of running them.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+usage: launch/tpu_pod.sh --name NAME --zone ZONE --accelerator TYPE
+                         [--version V] [--project P] [--spot] [--keep]
+                         [--dry-run] -- <train args>
+  --name NAME         TPU VM name to create (and delete at the end)
+  --zone ZONE         e.g. us-central2-b
+  --accelerator TYPE  e.g. v4-8, v4-32, v5litepod-16
+  --version V         TPU VM software version (default tpu-ubuntu2204-base)
+  --project P         Google Cloud project (default: gcloud's)
+  --spot              create a Spot (preemptible) slice
+  --keep              keep the slice after the run
+  --dry-run           print the commands, run nothing
+USAGE
+}
+
+name=""
+zone=""
+accelerator=""
+version=tpu-ubuntu2204-base
+project=""
+spot=0
+keep=0
+dry_run=0
+
+while (($#)); do
+  case "$1" in
+    --name) name=$2; shift 2 ;;
+    --zone) zone=$2; shift 2 ;;
+    --accelerator) accelerator=$2; shift 2 ;;
+    --version) version=$2; shift 2 ;;
+    --project) project=$2; shift 2 ;;
+    --spot) spot=1; shift ;;
+    --keep) keep=1; shift ;;
+    --dry-run) dry_run=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; break ;;
+    *) echo "error: unknown option $1 (train arguments go after --)" >&2
+       exit 2 ;;
+  esac
+done
+
+if [[ -z "$name" || -z "$zone" || -z "$accelerator" ]]; then
+  echo "error: --name, --zone and --accelerator are required" >&2
+  exit 2
+fi
+if (($# == 0)); then
+  echo "error: give the train arguments after -- (--config, --workdir)" >&2
+  exit 2
+fi
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+tarball=/tmp/boot_jax_${name}.tar.gz
+common=(--zone "$zone")
+if [[ -n "$project" ]]; then
+  common+=(--project "$project")
+fi
+create=(gcloud compute tpus tpu-vm create "$name" "${common[@]}"
+  --accelerator-type "$accelerator" --version "$version")
+if ((spot)); then
+  create+=(--spot)
+fi
+pack=(git -C "$repo" archive --format=tar.gz -o "$tarball" HEAD)
+copy=(gcloud compute tpus tpu-vm scp "$tarball" "$name:boot_jax.tar.gz"
+  "${common[@]}" --worker=all)
+printf -v train_args '%q ' "$@"
+install="mkdir -p boot_jax && tar -xzf boot_jax.tar.gz -C boot_jax"
+install+=" && python3 -m pip install --quiet -e './boot_jax[tpu]'"
+setup=(gcloud compute tpus tpu-vm ssh "$name" "${common[@]}" --worker=all
+  --command "$install")
+run=(gcloud compute tpus tpu-vm ssh "$name" "${common[@]}" --worker=all
+  --command "cd boot_jax && python3 -m boot_jax.train --distributed \
+${train_args}")
+delete=(gcloud compute tpus tpu-vm delete "$name" "${common[@]}" --quiet)
+
+if ((dry_run)); then
+  for step in create pack copy setup run; do
+    declare -n c=$step
+    printf '%q ' "${c[@]}"
+    echo
+  done
+  if ((!keep)); then
+    printf '%q ' "${delete[@]}"
+    echo
+  fi
+  exit 0
+fi
+
+cleanup() {
+  if ((!keep)); then
+    "${delete[@]}" || echo "warning: could not delete $name" >&2
+  fi
+}
+"${create[@]}"
+trap cleanup EXIT
+"${pack[@]}"
+"${copy[@]}"
+"${setup[@]}"
+"${run[@]}"
