@@ -41,12 +41,21 @@ def draw_batch(
   condition: base.ConditionSpec,
   grid: boot.Grid,
   label_logits=None,
+  guidance_range=None,
 ):
   """The BOOT inputs of one step for the given global example indices.
 
+  Args:
+    key, step, indices: the run's data key, the step, the examples' global
+      indices.
+    sample_shape, condition, grid: what to draw.
+    label_logits: log frequencies of the labels (None: uniform).
+    guidance_range: `(w_min, w_max)`: each example also gets a guidance
+      scale `w` uniform in the range (a guidance-conditioned student).
+
   Returns:
-    A dict with `eps`, `cond` (labels or None) and the time inputs of
-    `boot.time_inputs`.
+    A dict with `eps`, `cond` (labels or None), the time inputs of
+    `boot.time_inputs`, and `w` with a guidance range.
   """
   keys = _example_keys(key, step, indices)
   split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
@@ -64,4 +73,11 @@ def draw_batch(
     raise NotImplementedError(
       "text conditions come from a prompt source; see the text-to-image issue"
     )
+  if guidance_range is not None:
+    lo, hi = guidance_range
+    # A key of its own, so runs without a range keep their random stream.
+    k_w = jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys)
+    batch["w"] = jax.vmap(
+      lambda k: jax.random.uniform(k, (), jnp.float32, lo, hi)
+    )(k_w)
   return batch

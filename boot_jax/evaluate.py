@@ -56,8 +56,10 @@ def teacher_ddim(teacher, grid: boot.Grid, eps, cond, guidance, batch_size):
   return sample.run_sampler(fn, eps, cond, batch_size)[0]
 
 
-def student_one_step(student, params, eps, cond, batch_size):
-  fn = jax.jit(lambda e, c: student.generate(params, e, c))
+def student_one_step(student, params, eps, cond, batch_size, guidance=None):
+  """The student's one step; `guidance` is read by guided students only."""
+  w = guidance if student.guided else None
+  fn = jax.jit(lambda e, c: student.generate(params, e, c, w))
   return sample.run_sampler(fn, eps, cond, batch_size)[0]
 
 
@@ -122,7 +124,7 @@ def gmm_report(
   """
   eps, cond = eval_inputs(teacher, num, seed)
   ref = teacher_ddim(teacher, grid, eps, cond, guidance, batch_size)
-  out = student_one_step(student, params, eps, cond, batch_size)
+  out = student_one_step(student, params, eps, cond, batch_size, guidance)
   p = teacher.params
   comp_ref = np.asarray(gmm.assign(p, jnp.asarray(ref)))
   comp_out = np.asarray(gmm.assign(p, jnp.asarray(out)))
@@ -166,7 +168,7 @@ def image_report(setup, params, config, printer=print) -> dict:
   num = int(ev.num_samples)
   batch = int(ev.batch_size)
   teacher = setup.teacher
-  guidance = config.boot.get("guidance")
+  guidance = sample.resolve_guidance(setup, ev.get("guidance"))
   eps, cond = eval_inputs(teacher, num, ev.seed)
 
   def run(kind, steps=0):
@@ -192,6 +194,8 @@ def image_report(setup, params, config, printer=print) -> dict:
     agreement=agreement,
     samplers={},
   )
+  if guidance is not None:
+    report["guidance"] = float(guidance)
   reference = _reference_data(config)
   if reference is not None:
     net = fid.train_classifier(reference, printer=printer)
@@ -233,18 +237,41 @@ def _reference_data(config):
 def evaluate(setup, params, config, printer=print) -> dict:
   """The evaluation that fits the teacher (mixture or pixels)."""
   ev = config.eval
-  if setup.teacher.name == "gmm":
+  if setup.teacher.name != "gmm":
+    return image_report(setup, params, config, printer)
+
+  def report(w):
     return gmm_report(
       setup.teacher,
       setup.student,
       params,
       setup.grid,
-      config.boot.get("guidance"),
+      w,
       num=ev.num_samples,
       seed=ev.seed,
       batch_size=ev.batch_size,
     )
-  return image_report(setup, params, config, printer)
+
+  if not setup.student.guided:
+    return report(config.boot.get("guidance"))
+  # A guidance-conditioned student: each scale against the teacher's
+  # DDIM guided with the same w.
+  out = {}
+  for w in guidance_scales(config):
+    out.update({f"{k}@w={w:g}": v for k, v in report(w).items()})
+  return out
+
+
+def guidance_scales(config) -> tuple[float, ...]:
+  """The w a guidance-conditioned student is evaluated at.
+
+  `eval.guidance_scales` when set, else the range's ends and middle.
+  """
+  scales = config.eval.get("guidance_scales")
+  if scales:
+    return tuple(float(w) for w in scales)
+  lo, hi = (float(w) for w in config.boot.guidance_range)
+  return (lo, (lo + hi) / 2, hi)
 
 
 def format_report(report: dict) -> str:

@@ -170,6 +170,7 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
     k_init,
     dtype=dtype,
     remat=bool(config.train.get("remat", False)),
+    guided=config.boot.get("guidance_range") is not None,
   )
   optimizer = optim.make_optimizer(config.optim, config.train.steps)
   ema = config.optim.ema_decay is not None
@@ -224,6 +225,9 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
   indices = jnp.asarray(sharding.local_indices(batch_sharding, batch_size))
   label_logits = config.teacher.get("label_logits")
   label_logits = None if label_logits is None else jnp.asarray(label_logits)
+  guidance_range = config.boot.get("guidance_range")
+  if guidance_range is not None:
+    guidance_range = tuple(float(w) for w in guidance_range)
 
   @functools.partial(jax.jit, static_argnums=1)
   def draw_local(step, stage):
@@ -235,6 +239,7 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
       teacher.condition,
       grids[stage],
       label_logits,
+      guidance_range,
     )
 
   def draw(step, stage):

@@ -66,11 +66,33 @@ def hybrid_timesteps(setup: loop.Setup, steps: int) -> np.ndarray:
   return setup.grid.times[1 : steps + 1][::-1].astype(np.float64)
 
 
+def resolve_guidance(setup: loop.Setup, guidance=None):
+  """The w to sample with: the given one, else the training config's.
+
+  A guidance-conditioned student has no single w: it needs one given
+  (`eval.guidance` or `--guidance`); otherwise the middle of its range is
+  used.
+  """
+  if guidance is not None:
+    if guidance < 0:
+      raise ValueError(f"guidance must be >= 0, got {guidance}")
+    return float(guidance)
+  if setup.student.guided:
+    lo, hi = (float(w) for w in setup.config.boot.guidance_range)
+    return (lo + hi) / 2
+  return setup.config.boot.get("guidance")
+
+
 def make_sampler(setup: loop.Setup, params, kind: str, steps: int, guidance):
-  """A jitted `(eps, cond) -> samples` for one sampler."""
+  """A jitted `(eps, cond) -> samples` for one sampler.
+
+  `guidance` guides the teacher's steps and, for a guidance-conditioned
+  student, is the w the student reads.
+  """
   student, teacher = setup.student, setup.teacher
+  w_student = guidance if student.guided else None
   if kind == "student":
-    return jax.jit(lambda e, c: student.generate(params, e, c))
+    return jax.jit(lambda e, c: student.generate(params, e, c, w_student))
   if steps < 1:
     raise ValueError(f"--steps must be >= 1 for the {kind} sampler")
   if kind == "teacher":
@@ -82,7 +104,7 @@ def make_sampler(setup: loop.Setup, params, kind: str, steps: int, guidance):
     ts = hybrid_timesteps(setup, steps)
 
     def hybrid(e, c):
-      x = student.x_t(params, e, ts[0], c)
+      x = student.x_t(params, e, ts[0], c, w_student)
       fn = lambda x, t: teacher.output(teacher.params, x, t, c, guidance)  # noqa: E731
       return diffusion.ddim_sample(
         fn, x, teacher.schedule, ts, teacher.prediction
@@ -148,7 +170,10 @@ def define_flags():
     noise=flags.DEFINE_string("noise", None, "A .npy of eps [N, *shape]."),
     label=flags.DEFINE_multi_integer("label", None, "Class label(s), cycled."),
     guidance=flags.DEFINE_float(
-      "guidance", None, "Teacher guidance w (default: the training config's)."
+      "guidance",
+      None,
+      "Guidance w for the teacher, and for a guidance-conditioned student "
+      "(default: the training config's w, or the middle of its range).",
     ),
     batch_size=flags.DEFINE_integer("batch_size", 256, "Samples per call."),
   )
@@ -176,8 +201,7 @@ def main(argv, f):
     else:
       eps = noise(shape, num, f["seed"].value)
     cond = labels_for(setup, eps.shape[0], f["label"].value)
-    if guidance is None:
-      guidance = setup.config.boot.get("guidance")
+    guidance = resolve_guidance(setup, guidance)
     fn = make_sampler(
       setup, params, f["sampler"].value, f["steps"].value, guidance
     )

@@ -16,13 +16,26 @@ def make_loss_fn(student: Student, teacher: Teacher, config):
   guidance = config.get("guidance")
 
   def loss_fn(params, teacher_params, batch):
+    student_fn = student.apply
+
     def teacher_fn(x, t, cond):
       return teacher.x0(teacher_params, x, t, cond, guidance)
+
+    if student.guided:
+      # Each example's w rides with its condition, so the teacher guides
+      # with it and the student reads it, at every point of the batch.
+      batch = dict(batch, cond=dict(label=batch["cond"], w=batch["w"]))
+
+      def student_fn(p, eps, t, c):
+        return student.apply(p, eps, t, c["label"], c["w"])
+
+      def teacher_fn(x, t, c):
+        return teacher.x0(teacher_params, x, t, c["label"], c["w"])
 
     return boot.boot_loss(
       params,
       batch,
-      student.apply,
+      student_fn,
       teacher_fn,
       boundary_weight=config.boundary_weight,
       weighting=config.weighting,

@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from boot_jax import diffusion, models
 from boot_jax.teachers import base
@@ -48,6 +49,8 @@ class Student:
     parameterization: 'direct' or 'teacher' (resolved, never 'auto').
     prediction: the teacher's native prediction (for 'teacher').
     space: 'signal' (predict y_t) or 'x' (predict x_t; ablation).
+    guided: the network also reads the guidance scale `w` (a
+      guidance-conditioned student: one student for any w).
   """
 
   module: Any
@@ -57,14 +60,24 @@ class Student:
   parameterization: str = "direct"
   prediction: str = "x0"
   space: str = "signal"
+  guided: bool = False
 
-  def raw(self, params, eps, t, cond=None, train: bool = False):
-    return self.module.apply({"params": params}, eps, t, cond, train=train)
+  def raw(self, params, eps, t, cond=None, train: bool = False, guidance=None):
+    if not self.guided:
+      return self.module.apply({"params": params}, eps, t, cond, train=train)
+    if guidance is None:
+      raise ValueError("this student is guidance-conditioned: give a guidance")
+    return self.module.apply(
+      {"params": params}, eps, t, cond, train=train, guidance=guidance
+    )
 
-  def apply(self, params, eps, t, cond=None):
-    """`g(eps, t, c)`: `y_t` (or `x_t` when `space == 'x'`) for `[B]` times."""
+  def apply(self, params, eps, t, cond=None, guidance=None):
+    """`g(eps, t, c[, w])`: `y_t` (or `x_t` when `space == 'x'`).
+
+    `t` and `guidance` are scalars or per-example `[B]`.
+    """
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), eps.shape[:1])
-    out = self.raw(params, eps, t, cond)
+    out = self.raw(params, eps, t, cond, guidance=guidance)
     if self.parameterization == "teacher":
       alpha_T, sigma_T = self.schedule.alpha_sigma(
         jnp.full(eps.shape[:1], self.schedule.t_max)
@@ -72,23 +85,23 @@ class Student:
       out = diffusion.to_x0(out, eps, alpha_T, sigma_T, self.prediction)
     return out
 
-  def x_t(self, params, eps, t, cond=None):
+  def x_t(self, params, eps, t, cond=None, guidance=None):
     """The trajectory point `x_t = alpha_t g(eps, t) + sigma_t eps`."""
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), eps.shape[:1])
-    out = self.apply(params, eps, t, cond)
+    out = self.apply(params, eps, t, cond, guidance)
     if self.space == "x":
       return out
     alpha, sigma = self.schedule.alpha_sigma(t)
     return diffusion.x_from_signal(out, eps, alpha, sigma)
 
-  def generate(self, params, eps, cond=None):
+  def generate(self, params, eps, cond=None, guidance=None):
     """One-step sampling: the trajectory's clean end from `eps`."""
-    return self.x_t(params, eps, self.schedule.t_clean, cond)
+    return self.x_t(params, eps, self.schedule.t_clean, cond, guidance)
 
-  def trajectory(self, params, eps, ts, cond=None):
+  def trajectory(self, params, eps, ts, cond=None, guidance=None):
     """`x_t` for every `t` in `ts` at once: `[len(ts), B, ...]`."""
     ts = jnp.asarray(ts, jnp.float32)
-    return jax.vmap(lambda t: self.x_t(params, eps, t, cond))(ts)
+    return jax.vmap(lambda t: self.x_t(params, eps, t, cond, guidance))(ts)
 
 
 def resolve_parameterization(name: str, prediction: str) -> str:
@@ -107,7 +120,12 @@ def resolve_parameterization(name: str, prediction: str) -> str:
 
 
 def build_student(
-  teacher: base.Teacher, config, key, dtype=None, remat: bool = False
+  teacher: base.Teacher,
+  config,
+  key,
+  dtype=None,
+  remat: bool = False,
+  guided: bool = False,
 ):
   """Builds the student and a function that makes its initial parameters.
 
@@ -123,6 +141,8 @@ def build_student(
     dtype: computation dtype of the network (None: float32); parameters
       stay float32.
     remat: rematerialise the network's blocks in the backward pass.
+    guided: add a zero-initialised guidance embedding, so the network
+      reads `w` too (it starts as the teacher's network exactly).
 
   Returns:
     `(student, params_fn)`: `params_fn(teacher_params)` returns the initial
@@ -153,6 +173,18 @@ def build_student(
         "train.remat=false"
       )
     changes["remat"] = True
+  if guided:
+    if teacher.condition.kind == "none":
+      raise ValueError(
+        "boot.guidance_range needs a conditional teacher (guidance mixes "
+        "its conditional and null outputs)"
+      )
+    if "guidance_embedding" not in getattr(module, "__dataclass_fields__", {}):
+      raise ValueError(
+        f"{type(module).__name__} cannot read a guidance scale; unset "
+        "boot.guidance_range"
+      )
+    changes["guidance_embedding"] = True
   module = module.clone(**changes)
   student = Student(
     module=module,
@@ -162,12 +194,20 @@ def build_student(
     parameterization=parameterization,
     prediction=prediction,
     space=space,
+    guided=guided,
   )
 
   def params_fn(teacher_params):
     if fresh:
       return init_params(module, teacher, key)
-    return jax.tree.map(jnp.copy, teacher_params)
+    copy = jax.tree.map(jnp.copy, teacher_params)
+    if not guided:
+      return copy
+    # The teacher's weights, plus the new (zero-output) guidance embedding.
+    new = traverse_util.flatten_dict(init_params(module, teacher, key))
+    old = traverse_util.flatten_dict(copy)
+    merged = {k: old.get(k, v) for k, v in new.items()}
+    return traverse_util.unflatten_dict(merged)
 
   return student, params_fn
 

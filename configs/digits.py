@@ -19,27 +19,4 @@ from boot_jax import config_lib
 
 def get_config(arg: str = ""):
   del arg
-  c = config_lib.pixel_boot_config("digits")
-  c.boot.num_steps = 16
-  # The teacher's table (squaredcos_cap_v2) has alpha_T = 4.9e-5: the first
-  # DDIM step already lands on f(eps, T), so the boundary term carries no
-  # information (docs/ablations.md measured no effect even at 0.0064) and
-  # would cost a third of each step.
-  c.boot.boundary_weight = 0.0
-  c.optim.lr = 2e-3
-  c.optim.schedule = "cosine"
-  c.optim.warmup_steps = 100
-  c.optim.final_lr_fraction = 0.1
-  c.optim.ema_decay = 0.995
-  c.train.steps = 4000
-  c.train.batch_size = 32
-  c.train.log_every = 250
-  c.train.ckpt_every = 500
-  c.train.eval_every = 2000
-  c.eval.num_samples = 2000
-  c.eval.batch_size = 500
-  c.eval.grid_size = 64
-  c.eval.ddim_steps = (1, 2, 4, 10, 25, 50)
-  c.eval.agreement_steps = (10, 25, 50)
-  c.eval.hybrid_steps = (2, 4)
-  return c
+  return config_lib.digits_boot_config("digits")

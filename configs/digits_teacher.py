@@ -2,17 +2,22 @@
 
     python -m boot_jax.train_teacher --config configs/digits_teacher.py \\
       --workdir /tmp/digits_teacher
+    python -m boot_jax.train_teacher --config configs/digits_teacher.py:cond \\
+      --workdir /tmp/digits_teacher_cond     # class-conditional, null class
 
 v-prediction on the squaredcos_cap_v2 table (T = 1000), EMA 0.999. The
 digits ship inside scikit-learn; nothing is downloaded. Train on your own
 images with --config.data.source=folder --config.data.path=DIR (or idx with
 --config.data.path=IMAGES.idx --config.data.labels_path=LABELS.idx), and
---config.data.image_size / --config.data.channels to match.
+--config.data.image_size / --config.data.channels to match. ':cond' adds a
+class embedding with a null class (labels dropped 10% of the time), for
+classifier-free guidance.
 """
 
 from boot_jax import config_lib
 
 
 def get_config(arg: str = ""):
-  del arg
-  return config_lib.digits_teacher_config(conditional=False)
+  if arg not in ("", "cond"):
+    raise ValueError(f"unknown digits teacher variant {arg!r}; expected cond")
+  return config_lib.digits_teacher_config(conditional=arg == "cond")

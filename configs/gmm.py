@@ -8,6 +8,8 @@ Presets (the part after ':'):
   circle       2-D, 8 components on a circle of radius 2, std 0.15.
   random16     16-D, 8 components with random means (norm ~ 2), std 0.15.
   circle_cond  circle, class-conditional, classifier-free guidance w = 2.
+  circle_guided  circle_cond's teacher with a guidance-conditioned student:
+               w drawn per example from [0.5, 4.5], evaluated at w = 1, 2, 4.
 
 The teacher section holds (dim, num_components, scale, std, seed, layout);
 the resolved config written to the work directory adds the explicit
@@ -18,7 +20,7 @@ import ml_collections
 
 from boot_jax import config_lib
 
-PRESETS = ("circle", "random16", "circle_cond")
+PRESETS = ("circle", "random16", "circle_cond", "circle_guided")
 
 
 def get_config(arg: str = "circle"):
@@ -34,7 +36,7 @@ def get_config(arg: str = "circle"):
   t.std = 0.15
   t.seed = 0
   t.layout = "random" if arg == "random16" else "circle"
-  t.conditional = arg == "circle_cond"
+  t.conditional = arg in ("circle_cond", "circle_guided")
   t.schedule = config_lib.discrete_schedule("linear")
   # Filled in by the teacher builder when left None.
   t.means = None
@@ -47,6 +49,9 @@ def get_config(arg: str = "circle"):
   )
   if arg == "circle_cond":
     c.boot.guidance = 2.0
+  if arg == "circle_guided":
+    c.boot.guidance_range = (0.5, 4.5)
+    c.eval.guidance_scales = (1.0, 2.0, 4.0)
 
   c.optim.lr = 1e-3
   c.optim.schedule = "cosine"

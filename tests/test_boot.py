@@ -1,5 +1,7 @@
 """The BOOT objective: exactness on the analytic teacher, gradient flow."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -220,3 +222,129 @@ def test_student_generate_and_trajectory():
   y = jax.jit(student.apply)(params, eps, jnp.full((4,), 500.0))
   a, s = teacher.schedule.alpha_sigma(500)
   np.testing.assert_allclose(traj[1], a * y + s * eps, atol=1e-6)
+
+
+class _ExactGuidedStudent:
+  """Stands in for a guidance-conditioned student: the exact trajectory of
+  the teacher guided with each example's own w (or a fixed `w` if given)."""
+
+  guided = True
+  space = "signal"
+
+  def __init__(self, teacher, grid, fixed_w=None):
+    self.teacher, self.grid, self.fixed_w = teacher, grid, fixed_w
+
+  def apply(self, params, eps, t, cond, guidance):
+    w = guidance if self.fixed_w is None else jnp.full_like(t, self.fixed_w)
+    return _exact_student(self.teacher, self.grid, w)(params, eps, t, cond)
+
+
+def test_guided_loss_reads_each_examples_w():
+  """With w drawn per example, the loss is zero only for a student that
+  follows the trajectory guided with that example's w."""
+  from boot_jax import step as step_lib
+
+  teacher = _gmm_teacher(_SCHEDULES["cosine"], conditional=True)
+  grid = boot.make_grid(teacher.schedule, 16)
+  boot_config = config_lib.base_config().boot
+  batch = conditions.draw_batch(
+    jax.random.key(0),
+    0,
+    jnp.arange(128),
+    (3,),
+    teacher.condition,
+    grid,
+    guidance_range=(0.0, 5.0),
+  )
+  w = np.asarray(batch["w"])
+  assert w.min() >= 0.0 and w.max() <= 5.0 and w.std() > 1.0
+
+  def loss(student):
+    fn = step_lib.make_loss_fn(student, teacher, boot_config)
+    return jax.jit(fn)(None, teacher.params, batch)[1]
+
+  exact = loss(_ExactGuidedStudent(teacher, grid))
+  assert float(exact["loss_bs"]) < 1e-6 and float(exact["loss_bc"]) < 1e-8
+  # A student blind to w (the trajectory of one fixed w) is far off.
+  blind = loss(_ExactGuidedStudent(teacher, grid, fixed_w=2.5))
+  assert float(blind["loss"]) > 1e-3
+
+
+def _unet_teacher(num_classes=3):
+  return teachers.build_teacher(
+    ml_collections.ConfigDict(
+      dict(
+        name="unet",
+        init="random",
+        seed=0,
+        path="",
+        model=dict(
+          name="unet", channels=8, channel_mult=(1,), num_res_blocks=1
+        ),
+        schedule=config_lib.discrete_schedule("squaredcos_cap_v2"),
+        prediction="v",
+        sample_shape=[8, 8, 1],
+        num_classes=num_classes,
+      )
+    )
+  )
+
+
+def test_guided_student_starts_as_the_teacher():
+  teacher = _unet_teacher()
+  # Random init zeroes every output layer; perturb so outputs depend on
+  # the inputs (and gradients reach the new embedding).
+  leaves, treedef = jax.tree.flatten(teacher.params)
+  keys = jax.random.split(jax.random.key(7), len(leaves))
+  noisy = [
+    x + 0.1 * jax.random.normal(k, x.shape)
+    for x, k in zip(leaves, keys, strict=True)
+  ]
+  teacher = dataclasses.replace(
+    teacher, params=jax.tree.unflatten(treedef, noisy)
+  )
+  config = config_lib.base_config().student
+  key = jax.random.key(0)
+  plain, plain_fn = student_lib.build_student(teacher, config, key)
+  guided, guided_fn = student_lib.build_student(
+    teacher, config, key, guided=True
+  )
+  p0 = jax.jit(plain_fn)(teacher.params)
+  p1 = jax.jit(guided_fn)(teacher.params)
+  assert "GuidanceEmbedding_0" in p1 and "GuidanceEmbedding_0" not in p0
+  eps = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+  labels = jnp.array([0, 1, 2, 3])
+  t = jnp.full((4,), 700.0)
+  ref = jax.jit(plain.apply)(p0, eps, t, labels)
+  for w in (0.0, 1.0, 7.5):
+    out = jax.jit(guided.apply)(p1, eps, t, labels, jnp.full((4,), w))
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+
+  # The new embedding learns: its zero output layer gets a gradient.
+  def objective(p):
+    return jnp.sum(guided.apply(p, eps, t, labels, jnp.full((4,), 2.0)))
+
+  grads = jax.jit(jax.grad(objective))(p1)
+  last = grads["GuidanceEmbedding_0"]["Dense_1"]["kernel"]
+  assert float(jnp.max(jnp.abs(last))) > 0
+  with pytest.raises(ValueError, match="guidance-conditioned"):
+    guided.apply(p1, eps, t, labels)
+
+
+def test_guidance_range_errors():
+  config = config_lib.base_config()
+  config.boot.guidance = 2.0
+  config.boot.guidance_range = (1.0, 3.0)
+  with pytest.raises(ValueError, match="not both"):
+    config_lib.validate(config)
+  config.boot.guidance = None
+  config.boot.guidance_range = (3.0, 1.0)
+  with pytest.raises(ValueError, match="w_min <= w_max"):
+    config_lib.validate(config)
+  with pytest.raises(ValueError, match="needs a conditional teacher"):
+    student_lib.build_student(
+      _unet_teacher(num_classes=0),
+      config_lib.base_config().student,
+      jax.random.key(0),
+      guided=True,
+    )

@@ -115,3 +115,59 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert code == 0, err[-2000:]
   rows = _metrics(work2)
   assert rows[-1]["step"] == 30 and rows[-1]["skipped"] > 0
+
+
+def test_guided_student_sample_cli(tmp_path):
+  """A guidance-conditioned student samples at any --guidance w."""
+  import numpy as np
+
+  work = tmp_path / "g"
+  code, _, err = _run(
+    "--config",
+    GMM + ":circle_guided",
+    "--config.train.steps=50",
+    "--config.train.log_every=50",
+    "--config.eval.final=false",
+    "--workdir",
+    str(work),
+  )
+  assert code == 0, err[-2000:]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  outs = {}
+  for w in ("1", "4", None):
+    out = tmp_path / f"s{w}.npz"
+    args = ["--workdir", str(work), "--out", str(out), "--num", "16"]
+    if w is not None:
+      args.append(f"--guidance={w}")
+    proc = subprocess.run(
+      [sys.executable, "-m", "boot_jax.sample", *args],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outs[w] = np.load(out)
+  np.testing.assert_array_equal(outs["1"]["noise"], outs["4"]["noise"])
+  assert np.abs(outs["1"]["images"] - outs["4"]["images"]).max() > 0
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "boot_jax.sample",
+      "--workdir",
+      str(work),
+      "--out",
+      str(tmp_path / "bad.npz"),
+      "--guidance=-1",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+  )
+  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+  assert proc.returncode != 0 and lines == [
+    "error: --guidance must be >= 0, got -1.0"
+  ]
+  assert not (tmp_path / "bad.npz").exists()

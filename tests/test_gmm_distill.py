@@ -65,6 +65,33 @@ def test_circle_class_conditional_guided():
   assert r["agreement"] >= 0.98
 
 
+def test_guidance_conditioned_student():
+  """One student for every w: trained on w ~ U[0.5, 4.5], then checked at
+  w = 1, 2 and 4 against the teacher's DDIM-N guided with the same w, to
+  the class-conditional run's threshold."""
+  config = _config("circle_guided")
+  setup = loop.setup(config)
+  assert setup.student.guided
+  state, _ = loop.run(setup)
+  report = evaluate.evaluate(setup, state.params, config)
+  print("circle_guided", json.dumps(report, sort_keys=True))
+  for w in (1, 2, 4):
+    assert report[f"num_eval@w={w}"] == 4000
+    assert report[f"agreement@w={w}"] >= 0.98, report
+    assert report[f"mse_over_var@w={w}"] <= 0.01, report
+  # Here every w picks the same component, so agreement alone cannot tell
+  # a student that ignores w: the teacher's own outputs at w = 1 and w = 4
+  # differ by far more than the student's error at either.
+  eps, cond = evaluate.eval_inputs(setup.teacher, 4000, config.eval.seed)
+  ref = {
+    w: evaluate.teacher_ddim(setup.teacher, setup.grid, eps, cond, w, 1000)
+    for w in (1.0, 4.0)
+  }
+  spread = float(((ref[1.0] - ref[4.0]) ** 2).mean())
+  for w in (1, 4):
+    assert report[f"mse@w={w}"] < spread / 10, (spread, report)
+
+
 def test_train_cli_writes_workdir(tmp_path, capsys):
   """The main job on a short run: resolved config, metrics and eval."""
   config = _config("circle")

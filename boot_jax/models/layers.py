@@ -119,3 +119,36 @@ class TimeEmbedding(nn.Module):
     emb = dense(self.features, ("embed", "mlp"), dtype=self.dtype)(emb)
     emb = nn.silu(emb)
     return dense(self.features, ("mlp", "embed"), dtype=self.dtype)(emb)
+
+
+class GuidanceEmbedding(nn.Module):
+  """Features of the guidance scale `w [B]`, added to the time embedding.
+
+  The output layer starts at zero, so a network that gains this embedding
+  computes exactly its old function until training moves it (a student
+  built from a teacher starts as the teacher).
+  """
+
+  features: int
+  scale: float = 100.0  # w in [0, ~10] spans the sinusoids like timesteps
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, w):
+    emb = timestep_embedding(w * self.scale, self.features)
+    emb = dense(self.features, ("embed", "mlp"), dtype=self.dtype)(emb)
+    emb = nn.silu(emb)
+    return dense(
+      self.features, ("mlp", "embed"), zero_init=True, dtype=self.dtype
+    )(emb)
+
+
+def add_guidance(emb, guidance, enabled: bool, dtype=None):
+  """`emb + GuidanceEmbedding(w)` when `enabled` (w defaults to 0)."""
+  if not enabled:
+    return emb
+  w = jnp.zeros(emb.shape[:1]) if guidance is None else guidance
+  w = jnp.broadcast_to(jnp.asarray(w, jnp.float32), emb.shape[:1])
+  return emb + GuidanceEmbedding(
+    emb.shape[-1], dtype=dtype, name="GuidanceEmbedding_0"
+  )(w)

@@ -41,6 +41,8 @@ class MLP(nn.Module):
     time_scale: times are multiplied by this before the sinusoids (use
       1000 for continuous times in [0, 1], 1 for DDPM timesteps).
     remat: rematerialise the blocks in the backward pass.
+    guidance_embedding: read a guidance scale `w` through an extra,
+      zero-initialised embedding (a guidance-conditioned student).
     dtype: computation dtype (parameters stay float32).
   """
 
@@ -51,16 +53,20 @@ class MLP(nn.Module):
   num_classes: int = 0
   time_scale: float = 1.0
   remat: bool = False
+  guidance_embedding: bool = False
   dtype: object = None
 
   @nn.compact
-  def __call__(self, x, t, labels=None, train: bool = False):
+  def __call__(self, x, t, labels=None, train: bool = False, guidance=None):
     del train
     emb = layers.TimeEmbedding(self.width, self.time_scale, self.dtype)(t)
     if self.num_classes:
       if labels is None:
         labels = jnp.full(x.shape[:1], self.num_classes, jnp.int32)
       emb = emb + layers.class_embedding(self.num_classes, self.width)(labels)
+    emb = layers.add_guidance(
+      emb, guidance, self.guidance_embedding, self.dtype
+    )
     cond = nn.silu(emb)
     h = layers.dense(self.width, ("embed", "mlp"), dtype=self.dtype)(x)
     block = nn.remat(Block) if self.remat else Block

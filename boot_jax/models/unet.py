@@ -79,6 +79,8 @@ class UNet(nn.Module):
     groups: GroupNorm groups.
     time_scale: multiplies times before the sinusoids.
     remat: rematerialise residual blocks in the backward pass.
+    guidance_embedding: read a guidance scale `w` through an extra,
+      zero-initialised embedding (a guidance-conditioned student).
     dtype: computation dtype (parameters stay float32).
   """
 
@@ -93,10 +95,11 @@ class UNet(nn.Module):
   groups: int = 8
   time_scale: float = 1.0
   remat: bool = False
+  guidance_embedding: bool = False
   dtype: object = None
 
   @nn.compact
-  def __call__(self, x, t, labels=None, train: bool = False):
+  def __call__(self, x, t, labels=None, train: bool = False, guidance=None):
     block_cls = (
       nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
     )
@@ -120,6 +123,9 @@ class UNet(nn.Module):
       if labels is None:
         labels = jnp.full(x.shape[:1], self.num_classes, jnp.int32)
       emb = emb + layers.class_embedding(self.num_classes, emb_dim)(labels)
+    emb = layers.add_guidance(
+      emb, guidance, self.guidance_embedding, self.dtype
+    )
 
     h = layers.conv(self.channels, dtype=self.dtype)(
       x.astype(self.dtype or x.dtype)
