@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from boot_jax.teachers import gmm, network
+from boot_jax.teachers import gmm, network, sd
 from boot_jax.teachers.base import ConditionSpec, Teacher
 
 TEACHERS = {
   "gmm": gmm.build,
   "unet": network.build,
   "mlp": network.build,
+  "sd": sd.build,
 }
 
 

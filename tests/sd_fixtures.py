@@ -1,0 +1,107 @@
+"""Tiny random Stable Diffusion folders, written by diffusers' PyTorch code.
+
+The parity tests load them through our Flax teacher loader and compare
+with the PyTorch modules that wrote them. Sizes are the smallest that
+diffusers' Flax modules accept (GroupNorm over 32 groups needs channel
+counts that are multiples of 32).
+"""
+
+import json
+import string
+
+
+def tokenizer_files(directory) -> None:
+  """A CLIP BPE vocabulary of single letters: any lowercase prompt works."""
+  letters = list(string.ascii_lowercase)
+  vocab = letters + [c + "</w>" for c in letters]
+  vocab += ["<|startoftext|>", "<|endoftext|>"]
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "vocab.json").write_text(
+    json.dumps({tok: i for i, tok in enumerate(vocab)})
+  )
+  (directory / "merges.txt").write_text("#version: 0.2\n")
+
+
+def make_folder(path, prediction: str = "epsilon", seed: int = 0):
+  """Writes a complete tiny SD folder; returns the PyTorch pipeline."""
+  import torch
+  from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+  )
+  from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+  torch.manual_seed(seed)
+  sd2 = prediction == "v_prediction"
+  unet = UNet2DConditionModel(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    use_linear_projection=sd2,
+    norm_num_groups=32,
+  )
+  vae = AutoencoderKL(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    block_out_channels=(32, 64),
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=16,
+  )
+  tok_dir = path / "_tok"
+  tokenizer_files(tok_dir)
+  tokenizer = CLIPTokenizer(
+    str(tok_dir / "vocab.json"),
+    str(tok_dir / "merges.txt"),
+    model_max_length=77,
+  )
+  text = CLIPTextModel(
+    CLIPTextConfig(
+      vocab_size=len(tokenizer),
+      hidden_size=32,
+      intermediate_size=37,
+      num_attention_heads=4,
+      num_hidden_layers=2,
+      max_position_embeddings=77,
+      bos_token_id=tokenizer.bos_token_id,
+      eos_token_id=tokenizer.eos_token_id,
+      pad_token_id=tokenizer.eos_token_id,
+    )
+  )
+  # Random, not default, weights everywhere (default inits zero some
+  # layers, which would hide mistakes in converting them).
+  with torch.no_grad():
+    for module in (unet, vae, text):
+      for p in module.parameters():
+        p.add_(0.05 * torch.randn_like(p))
+  scheduler = DDIMScheduler(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type=prediction,
+  )
+  pipe = StableDiffusionPipeline(
+    vae=vae,
+    text_encoder=text,
+    tokenizer=tokenizer,
+    unet=unet,
+    scheduler=scheduler,
+    safety_checker=None,
+    feature_extractor=None,
+    requires_safety_checker=False,
+  )
+  pipe.save_pretrained(str(path / "sd"), safe_serialization=True)
+  return pipe
