@@ -12,6 +12,9 @@ _TEST = [
   # Reference implementations the tests compare against (CPU torch).
   "torch==2.13.0",
   "diffusers==0.39.0",
+  "transformers>=4.57,<5",
+  "safetensors",
+  "pyarrow>=14",
 ]
 
 setuptools.setup(
@@ -41,7 +44,13 @@ setuptools.setup(
   ],
   extras_require={
     "test": _TEST,
-    "sd": ["diffusers==0.39.0", "transformers>=4.57,<5", "safetensors"],
+    "sd": [
+      "diffusers==0.39.0",
+      "transformers>=4.57,<5",
+      "safetensors",
+      # DiffusionDB's prompt metadata is Parquet.
+      "pyarrow>=14",
+    ],
     "convert": ["torch==2.13.0", "safetensors"],
     "tpu": ["jax[tpu]>=0.10,<0.12"],
     "cuda": ["jax[cuda12]>=0.10,<0.12"],

@@ -69,10 +69,8 @@ def draw_batch(
     batch["cond"] = jax.vmap(
       lambda k: draw_labels(k, condition.num_classes, label_logits)
     )(k_label).astype(jnp.int32)
-  elif condition.kind == "text":
-    raise NotImplementedError(
-      "text conditions come from a prompt source; see the text-to-image issue"
-    )
+  # Text conditions (prompt embeddings) are looked up on the host from the
+  # prompt source by the caller (`loop.setup`), as they live on disk.
   if guidance_range is not None:
     lo, hi = guidance_range
     # A key of its own, so runs without a range keep their random stream.

@@ -328,3 +328,51 @@ def digits_boot_config(recipe: str = "digits") -> ml_collections.ConfigDict:
   c.eval.agreement_steps = (10, 25, 50)
   c.eval.hybrid_steps = (2, 4)
   return c
+
+
+def sd_boot_config(resolution: int, prediction: str):
+  """BOOT on a Stable Diffusion teacher (configs/sd*.py), from prompts only.
+
+  The teacher folder and the prompt file are the user's: set
+  `teacher.path` and `teacher.prompts` on the command line.
+  """
+  c = base_config()
+  c.teacher = ml_collections.ConfigDict(
+    dict(
+      name="sd",
+      path="",
+      resolution=resolution,
+      prediction=prediction,
+      prompts="",
+      prompt_column="prompt",
+      prompt_cache="",
+      negative_prompt="",
+    )
+  )
+  c.student.init = "teacher"
+  c.boot.num_steps = 32
+  c.boot.guidance = 7.5
+  c.optim.lr = 1e-5
+  c.optim.warmup_steps = 500
+  c.optim.grad_clip = 1.0
+  c.optim.ema_decay = 0.9999
+  c.train.steps = 20000
+  c.train.batch_size = 64
+  c.train.log_every = 50
+  c.train.ckpt_every = 1000
+  c.train.eval_every = 1000
+  c.train.compute_dtype = "bfloat16"
+  c.train.remat = True
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.sharding.teacher = "auto"
+  # No reference images exist (data free): the final evaluation would only
+  # compare with the teacher's DDIM in latent space; run it on demand.
+  c.eval.final = False
+  c.eval.num_samples = 64
+  c.eval.batch_size = 8
+  c.eval.grid_size = 16
+  c.eval.ddim_steps = (4, 25)
+  c.eval.agreement_steps = (25,)
+  c.eval.hybrid_steps = ()
+  return c

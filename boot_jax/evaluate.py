@@ -46,6 +46,13 @@ def eval_inputs(teacher, num: int, seed: int):
     cond = jax.random.randint(
       jax.random.fold_in(key, 1), (num,), 0, teacher.condition.num_classes
     )
+  elif teacher.condition.kind == "text":
+    # The training prompts in file order, cycled.
+    prompt_set = teacher.extras.get("prompts")
+    if prompt_set is None:
+      cond = teacher.null_condition(num)
+    else:
+      cond = jnp.asarray(prompt_set.rows(np.arange(num) % len(prompt_set)))
   return eps, cond
 
 

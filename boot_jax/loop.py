@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
@@ -31,6 +32,7 @@ from boot_jax import (
   metrics,
   models,
   optim,
+  prompts,
   sharding,
   teachers,
 )
@@ -242,10 +244,25 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
       guidance_range,
     )
 
+  prompt_set = None
+  if teacher.condition.kind == "text":
+    prompt_set = teacher.extras.get("prompts")
+    if prompt_set is None:
+      raise ValueError(
+        "a text-to-image teacher trains on prompts: set teacher.prompts to "
+        "a prompt file (.txt, .jsonl, .csv or .parquet)"
+      )
+  local_np = np.asarray(indices)
+
   def draw(step, stage):
     # Each process draws only its rows (keys fold in the global example
     # index), so the global batch does not depend on the process count.
     local = draw_local(step, stage)
+    if prompt_set is not None:
+      rows = prompts.prompt_indices(
+        config.train.seed, int(step) * batch_size + local_np, len(prompt_set)
+      )
+      local = dict(local, cond=prompt_set.rows(rows))
     return sharding.assemble_batch(batch_sharding, local, batch_size)
 
   return Setup(
@@ -504,7 +521,12 @@ def run_in_workdir(
     stop_on_nonfinite=t.get("nan_policy", "stop") == "stop",
   )
   try:
-    return drive(state, driver, last_saved=last)
+    state, history = drive(state, driver, last_saved=last)
+    if ckpt.latest_step() is None:
+      # Nothing to run (train.steps=0): keep the initial state, so the
+      # work directory can be sampled from (e.g. the teacher's samplers).
+      ckpt.save(int(state.step), items(state))
+    return state, history
   finally:
     ckpt.close()
     tb.close()

@@ -2,7 +2,8 @@ r"""Sample from a trained work directory: student, teacher or hybrid.
 
     python -m boot_jax.sample --workdir W --out samples.npz \
       [--num 64] [--seed 0] [--sampler student|teacher|hybrid] [--steps K] \
-      [--noise eps.npy] [--label 3 ...] [--guidance 2.0] [--batch_size 256]
+      [--noise eps.npy] [--label 3 ...] [--guidance 2.0] [--batch_size 256] \
+      [--prompt "a red square" ...] [--prompts-file prompts.txt]
 
 * student: one network call, `x = g(eps, clean)`.
 * teacher: the teacher's DDIM with K steps (trailing spacing).
@@ -13,7 +14,11 @@ r"""Sample from a trained work directory: student, teacher or hybrid.
   x_T: a quality dial.
 
 Writes `images` (float32, NHWC in [-1, 1], or [N, D] vectors) and `noise`
-(the eps used) to the npz, and a PNG grid beside it for images. The same
+(the eps used) to the npz, and a PNG grid beside it for images. For latent
+(Stable Diffusion) teachers the samples are decoded by the VAE (with its
+scaling factor) and the latents are saved as `latents` too; prompts come
+from --prompt (repeatable, cycled), --prompts-file, or else the training
+prompts in order. The same
 seed gives the same eps for every sampler (eps of example i depends only on
 the seed and i). Prints the images/s measured after compilation.
 """
@@ -28,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from boot_jax import checkpoint, cli, conditions, diffusion, loop
+from boot_jax import checkpoint, cli, conditions, diffusion, loop, prompts
 from boot_jax import workdir as workdir_lib
 
 SAMPLERS = ("student", "teacher", "hybrid")
@@ -96,7 +101,10 @@ def make_sampler(setup: loop.Setup, params, kind: str, steps: int, guidance):
   if steps < 1:
     raise ValueError(f"--steps must be >= 1 for the {kind} sampler")
   if kind == "teacher":
-    ts = teacher.schedule.timesteps(steps, "trailing")
+    # 'trailing' by default; a Stable Diffusion teacher spaces its steps as
+    # its scheduler_config.json says (as diffusers' pipelines do).
+    spacing, offset = teacher.extras.get("ddim_spacing", ("trailing", 0))
+    ts = teacher.schedule.timesteps(steps, spacing, offset)
     return jax.jit(
       lambda e, c: teacher.ddim(teacher.params, e, ts, c, guidance)
     )
@@ -158,6 +166,40 @@ def labels_for(setup: loop.Setup, num: int, labels=None):
   return jnp.asarray(np.resize(base, num))
 
 
+def text_conditions(setup: loop.Setup, num: int, texts=None, path=None):
+  """Prompt embeddings for a text teacher (None for other teachers)."""
+  teacher = setup.teacher
+  if teacher.condition.kind != "text":
+    if texts or path:
+      raise ValueError("--prompt given but the teacher is not text-to-image")
+    return None
+  if path:
+    texts = prompts.read_prompts(path)
+  if texts:
+    texts = [" ".join(t.split()) for t in texts]
+    emb = np.asarray(teacher.extras["encode"](texts))
+    return jnp.asarray(np.resize(emb, (num,) + emb.shape[1:]))
+  prompt_set = teacher.extras.get("prompts")
+  if prompt_set is None:
+    raise ValueError("give --prompt or --prompts-file")
+  return jnp.asarray(prompt_set.rows(np.arange(num) % len(prompt_set)))
+
+
+def to_pixels(setup: loop.Setup, samples, batch_size: int = 16):
+  """Decodes latent samples with the teacher's VAE (others unchanged)."""
+  parts = setup.teacher.extras.get("sd")
+  if parts is None:
+    return samples
+  from boot_jax.teachers import sd  # noqa: PLC0415
+
+  decode = jax.jit(lambda z: sd.decode(parts, z))
+  out = [
+    np.asarray(decode(jnp.asarray(samples[i : i + batch_size])))
+    for i in range(0, len(samples), batch_size)
+  ]
+  return np.clip(np.concatenate(out), -1.0, 1.0)
+
+
 def define_flags():
   """The CLI's flags (defined only when run as a program)."""
   return dict(
@@ -176,6 +218,12 @@ def define_flags():
       "(default: the training config's w, or the middle of its range).",
     ),
     batch_size=flags.DEFINE_integer("batch_size", 256, "Samples per call."),
+    prompt=flags.DEFINE_multi_string(
+      "prompt", None, "Prompt(s) for a text-to-image teacher, cycled."
+    ),
+    prompts_file=flags.DEFINE_string(
+      "prompts-file", None, "A prompt file (.txt, .jsonl, .csv, .parquet)."
+    ),
   )
 
 
@@ -201,14 +249,23 @@ def main(argv, f):
     else:
       eps = noise(shape, num, f["seed"].value)
     cond = labels_for(setup, eps.shape[0], f["label"].value)
+    text = text_conditions(
+      setup, eps.shape[0], f["prompt"].value, f["prompts_file"].value
+    )
+    cond = text if text is not None else cond
     guidance = resolve_guidance(setup, guidance)
     fn = make_sampler(
       setup, params, f["sampler"].value, f["steps"].value, guidance
     )
-    images, rate = run_sampler(fn, eps, cond, f["batch_size"].value)
+    samples, rate = run_sampler(fn, eps, cond, f["batch_size"].value)
+    images = to_pixels(setup, samples)
+    arrays = dict(images=images.astype(np.float32), noise=np.asarray(eps))
+    if images is not samples:
+      arrays["latents"] = np.asarray(samples, np.float32)
+      shape = images.shape[1:]
     out = f["out"].value
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    np.savez(out, images=images.astype(np.float32), noise=np.asarray(eps))
+    np.savez(out, **arrays)
     msg = f"wrote {len(images)} samples to {out}"
     if len(shape) == 3:
       png = os.path.splitext(out)[0] + ".png"

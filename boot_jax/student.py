@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,13 +167,9 @@ def build_student(
       config.get("parameterization", "auto"), prediction
     )
   changes = dict(dtype=dtype)
-  if remat:
-    if "remat" not in getattr(module, "__dataclass_fields__", {}):
-      raise ValueError(
-        f"{type(module).__name__} has no rematerialisation switch; set "
-        "train.remat=false"
-      )
-    changes["remat"] = True
+  fields = getattr(module, "__dataclass_fields__", {})
+  if remat and "remat" in fields:
+    changes["remat"] = True  # the network rematerialises its own blocks
   if guided:
     if teacher.condition.kind == "none":
       raise ValueError(
@@ -186,6 +183,13 @@ def build_student(
       )
     changes["guidance_embedding"] = True
   module = module.clone(**changes)
+  if remat and "remat" not in fields:
+    # A network without its own switch (diffusers' UNet) is rematerialised
+    # whole: only its inputs are kept for the backward pass.
+    kwargs = {
+      f: getattr(module, f) for f in fields if f not in ("parent", "name")
+    }
+    module = nn.remat(type(module))(**kwargs)
   student = Student(
     module=module,
     schedule=teacher.schedule,

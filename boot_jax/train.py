@@ -31,6 +31,7 @@ from boot_jax import (
   config_lib,
   evaluate,
   loop,
+  sample,
   sharding,
   train_teacher,
 )
@@ -48,6 +49,8 @@ def resolve_teacher_path(config, workdir: str) -> None:
 def ensure_teacher(config, printer=print) -> None:
   """Trains the recipe's teacher into `teacher.path` if none is there."""
   t = config.teacher
+  if t.name not in ("unet", "mlp"):
+    return  # only our own pixel teachers have recipes
   if t.get("init", "checkpoint") != "checkpoint" or not t.get("path"):
     return
   if network.trained(t.path):
@@ -87,6 +90,7 @@ def sample_grid_fn(setup: loop.Setup, config, workdir: str):
 
   def hook(step, state):
     out = np.asarray(generate(loop.params_for_sampling(state), eps, cond))
+    out = sample.to_pixels(setup, out)
     if not sharding.is_lead():
       return
     path = os.path.join(workdir, "samples", f"student_{step:07d}.png")

@@ -11,6 +11,8 @@ With the fixes in `teachers.sd._match_pytorch` (exact GELU in GEGLU, a
 modules as they ship, 9.6e-5 (the test asserts the fix gains > 10x).
 """
 
+import pathlib
+
 import flax.linen as nn
 import ml_collections
 import numpy as np
@@ -144,3 +146,172 @@ def test_folder_errors(folder, tmp_path):
     _teacher(path, resolution=17)
   with pytest.raises(sd.SDError, match="does not exist"):
     _teacher(tmp_path / "nowhere")
+
+
+def test_train_resume_sample_end_to_end(folder, tmp_path):
+  """configs/sd15.py on a tiny folder: trains, checkpoints, resumes, and
+  samples a decoded PNG from a prompt."""
+  import json
+
+  from conftest import error_lines, run_module
+
+  path, _, prediction = folder
+  if prediction != "epsilon":
+    pytest.skip("one end-to-end run is enough (SD 1.x-like)")
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("a red square\na blue circle\n\na red square\n")
+  work = tmp_path / "w"
+  args = [
+    "--config",
+    "configs/sd15.py",
+    f"--config.teacher.path={path}",
+    "--config.teacher.resolution=16",
+    f"--config.teacher.prompts={prompts}",
+    f"--config.teacher.prompt_cache={tmp_path / 'cache'}",
+    "--config.train.batch_size=2",
+    "--config.train.ckpt_every=2",
+    "--config.train.log_every=2",
+    "--config.boot.num_steps=4",
+    "--config.mesh.data=1",
+    "--workdir",
+    str(work),
+  ]
+  root = pathlib.Path(__file__).resolve().parents[1]
+  code, out, err = run_module(
+    "boot_jax.train", *args, "--config.train.steps=2", cwd=root
+  )
+  assert code == 0, err[-3000:]
+  assert "encoding 2 prompts" in out  # deduplicated
+  assert (work / "checkpoints" / "2").is_dir()
+  code, out, err = run_module(
+    "boot_jax.train", *args, "--config.train.steps=4", cwd=root
+  )
+  assert code == 0, err[-3000:]
+  assert "resuming from the checkpoint of step 2" in out
+  assert "encoding" not in out  # the cache was used
+  rows = (work / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(r)["step"] for r in rows] == [2, 4]
+  assert list((work / "samples").glob("*.png"))
+
+  code, out, err = run_module(
+    "boot_jax.sample",
+    "--workdir",
+    work,
+    "--out",
+    tmp_path / "s.npz",
+    "--num",
+    "2",
+    "--prompt",
+    "a red square",
+    cwd=root,
+  )
+  assert code == 0, err[-3000:]
+  s = np.load(tmp_path / "s.npz")
+  assert s["images"].shape == (2, 16, 16, 3)
+  assert s["latents"].shape == (2, 8, 8, 4)
+  assert (tmp_path / "s.png").is_file()
+
+  # User errors: one line, non-zero exit.
+  for extra, expected in (
+    ("--config.boot.guidance=-1", "boot.guidance must be >= 0"),
+    ("--config.teacher.resolution=17", "not divisible by the VAE's factor"),
+    (f"--config.teacher.path={tmp_path}", "has no unet/ folder"),
+  ):
+    code, _, err = run_module(
+      "boot_jax.train",
+      *args[:-2],
+      extra,
+      "--workdir",
+      tmp_path / "bad",
+      cwd=root,
+    )
+    lines = error_lines(err)
+    assert code != 0 and len(lines) == 1 and expected in lines[0], err[-2000:]
+
+
+def test_teacher_ddim_matches_stable_diffusion_pipeline(folder, tmp_path):
+  """`sample --sampler teacher` at w = 7.5 equals diffusers' PyTorch
+  StableDiffusionPipeline (DDIM, eta 0) from the same latents, on the
+  decoded image. Tolerance 1e-3 on [0, 1] pixels: 10 guided DDIM steps
+  amplify the UNet's ~3e-6 parity gap by up to 1/alpha and 7.5x."""
+  from conftest import run_module
+
+  path, pipe, _ = folder
+  rng = np.random.default_rng(3)
+  latents = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
+  np.save(tmp_path / "noise.npy", latents)
+  prompts = ["a red square", "a blue circle"]
+  with torch.no_grad():
+    ref = pipe(
+      prompt=prompts,
+      height=16,
+      width=16,
+      num_inference_steps=10,
+      guidance_scale=7.5,
+      latents=torch.from_numpy(latents.transpose(0, 3, 1, 2)),
+      output_type="np",
+    ).images
+  root = pathlib.Path(__file__).resolve().parents[1]
+  work = tmp_path / "w"
+  (tmp_path / "p.txt").write_text("\n".join(prompts))
+  # A zero-step run makes the work directory `sample` reads.
+  code, _, err = run_module(
+    "boot_jax.train",
+    "--config",
+    "configs/sd15.py",
+    f"--config.teacher.path={path}",
+    "--config.teacher.resolution=16",
+    f"--config.teacher.prediction={pipe.scheduler.config.prediction_type}",
+    f"--config.teacher.prompts={tmp_path / 'p.txt'}",
+    f"--config.teacher.prompt_cache={tmp_path / 'cache'}",
+    "--config.train.steps=0",
+    "--config.train.batch_size=2",
+    "--config.train.compute_dtype=float32",
+    "--config.mesh.data=1",
+    "--workdir",
+    work,
+    cwd=root,
+  )
+  assert code == 0, err[-3000:]
+  code, _, err = run_module(
+    "boot_jax.sample",
+    "--workdir",
+    work,
+    "--out",
+    tmp_path / "t.npz",
+    "--sampler",
+    "teacher",
+    "--steps",
+    "10",
+    "--guidance",
+    "7.5",
+    "--noise",
+    tmp_path / "noise.npy",
+    "--prompt",
+    prompts[0],
+    "--prompt",
+    prompts[1],
+    cwd=root,
+  )
+  assert code == 0, err[-3000:]
+  ours = np.load(tmp_path / "t.npz")["images"] * 0.5 + 0.5
+  assert ours.shape == ref.shape == (2, 16, 16, 3)
+  assert np.abs(ours - ref).max() <= 1e-3, np.abs(ours - ref).max()
+
+
+def test_long_prompts_are_truncated_with_a_warning(folder):
+  path, pipe, _ = folder
+  parts = _teacher(path).extras["sd"]
+  long = "a " * 120
+  with pytest.warns(UserWarning, match="truncated"):
+    emb = np.asarray(sd.encode_prompts(parts, [long]))
+  ids = pipe.tokenizer(
+    [long],
+    padding="max_length",
+    max_length=77,
+    truncation=True,
+    return_tensors="pt",
+  ).input_ids
+  with torch.no_grad():
+    ref = pipe.text_encoder(ids).last_hidden_state.numpy()
+  assert np.abs(emb - ref).max() <= 1e-5

@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from boot_jax import diffusion
+from boot_jax import prompts as prompts_lib
 from boot_jax.teachers import base
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -131,6 +132,8 @@ def schedule_config(path: str) -> tuple[dict, str]:
     set_alpha_to_one=bool(cfg.get("set_alpha_to_one", False)),
     name="",
   )
+  table["ddim_spacing"] = cfg.get("timestep_spacing", "leading")
+  table["ddim_steps_offset"] = int(cfg.get("steps_offset", 0))
   return table, cfg.get("prediction_type", "epsilon")
 
 
@@ -204,6 +207,9 @@ class SDUNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, t, cond=None, train: bool = False):
+    # BOOT runs teacher and student deterministically (no dropout), so
+    # `train` is ignored; that also lets nn.remat wrap this module.
+    del train
     cls = _diffusers().FlaxUNet2DConditionModel
     kwargs = _config_kwargs(cls, self.unet_config)
     unet = cls(**kwargs, dtype=self.dtype or jnp.float32, name="unet")
@@ -213,7 +219,11 @@ class SDUNet(nn.Module):
       jnp.transpose(x, (0, 3, 1, 2)),
       t,
       cond.astype(self.dtype or jnp.float32),
-      train=train,
+      None,  # added_cond_kwargs
+      None,  # down_block_additional_residuals
+      None,  # mid_block_additional_residual
+      True,  # return_dict
+      False,  # train
     ).sample
     return jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32)
 
@@ -333,18 +343,36 @@ def decode(parts: dict, latents):
   return jnp.transpose(img, (0, 2, 3, 1))
 
 
+DEFAULT_PROMPT_CACHE = os.path.join(
+  os.path.expanduser("~"), ".cache", "boot_jax", "prompts"
+)
+
+
 def build(config, placement=None, dtype=None) -> base.Teacher:
   """A Stable Diffusion teacher from `config.path` (a diffusers folder).
 
-  Keys: `path`, `resolution` (pixels; latents are resolution / 8), and
-  optionally `prediction` (default: the scheduler's `prediction_type`).
+  Keys: `path`, `resolution` (pixels; latents are resolution / 8),
+  `prediction` (None: the scheduler's `prediction_type`), `prompts` (a
+  prompt file, see `boot_jax.prompts`; needed for training),
+  `prompt_column`, `prompt_cache` (a directory), `negative_prompt` (the
+  null condition's text; default the empty prompt).
+
+  The teacher's extras hold `sd` (VAE, text encoder, tokenizer), `encode`
+  (`list[str] -> embeddings`) and `prompts` (a `PromptSet` or None).
   """
   path = config.get("path")
   unet_cfg = check_folder(path)
   table, native = schedule_config(path)
-  prediction = diffusion.canonical_prediction(
-    config.get("prediction") or native
-  )
+  spacing = table.pop("ddim_spacing")
+  offset = table.pop("ddim_steps_offset")
+  prediction = diffusion.canonical_prediction(native)
+  wanted = config.get("prediction")
+  if wanted and diffusion.canonical_prediction(wanted) != prediction:
+    raise SDError(
+      f"teacher.prediction={wanted!r} but {path}/scheduler says "
+      f"{native!r}: a folder of another model (SD 1.x and 2.x base predict "
+      "epsilon, SD 2.x at 768 predicts v)"
+    )
   parts = _vae_and_text(os.path.abspath(path))
   resolution = int(config.get("resolution") or 512)
   factor = parts["vae_factor"]
@@ -370,7 +398,17 @@ def build(config, placement=None, dtype=None) -> base.Teacher:
   if placement is not None:
     specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)
     params = jax.device_put(params, placement(params, specs))
-  null = encode_prompts(parts, [""])[0]
+  encode = functools.partial(encode_prompts, parts)
+  null = encode([config.get("negative_prompt") or ""])[0]
+  prompt_set = None
+  if config.get("prompts"):
+    prompt_set = prompts_lib.encode_cached(
+      config.prompts,
+      config.get("prompt_column") or "prompt",
+      os.path.join(path, "text_encoder"),
+      encode,
+      config.get("prompt_cache") or DEFAULT_PROMPT_CACHE,
+    )
 
   def apply(params, x_t, t, cond=None):
     return module.apply({"params": params}, x_t, t, cond)
@@ -385,5 +423,11 @@ def build(config, placement=None, dtype=None) -> base.Teacher:
     condition=condition,
     module=module,
     null_embedding=null,
-    extras=dict(sd=parts),
+    extras=dict(
+      sd=parts,
+      encode=encode,
+      prompts=prompt_set,
+      # How this model's pipelines space DDIM steps (for parity with them).
+      ddim_spacing=(spacing, offset),
+    ),
   )
