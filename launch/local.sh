@@ -89,36 +89,40 @@ for ((i = 0; i < processes; i++)); do
 done
 
 status=0
+declare -A index_of
+for ((i = 0; i < processes; i++)); do
+  index_of[${pids[$i]}]=$i
+done
 running=("${pids[@]}")
+# Poll rather than `wait -n`: bash may reap two children at once, and
+# `wait PID` still returns the status of one already reaped.
 while ((${#running[@]})); do
-  set +e
-  wait -n -p finished "${running[@]}"
-  rc=$?
-  set -e
   left=()
   for pid in "${running[@]}"; do
-    if [[ "$pid" != "$finished" ]]; then
+    if kill -0 "$pid" 2>/dev/null; then
       left+=("$pid")
+      continue
+    fi
+    set +e
+    wait "$pid"
+    rc=$?
+    set -e
+    if ((rc != 0)); then
+      echo "local.sh: process ${index_of[$pid]} exited with status $rc" >&2
+      if ((status == 0)); then
+        status=$rc
+        # The others notice the lost peer themselves (JAX's heartbeat) and
+        # exit with their own error; any still running after the grace
+        # period are killed.
+        echo "local.sh: waiting up to ${grace}s for the other processes" >&2
+        (sleep "$grace" && stop_all -KILL) >/dev/null 2>&1 &
+        killer=$!
+      fi
     fi
   done
   running=("${left[@]}")
-  index=0
-  for ((i = 0; i < processes; i++)); do
-    if [[ "${pids[$i]}" == "$finished" ]]; then
-      index=$i
-    fi
-  done
-  if ((rc != 0)); then
-    echo "local.sh: process $index exited with status $rc" >&2
-  fi
-  if ((rc != 0 && status == 0)); then
-    status=$rc
-    # The others notice the lost peer themselves (JAX's heartbeat) and exit
-    # with their own error; any still running after the grace period are
-    # killed.
-    echo "local.sh: waiting up to ${grace}s for the other processes" >&2
-    (sleep "$grace" && stop_all -KILL) >/dev/null 2>&1 &
-    killer=$!
+  if ((${#running[@]})); then
+    sleep 0.5
   fi
 done
 if [[ -n "${killer:-}" ]]; then

@@ -315,3 +315,34 @@ def test_long_prompts_are_truncated_with_a_warning(folder):
   with torch.no_grad():
     ref = pipe.text_encoder(ids).last_hidden_state.numpy()
   assert np.abs(emb - ref).max() <= 1e-5
+
+
+def test_flax_msgpack_weights_load_the_same(folder, tmp_path):
+  """A folder with Flax msgpack weights gives the same teacher."""
+  import shutil
+
+  import flax.serialization
+
+  path, _, _ = folder
+  teacher = _teacher(path)
+  flax_dir = tmp_path / "flax"
+  shutil.copytree(path, flax_dir)
+  unet_dir = flax_dir / "unet"
+  (unet_dir / "diffusion_pytorch_model.safetensors").unlink()
+  (unet_dir / "diffusion_flax_model.msgpack").write_bytes(
+    flax.serialization.to_bytes(teacher.params["unet"])
+  )
+  again = _teacher(flax_dir)
+  rng = np.random.default_rng(5)
+  x = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
+  cond = rng.standard_normal((2, 77, 32)).astype(np.float32)
+  t = np.array([900, 100], np.int32)
+  np.testing.assert_array_equal(
+    np.asarray(again.x0(again.params, x, t, cond)),
+    np.asarray(teacher.x0(teacher.params, x, t, cond)),
+  )
+  # PyTorch .bin pickles are refused by name.
+  (unet_dir / "diffusion_flax_model.msgpack").unlink()
+  (unet_dir / "diffusion_pytorch_model.bin").write_bytes(b"pickle")
+  with pytest.raises(sd.SDError, match="pickles and are not read"):
+    _teacher(flax_dir)
