@@ -346,3 +346,38 @@ def test_flax_msgpack_weights_load_the_same(folder, tmp_path):
   (unet_dir / "diffusion_pytorch_model.bin").write_bytes(b"pickle")
   with pytest.raises(sd.SDError, match="pickles and are not read"):
     _teacher(flax_dir)
+
+
+def test_guidance_conditioned_sd_student_starts_as_the_teacher(folder):
+  """The w embedding enters through the UNet's time embedding, zero at
+  initialisation: for every w the student equals the teacher, and the
+  embedding receives gradient."""
+  import jax
+  import jax.numpy as jnp
+
+  from boot_jax import config_lib
+  from boot_jax import student as student_lib
+
+  path, _, _ = folder
+  teacher = _teacher(path)
+  config = config_lib.base_config().student
+  student, params_fn = student_lib.build_student(
+    teacher, config, jax.random.key(0), guided=True
+  )
+  params = jax.jit(params_fn)(teacher.params)
+  assert "GuidanceEmbedding_0" in params
+  rng = np.random.default_rng(2)
+  eps = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
+  cond = rng.standard_normal((2, 77, 32)).astype(np.float32)
+  t = jnp.array([600.0, 300.0])
+  ref = np.asarray(teacher.apply(teacher.params, eps, t, cond))
+  for w in (0.0, 7.5):
+    out = student.raw(params, eps, t, cond, guidance=jnp.full((2,), w))
+    np.testing.assert_array_equal(np.asarray(out), ref)
+
+  def objective(p):
+    return jnp.sum(student.raw(p, eps, t, cond, guidance=jnp.full((2,), 3.0)))
+
+  grads = jax.grad(objective)(params)
+  last = grads["GuidanceEmbedding_0"]["Dense_1"]["kernel"]
+  assert float(jnp.max(jnp.abs(last))) > 0

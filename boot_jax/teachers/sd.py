@@ -37,6 +37,7 @@ import numpy as np
 
 from boot_jax import diffusion
 from boot_jax import prompts as prompts_lib
+from boot_jax.models import layers
 from boot_jax.teachers import base
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -203,10 +204,11 @@ class SDUNet(nn.Module):
   """
 
   unet_config: dict
+  guidance_embedding: bool = False
   dtype: object = None
 
   @nn.compact
-  def __call__(self, x, t, cond=None, train: bool = False):
+  def __call__(self, x, t, cond=None, train: bool = False, guidance=None):
     # BOOT runs teacher and student deterministically (no dropout), so
     # `train` is ignored; that also lets nn.remat wrap this module.
     del train
@@ -215,16 +217,42 @@ class SDUNet(nn.Module):
     unet = cls(**kwargs, dtype=self.dtype or jnp.float32, name="unet")
     if cond is None:
       raise ValueError("a Stable Diffusion UNet needs text embeddings")
-    out = unet(
-      jnp.transpose(x, (0, 3, 1, 2)),
-      t,
-      cond.astype(self.dtype or jnp.float32),
-      None,  # added_cond_kwargs
-      None,  # down_block_additional_residuals
-      None,  # mid_block_additional_residual
-      True,  # return_dict
-      False,  # train
-    ).sample
+
+    def run():
+      return unet(
+        jnp.transpose(x, (0, 3, 1, 2)),
+        t,
+        cond.astype(self.dtype or jnp.float32),
+        None,  # added_cond_kwargs
+        None,  # down_block_additional_residuals
+        None,  # mid_block_additional_residual
+        True,  # return_dict
+        False,  # train
+      ).sample
+
+    if not self.guidance_embedding:
+      out = run()
+    else:
+      # A guidance-conditioned student: the w embedding (zero at
+      # initialisation) is added to the output of the UNet's own time
+      # embedding, intercepted, so the pretrained network is unchanged.
+      dim = 4 * int(self.unet_config["block_out_channels"][0])
+      w_emb = layers.add_guidance(
+        jnp.zeros((x.shape[0], dim), jnp.float32), guidance, True, self.dtype
+      )
+
+      def add_w(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if (
+          context.method_name == "__call__"
+          and context.module.name == "time_embedding"
+          and context.module.parent is unet
+        ):
+          return out + w_emb.astype(out.dtype)
+        return out
+
+      with nn.intercept_methods(add_w):
+        out = run()
     return jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32)
 
 
