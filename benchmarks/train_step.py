@@ -88,18 +88,8 @@ def model_config(name: str) -> tuple[dict, list[int], str, dict]:
 def boot_config(args) -> ml_collections.ConfigDict:
   model, shape, prediction, schedule = model_config(args.model)
   c = config_lib.base_config()
-  c.teacher = ml_collections.ConfigDict(
-    dict(
-      name="unet",
-      init="random",
-      seed=0,
-      path="",
-      model=model,
-      schedule=schedule,
-      prediction=prediction,
-      sample_shape=shape,
-      num_classes=0,
-    )
+  c.teacher = config_lib.random_unet_teacher(
+    model, shape, prediction, ml_collections.ConfigDict(schedule)
   )
   c.student.init = "teacher"
   c.boot.num_steps = 16

@@ -376,3 +376,30 @@ def sd_boot_config(resolution: int, prediction: str):
   c.eval.agreement_steps = (25,)
   c.eval.hybrid_steps = ()
   return c
+
+
+def random_unet_teacher(
+  model: dict,
+  sample_shape,
+  prediction: str = "v",
+  schedule=None,
+  num_classes: int = 0,
+) -> ml_collections.ConfigDict:
+  """A `teacher` section for our UNet with random weights (`init=random`).
+
+  For tests and benchmarks that need a teacher of a given size and shape,
+  not a good one.
+  """
+  return ml_collections.ConfigDict(
+    dict(
+      name="unet",
+      init="random",
+      seed=0,
+      path="",
+      model=dict(model),
+      schedule=schedule or discrete_schedule("squaredcos_cap_v2"),
+      prediction=prediction,
+      sample_shape=list(sample_shape),
+      num_classes=num_classes,
+    )
+  )

@@ -271,22 +271,9 @@ def test_guided_loss_reads_each_examples_w():
 
 
 def _unet_teacher(num_classes=3):
+  model = dict(name="unet", channels=8, channel_mult=(1,), num_res_blocks=1)
   return teachers.build_teacher(
-    ml_collections.ConfigDict(
-      dict(
-        name="unet",
-        init="random",
-        seed=0,
-        path="",
-        model=dict(
-          name="unet", channels=8, channel_mult=(1,), num_res_blocks=1
-        ),
-        schedule=config_lib.discrete_schedule("squaredcos_cap_v2"),
-        prediction="v",
-        sample_shape=[8, 8, 1],
-        num_classes=num_classes,
-      )
-    )
+    config_lib.random_unet_teacher(model, (8, 8, 1), num_classes=num_classes)
   )
 
 

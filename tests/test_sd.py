@@ -232,8 +232,9 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
 def test_teacher_ddim_matches_stable_diffusion_pipeline(folder, tmp_path):
   """`sample --sampler teacher` at w = 7.5 equals diffusers' PyTorch
   StableDiffusionPipeline (DDIM, eta 0) from the same latents, on the
-  decoded image. Tolerance 1e-3 on [0, 1] pixels: 10 guided DDIM steps
-  amplify the UNet's ~3e-6 parity gap by up to 1/alpha and 7.5x."""
+  decoded image. Tolerance 1e-3 on [0, 1] pixels (the acceptance bar): 10
+  guided DDIM steps amplify the UNet's ~3e-6 parity gap by up to 1/alpha
+  and 7.5x; measured 3.3e-6 (epsilon) and 4.3e-6 (v)."""
   from conftest import run_module
 
   path, pipe, _ = folder
@@ -296,7 +297,9 @@ def test_teacher_ddim_matches_stable_diffusion_pipeline(folder, tmp_path):
   assert code == 0, err[-3000:]
   ours = np.load(tmp_path / "t.npz")["images"] * 0.5 + 0.5
   assert ours.shape == ref.shape == (2, 16, 16, 3)
-  assert np.abs(ours - ref).max() <= 1e-3, np.abs(ours - ref).max()
+  err = float(np.abs(ours - ref).max())
+  print(f"pipeline parity: max abs {err:.2e} on [0, 1] pixels")
+  assert err <= 1e-3, err
 
 
 def test_long_prompts_are_truncated_with_a_warning(folder):

@@ -41,25 +41,16 @@ def _gmm_config(mesh, steps=20):
 def _unet_config(mesh, teacher_placement="auto"):
   """A random-weight UNet teacher and its student (sizes, not quality)."""
   c = config_lib.base_config()
-  c.teacher = ml_collections.ConfigDict(
+  c.teacher = config_lib.random_unet_teacher(
     dict(
       name="unet",
-      init="random",
-      seed=0,
-      path="",
-      model=dict(
-        name="unet",
-        channels=32,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(8,),
-        num_heads=2,
-      ),
-      schedule=config_lib.discrete_schedule("squaredcos_cap_v2"),
-      prediction="v",
-      sample_shape=[16, 16, 1],
-      num_classes=0,
-    )
+      channels=32,
+      channel_mult=(1, 2),
+      num_res_blocks=1,
+      attention_resolutions=(8,),
+      num_heads=2,
+    ),
+    (16, 16, 1),
   )
   c.student.init = "teacher"
   c.boot.num_steps = 8
