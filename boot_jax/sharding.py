@@ -248,14 +248,6 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def with_sharding(abstract_tree, sharding):
-  """ShapeDtypeStructs of a tree, all carrying `sharding`."""
-  return jax.tree.map(
-    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-    abstract_tree,
-  )
-
-
 def local_indices(sharding: NamedSharding, batch_size: int) -> np.ndarray:
   """Global indices of the batch rows this process holds, in the order
   `jax.make_array_from_process_local_data` expects its local data."""
