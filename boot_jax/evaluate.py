@@ -52,7 +52,7 @@ def eval_inputs(teacher, num: int, seed: int):
     if prompt_set is None:
       cond = teacher.null_condition(num)
     else:
-      cond = jnp.asarray(prompt_set.rows(np.arange(num) % len(prompt_set)))
+      cond = jnp.asarray(prompt_set.cycled(num))
   return eps, cond
 
 

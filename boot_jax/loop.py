@@ -20,7 +20,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
@@ -198,12 +197,6 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
     fsdp_fallback=bool(section.get("fsdp_fallback", True)),
   )
   grids = curriculum_grids(teacher.schedule, config.boot)
-  traces = []
-
-  def counted_step(*args):
-    traces.append("train_step")  # runs once per trace, never per step
-    return step_fn(*args)
-
   step_fn = step_lib.make_train_step(
     student,
     teacher,
@@ -212,6 +205,12 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
     config.optim.ema_decay,
     config.train.nan_policy,
   )
+  traces = []
+
+  def counted_step(*args):
+    traces.append("train_step")  # runs once per trace, never per step
+    return step_fn(*args)
+
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
   train_step = step_lib.jit_train_step(
@@ -224,7 +223,8 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
     out_shardings=(state_shardings, replicated),
   )
   batch_size = config.train.batch_size
-  indices = jnp.asarray(sharding.local_indices(batch_sharding, batch_size))
+  local_np = sharding.local_indices(batch_sharding, batch_size)
+  indices = jnp.asarray(local_np)
   label_logits = config.teacher.get("label_logits")
   label_logits = None if label_logits is None else jnp.asarray(label_logits)
   guidance_range = config.boot.get("guidance_range")
@@ -252,7 +252,6 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
         "a text-to-image teacher trains on prompts: set teacher.prompts to "
         "a prompt file (.txt, .jsonl, .csv or .parquet)"
       )
-  local_np = np.asarray(indices)
 
   def draw(step, stage):
     # Each process draws only its rows (keys fold in the global example

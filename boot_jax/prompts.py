@@ -171,6 +171,10 @@ class PromptSet:
       start = stop
     return out
 
+  def cycled(self, num: int) -> np.ndarray:
+    """The embeddings of the first `num` prompts in file order, cycled."""
+    return self.rows(np.arange(num) % len(self))
+
   @property
   def shape(self) -> tuple[int, ...]:
     return tuple(self._table.get_shape()[1:])

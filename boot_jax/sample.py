@@ -182,7 +182,7 @@ def text_conditions(setup: loop.Setup, num: int, texts=None, path=None):
   prompt_set = teacher.extras.get("prompts")
   if prompt_set is None:
     raise ValueError("give --prompt or --prompts-file")
-  return jnp.asarray(prompt_set.rows(np.arange(num) % len(prompt_set)))
+  return jnp.asarray(prompt_set.cycled(num))
 
 
 def to_pixels(setup: loop.Setup, samples, batch_size: int = 16):
@@ -192,9 +192,8 @@ def to_pixels(setup: loop.Setup, samples, batch_size: int = 16):
     return samples
   from boot_jax.teachers import sd  # noqa: PLC0415
 
-  decode = jax.jit(lambda z: sd.decode(parts, z))
   out = [
-    np.asarray(decode(jnp.asarray(samples[i : i + batch_size])))
+    np.asarray(sd.decode(parts, jnp.asarray(samples[i : i + batch_size])))
     for i in range(0, len(samples), batch_size)
   ]
   return np.clip(np.concatenate(out), -1.0, 1.0)

@@ -178,14 +178,18 @@ def convert_pt(pt: dict, abstract) -> dict:
   return traverse_util.unflatten_dict(out)
 
 
+def _read_msgpack(path: str, abstract):
+  import flax.serialization  # noqa: PLC0415
+
+  with open(path, "rb") as f:
+    return flax.serialization.from_bytes(abstract, f.read())
+
+
 def load_params(folder: str, abstract, flax_name: str, pt_name: str):
   """Reads a part's weights (Flax msgpack or PyTorch safetensors)."""
   kind, path = _weights(folder, flax_name, pt_name)
   if kind == "flax":
-    import flax.serialization  # noqa: PLC0415
-
-    with open(path, "rb") as f:
-      return flax.serialization.from_bytes(abstract, f.read())
+    return _read_msgpack(path, abstract)
   from safetensors.numpy import load_file  # noqa: PLC0415
 
   return convert_pt(load_file(path), abstract)
@@ -292,7 +296,21 @@ def _vae_and_text(path: str):
   )
   text_params = _load_clip(os.path.join(path, "text_encoder"), abstract)
   tokenizer = CLIPTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
+
+  def text_forward(params, ids):
+    # Stable Diffusion's pipelines attend to every token (no padding mask).
+    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+    return text.module.apply(
+      {"params": params}, ids, jnp.ones_like(ids), positions
+    )[0]
+
+  def vae_decode(params, z):
+    return vae.apply({"params": params}, z, method=vae.decode).sample
+
   return dict(
+    # Compiled once per folder (and per batch shape), not per call.
+    text_forward=jax.jit(text_forward),
+    vae_decode=jax.jit(vae_decode),
     vae=vae,
     vae_params=vae_params,
     scaling_factor=float(vae_cfg.get("scaling_factor", 0.18215)),
@@ -307,10 +325,7 @@ def _load_clip(folder: str, abstract):
   """CLIP text weights: Flax msgpack, or PyTorch safetensors converted."""
   kind, path = _weights(folder, "flax_model.msgpack", "model.safetensors")
   if kind == "flax":
-    import flax.serialization  # noqa: PLC0415
-
-    with open(path, "rb") as f:
-      return flax.serialization.from_bytes(abstract, f.read())
+    return _read_msgpack(path, abstract)
   from flax import traverse_util  # noqa: PLC0415
   from safetensors.numpy import load_file  # noqa: PLC0415
   from transformers import modeling_flax_pytorch_utils as conv  # noqa: PLC0415
@@ -351,23 +366,13 @@ def encode_prompts(parts: dict, prompts, max_length: int | None = None):
   ids = np.asarray(
     [i[: length - 1] + i[-1:] if len(i) > length else i for i in ids], np.int32
   )
-  ids = jnp.asarray(ids)
-  # Stable Diffusion's pipelines attend to every token (no padding mask).
-  positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-  out = parts["text"].module.apply(
-    {"params": parts["text_params"]}, ids, jnp.ones_like(ids), positions
-  )
-  return out[0]
+  return parts["text_forward"](parts["text_params"], jnp.asarray(ids))
 
 
 def decode(parts: dict, latents):
   """Latents `[B, h, w, 4]` (scaled) -> images `[B, H, W, 3]` in [-1, 1]."""
   z = jnp.transpose(latents, (0, 3, 1, 2)) / parts["scaling_factor"]
-  img = (
-    parts["vae"]
-    .apply({"params": parts["vae_params"]}, z, method=parts["vae"].decode)
-    .sample
-  )
+  img = parts["vae_decode"](parts["vae_params"], z)
   return jnp.transpose(img, (0, 2, 3, 1))
 
 
