@@ -1,29 +1,55 @@
-"""Diffusion math: noise schedules, prediction conversions and DDIM steps.
+"""Diffusion math: prediction conversions and DDIM steps.
 
-Everything here is pure and jittable. The forward process is variance
-preserving, `x_t = alpha_t * x_0 + sigma_t * eps`, with `t` running from the
-clean end to the noise end `T`. Two families of schedules share one interface:
-
-* `DiscreteSchedule`: a DDPM table `alphas_cumprod[0..T-1]` as used by DDPM,
-  Stable Diffusion and DeepFloyd IF. Times are integer timesteps; the extra
-  time `-1` is the clean end of DDIM sampling, whose `alphas_cumprod` is 1
-  (`set_alpha_to_one=True`) or `alphas_cumprod[0]`.
-* `ContinuousSchedule`: closed-form VP schedules (cosine, linear) on
-  `t in [0, 1]`.
-
-Both give `alpha`, `sigma` and the negative half log-SNR
-`lambda = log(sigma / alpha)` for any array of times.
+Everything here is pure and jittable. Network outputs in any of the three
+parameterisations (eps, v, x0) are read as the pair `(x0_hat, eps_hat)` and
+written back; the deterministic DDIM step is given in x space and in signal
+space (`y_t = (x_t - sigma_t eps) / alpha_t`), and `ddim_sample` runs it
+over a timestep grid. The noise schedules themselves (DDPM tables, VP
+schedules, `make_schedule`) are in `boot_jax.schedules` and re-exported here,
+so `diffusion.DiscreteSchedule` and the like keep working; docs/method.md
+gives the equations.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from boot_jax.schedules import (
+  ContinuousSchedule,
+  DiscreteSchedule,
+  Schedule,
+  lambda_,
+  make_betas,
+  make_schedule,
+)
+
+# Public names; the schedule names are re-exported from boot_jax.schedules
+# (listing them here tells ruff the imports are used, not F401).
+__all__ = [
+  # Re-exported from boot_jax.schedules.
+  "ContinuousSchedule",
+  "DiscreteSchedule",
+  "Schedule",
+  "lambda_",
+  "make_betas",
+  "make_schedule",
+  # Defined here.
+  "PREDICTIONS",
+  "canonical_prediction",
+  "x0_eps_from_output",
+  "output_from_x0_eps",
+  "to_x0",
+  "signal_from_x",
+  "x_from_signal",
+  "ddim_delta",
+  "signal_step",
+  "ddim_step_from_pair",
+  "ddim_step",
+  "ddim_sample",
+]
 
 PREDICTIONS = ("eps", "v", "x0")
 # diffusers spells prediction types differently; accept both.
@@ -46,268 +72,6 @@ def canonical_prediction(name: str) -> str:
       f"unknown prediction type {name!r}; expected one of "
       f"{sorted(_PREDICTION_ALIASES)}"
     ) from None
-
-
-# ---------------------------------------------------------------------------
-# Discrete tables.
-
-
-def _betas_for_alpha_bar(num_steps: int, max_beta: float = 0.999):
-  """The squaredcos_cap_v2 betas (Nichol & Dhariwal), in float64."""
-
-  def alpha_bar(t):
-    return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
-  betas = [
-    min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), max_beta)
-    for i in range(num_steps)
-  ]
-  return np.asarray(betas, np.float64)
-
-
-def make_betas(
-  kind: str,
-  num_steps: int = 1000,
-  beta_start: float = 0.0001,
-  beta_end: float = 0.02,
-) -> np.ndarray:
-  """Returns the float32 beta table of a named DDPM schedule.
-
-  The tables follow diffusers' definitions (the values are computed in
-  float32 where diffusers does so, so that the cumulative products agree to
-  the last bit as far as possible):
-
-  * linear: `beta_i = linspace(beta_start, beta_end)`.
-  * scaled_linear (Stable Diffusion): `beta_i = linspace(sqrt(b0), sqrt(b1))^2`.
-  * squaredcos_cap_v2: the cosine `alpha_bar` of Nichol & Dhariwal, capped
-    at 0.999.
-  """
-  if num_steps <= 0:
-    raise ValueError(f"num_steps must be positive, got {num_steps}")
-  if kind == "linear":
-    betas = np.linspace(beta_start, beta_end, num_steps, dtype=np.float32)
-  elif kind == "scaled_linear":
-    betas = (
-      np.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=np.float32)
-      ** 2
-    )
-  elif kind == "squaredcos_cap_v2":
-    betas = _betas_for_alpha_bar(num_steps).astype(np.float32)
-  else:
-    raise ValueError(
-      f"unknown beta schedule {kind!r}; expected linear, scaled_linear or "
-      "squaredcos_cap_v2"
-    )
-  return betas.astype(np.float32)
-
-
-def _cumprod_f32(x: np.ndarray) -> np.ndarray:
-  """Cumulative product of float32 factors, accumulated in float64.
-
-  torch.cumprod accumulates float32 in double on the CPU; doing the same
-  makes our tables bit-identical to diffusers' for identical betas.
-  """
-  return np.cumprod(np.asarray(x, np.float32).astype(np.float64)).astype(
-    np.float32
-  )
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class DiscreteSchedule:
-  """A DDPM noise table read at integer timesteps.
-
-  Attributes:
-    alphas_cumprod: float32 array `[T]`, `abar_t` for `t = 0..T-1`.
-    final_alphas_cumprod: `abar` at the clean end (time -1): 1.0 with
-      diffusers' `set_alpha_to_one=True`, else `alphas_cumprod[0]`.
-  """
-
-  alphas_cumprod: np.ndarray
-  final_alphas_cumprod: float = 1.0
-
-  kind = "discrete"
-
-  @classmethod
-  def from_betas(
-    cls, betas: np.ndarray, set_alpha_to_one: bool = True
-  ) -> DiscreteSchedule:
-    abar = _cumprod_f32(1.0 - np.asarray(betas, np.float32))
-    final = 1.0 if set_alpha_to_one else float(abar[0])
-    return cls(alphas_cumprod=abar, final_alphas_cumprod=final)
-
-  @classmethod
-  def named(
-    cls,
-    kind: str,
-    num_steps: int = 1000,
-    beta_start: float = 0.0001,
-    beta_end: float = 0.02,
-    set_alpha_to_one: bool = True,
-  ) -> DiscreteSchedule:
-    betas = make_betas(kind, num_steps, beta_start, beta_end)
-    return cls.from_betas(betas, set_alpha_to_one)
-
-  @property
-  def num_train_steps(self) -> int:
-    return int(self.alphas_cumprod.shape[0])
-
-  @property
-  def t_max(self) -> float:
-    """The noise end T: the last timestep of the table."""
-    return float(self.num_train_steps - 1)
-
-  @property
-  def t_clean(self) -> float:
-    """The time of the clean end of sampling."""
-    return -1.0
-
-  def alphas_cumprod_at(self, t):
-    """`abar_t` for integer-valued times; `t < 0` gives the clean end."""
-    t = jnp.asarray(t)
-    idx = jnp.clip(t, 0, self.num_train_steps - 1).astype(jnp.int32)
-    table = jnp.asarray(self.alphas_cumprod, jnp.float32)
-    return jnp.where(t < 0, jnp.float32(self.final_alphas_cumprod), table[idx])
-
-  def alpha_sigma(self, t):
-    """`(alpha_t, sigma_t)` gathered from tables rounded as diffusers does.
-
-    The tables hold `sqrt(abar)` and `sqrt(1 - abar)` of the float32 `abar`
-    (with `1 - abar` rounded to float32 first), so no square root is left
-    for XLA to rewrite into a less accurate reciprocal square root.
-    """
-    t = jnp.asarray(t)
-    idx = jnp.clip(t, 0, self.num_train_steps - 1).astype(jnp.int32)
-    abar = np.asarray(self.alphas_cumprod, np.float32)
-    alphas, sigmas = np.sqrt(abar), np.sqrt(np.float32(1.0) - abar)
-    final = np.float32(self.final_alphas_cumprod)
-    final_alpha = np.sqrt(final)
-    final_sigma = np.sqrt(np.float32(1.0) - final)
-    alpha = jnp.where(t < 0, final_alpha, jnp.asarray(alphas)[idx])
-    sigma = jnp.where(t < 0, final_sigma, jnp.asarray(sigmas)[idx])
-    return alpha, sigma
-
-  def timesteps(
-    self, num_steps: int, spacing: str = "trailing", steps_offset: int = 0
-  ) -> np.ndarray:
-    """The descending DDIM timesteps with diffusers' spacings.
-
-    Args:
-      num_steps: number of model calls.
-      spacing: 'leading' (multiples of T // n, plus `steps_offset`),
-        'trailing' (round(T - i * T / n) - 1, ending at T - 1) or 'linspace'.
-      steps_offset: added to 'leading' timesteps (Stable Diffusion uses 1).
-
-    Returns:
-      int64 array `[num_steps]`, descending.
-    """
-    n_train = self.num_train_steps
-    if not 0 < num_steps <= n_train:
-      raise ValueError(
-        f"DDIM needs 1..{n_train} steps for this table, got {num_steps}"
-      )
-    if spacing == "leading":
-      ratio = n_train // num_steps
-      ts = (np.arange(num_steps) * ratio).round()[::-1] + steps_offset
-    elif spacing == "trailing":
-      ratio = n_train / num_steps
-      ts = np.round(np.arange(n_train, 0, -ratio)) - 1
-    elif spacing == "linspace":
-      ts = np.linspace(0, n_train - 1, num_steps).round()[::-1]
-    else:
-      raise ValueError(
-        f"unknown timestep spacing {spacing!r}; expected leading, trailing "
-        "or linspace"
-      )
-    return ts.astype(np.int64)
-
-
-_CONTINUOUS_KINDS = ("cosine", "linear")
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ContinuousSchedule:
-  """A closed-form VP schedule on `t in [0, 1]`.
-
-  * cosine: `alpha(t) = cos(pi/2 (t + s)/(1 + s)) / cos(pi/2 s/(1 + s))`,
-    `s = 0.008`; `alpha(1) = 0`, `alpha(0) = 1`.
-  * linear (VP-SDE): `log alpha(t) = -(b1 - b0) t^2 / 4 - b0 t / 2` with
-    `b0 = 0.1`, `b1 = 20`.
-
-  `sigma = sqrt(1 - alpha^2)` in both.
-  """
-
-  name: str = "cosine"
-  beta_min: float = 0.1
-  beta_max: float = 20.0
-  cosine_s: float = 0.008
-
-  kind = "continuous"
-
-  def __post_init__(self):
-    if self.name not in _CONTINUOUS_KINDS:
-      raise ValueError(
-        f"unknown continuous schedule {self.name!r}; expected one of "
-        f"{_CONTINUOUS_KINDS}"
-      )
-
-  t_max = 1.0
-  t_clean = 0.0
-
-  def alpha_sigma(self, t):
-    t = jnp.asarray(t, jnp.float32)
-    if self.name == "cosine":
-      s = self.cosine_s
-      phi = 0.5 * jnp.pi * (t + s) / (1.0 + s)
-      phi0 = 0.5 * math.pi * s / (1.0 + s)
-      alpha = jnp.clip(jnp.cos(phi) / math.cos(phi0), 0.0, 1.0)
-      sigma = jnp.sqrt(jnp.clip(1.0 - alpha**2, 0.0, 1.0))
-    else:
-      b0, b1 = self.beta_min, self.beta_max
-      log_alpha = -0.25 * t**2 * (b1 - b0) - 0.5 * t * b0
-      alpha = jnp.exp(log_alpha)
-      sigma = jnp.sqrt(-jnp.expm1(2.0 * log_alpha))
-    return alpha, sigma
-
-  def timesteps(self, num_steps: int, spacing: str = "uniform") -> np.ndarray:
-    """Descending times `1, 1 - 1/n, ..., 1/n` (the clean end 0 excluded)."""
-    if num_steps <= 0:
-      raise ValueError(f"DDIM needs at least one step, got {num_steps}")
-    if spacing not in ("uniform", "trailing"):
-      raise ValueError(
-        f"continuous schedules support 'uniform' spacing, got {spacing!r}"
-      )
-    return np.linspace(1.0, 0.0, num_steps + 1)[:-1].astype(np.float64)
-
-
-Schedule = DiscreteSchedule | ContinuousSchedule
-
-
-def lambda_(schedule: Schedule, t):
-  """Negative half log-SNR `log(sigma_t / alpha_t)`; rises with t."""
-  alpha, sigma = schedule.alpha_sigma(t)
-  return jnp.log(sigma) - jnp.log(alpha)
-
-
-def make_schedule(config) -> Schedule:
-  """Builds a schedule from a config section (see configs/ for keys).
-
-  Keys: `type` ('discrete' or 'continuous'); for discrete `beta_schedule`,
-  `num_train_steps`, `beta_start`, `beta_end`, `set_alpha_to_one`; for
-  continuous `name` ('cosine' or 'linear').
-  """
-  if config.type == "discrete":
-    return DiscreteSchedule.named(
-      config.beta_schedule,
-      num_steps=config.num_train_steps,
-      beta_start=config.beta_start,
-      beta_end=config.beta_end,
-      set_alpha_to_one=config.set_alpha_to_one,
-    )
-  if config.type == "continuous":
-    return ContinuousSchedule(config.name)
-  raise ValueError(
-    f"unknown schedule type {config.type!r}; expected discrete or continuous"
-  )
 
 
 # ---------------------------------------------------------------------------
