@@ -32,27 +32,29 @@ dry_run=0
 grace=90
 python=${PYTHON:-python3}
 
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
 while (($#)); do
   case "$1" in
-    --processes) processes=$2; shift 2 ;;
-    --devices-per-process) devices=$2; shift 2 ;;
-    --port) port=$2; shift 2 ;;
-    --module) module=$2; shift 2 ;;
+    --processes) need_value "$@"; processes=$2; shift 2 ;;
+    --devices-per-process) need_value "$@"; devices=$2; shift 2 ;;
+    --port) need_value "$@"; port=$2; shift 2 ;;
+    --module) need_value "$@"; module=$2; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
-    *) echo "error: unknown option $1 (arguments for the job go after --)" >&2
-       exit 2 ;;
+    *) die "unknown option $(printf '%q' "$1")" \
+         "(arguments for the job go after --)" ;;
   esac
 done
 
-for v in "$processes" "$devices" "$port"; do
-  if ! [[ "$v" =~ ^[1-9][0-9]*$ ]]; then
-    echo "error: --processes, --devices-per-process and --port take" \
-      "positive integers, got '$v'" >&2
-    exit 2
-  fi
-done
+check_int --processes "$processes"
+check_int --devices-per-process "$devices"
+check_int --port "$port" 65535
+if [[ -z "$module" ]]; then
+  die "--module needs a value"
+fi
 
 command_for() {
   local id=$1

@@ -9,13 +9,22 @@
 # The work directory must be on a filesystem every node sees. The job's
 # output goes to slurm-<jobid>.out. --dry-run prints the batch script and
 # the sbatch command instead of submitting.
+#
+# Every value written into the batch script is validated (--nodes,
+# --gpus-per-node, --time) or quoted with printf %q (--python, the train
+# arguments). --partition and --account go to sbatch as arguments rather
+# than #SBATCH lines: a directive is one line of sbatch's own syntax, which
+# cannot hold every value (a newline ends it).
 set -euo pipefail
 
 usage() {
   cat <<'USAGE'
 usage: launch/slurm_gpu.sh --nodes N --gpus-per-node G [--partition P]
-                           [--time HH:MM:SS] [--account A] [--python PY]
+                           [--time T] [--account A] [--python PY]
                            [--dry-run] -- <train args>
+  --time T     walltime: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]] or UNLIMITED
+               (default 24:00:00)
+  --python PY  the interpreter on the nodes, one word (default python3)
 USAGE
 }
 
@@ -27,34 +36,51 @@ account=""
 python=python3
 dry_run=0
 
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+# Fails unless $2, the value of option $1, is a positive integer.
+check_int() {
+  if ! [[ "$2" =~ ^[1-9][0-9]{0,8}$ ]]; then
+    die "$1 takes a positive integer, got $(printf '%q' "$2")"
+  fi
+}
+
 while (($#)); do
   case "$1" in
-    --nodes) nodes=$2; shift 2 ;;
-    --gpus-per-node) gpus=$2; shift 2 ;;
-    --partition) partition=$2; shift 2 ;;
-    --time) time_limit=$2; shift 2 ;;
-    --account) account=$2; shift 2 ;;
-    --python) python=$2; shift 2 ;;
+    --nodes) need_value "$@"; nodes=$2; shift 2 ;;
+    --gpus-per-node) need_value "$@"; gpus=$2; shift 2 ;;
+    --partition) need_value "$@"; partition=$2; shift 2 ;;
+    --time) need_value "$@"; time_limit=$2; shift 2 ;;
+    --account) need_value "$@"; account=$2; shift 2 ;;
+    --python) need_value "$@"; python=$2; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
-    *) echo "error: unknown option $1 (train arguments go after --)" >&2
-       exit 2 ;;
+    *) die "unknown option $(printf '%q' "$1")" \
+         "(train arguments go after --)" ;;
   esac
 done
 
-for v in "$nodes" "$gpus"; do
-  if ! [[ "$v" =~ ^[1-9][0-9]*$ ]]; then
-    echo "error: --nodes and --gpus-per-node take positive integers" >&2
-    exit 2
-  fi
-done
+check_int --nodes "$nodes"
+check_int --gpus-per-node "$gpus"
+# SLURM's formats: minutes, minutes:seconds, hours:minutes:seconds,
+# days-hours, days-hours:minutes, days-hours:minutes:seconds, or no limit.
+if ! [[ "$time_limit" =~ ^([0-9]{1,9}-)?[0-9]{1,9}(:[0-9]{1,2}){0,2}$ ||
+  "$time_limit" =~ ^(UNLIMITED|INFINITE|unlimited|infinite)$ ]]; then
+  die "--time takes MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or" \
+    "UNLIMITED, got $(printf '%q' "$time_limit")"
+fi
+if [[ -z "$python" ]]; then
+  die "--python needs a value"
+fi
 if (($# == 0)); then
-  echo "error: give the train arguments after -- (--config, --workdir)" >&2
-  exit 2
+  die "give the train arguments after -- (--config, --workdir)"
 fi
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
+printf -v repo_q '%q' "$repo"
+printf -v python_q '%q' "$python"
 printf -v train_args '%q ' "$@"
 script=$(cat <<SCRIPT
 #!/usr/bin/env bash
@@ -63,17 +89,23 @@ script=$(cat <<SCRIPT
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node=$gpus
 #SBATCH --time=$time_limit
-${partition:+#SBATCH --partition=$partition}
-${account:+#SBATCH --account=$account}
 set -euo pipefail
-cd $(printf '%q' "$repo")
-srun --kill-on-bad-exit=1 $python -m boot_jax.train --distributed $train_args
+cd $repo_q
+srun --kill-on-bad-exit=1 $python_q -m boot_jax.train --distributed $train_args
 SCRIPT
 )
+submit=(sbatch)
+if [[ -n "$partition" ]]; then
+  submit+=("--partition=$partition")
+fi
+if [[ -n "$account" ]]; then
+  submit+=("--account=$account")
+fi
 
 if ((dry_run)); then
   echo "$script"
-  echo "# (this script is what would be piped to: sbatch)"
+  printf -v submit_q '%q ' "${submit[@]}"
+  echo "# (this script is what would be piped to: ${submit_q% })"
   exit 0
 fi
-sbatch <<< "$script"
+"${submit[@]}" <<< "$script"

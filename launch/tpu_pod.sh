@@ -38,46 +38,57 @@ spot=0
 keep=0
 dry_run=0
 
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
 while (($#)); do
   case "$1" in
-    --name) name=$2; shift 2 ;;
-    --zone) zone=$2; shift 2 ;;
-    --accelerator) accelerator=$2; shift 2 ;;
-    --version) version=$2; shift 2 ;;
-    --project) project=$2; shift 2 ;;
+    --name) need_value "$@"; name=$2; shift 2 ;;
+    --zone) need_value "$@"; zone=$2; shift 2 ;;
+    --accelerator) need_value "$@"; accelerator=$2; shift 2 ;;
+    --version) need_value "$@"; version=$2; shift 2 ;;
+    --project) need_value "$@"; project=$2; shift 2 ;;
     --spot) spot=1; shift ;;
     --keep) keep=1; shift ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
-    *) echo "error: unknown option $1 (train arguments go after --)" >&2
-       exit 2 ;;
+    *) die "unknown option $(printf '%q' "$1")" \
+         "(train arguments go after --)" ;;
   esac
 done
 
 if [[ -z "$name" || -z "$zone" || -z "$accelerator" ]]; then
-  echo "error: --name, --zone and --accelerator are required" >&2
-  exit 2
+  die "--name, --zone and --accelerator are required"
+fi
+# The name is gcloud's positional argument (a leading '-' would make it an
+# option) and part of a local file name (no '/').
+if ! [[ "$name" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]]; then
+  die "--name takes letters, digits, '-', '_' and '.', got" \
+    "$(printf '%q' "$name")"
 fi
 if (($# == 0)); then
-  echo "error: give the train arguments after -- (--config, --workdir)" >&2
-  exit 2
+  die "give the train arguments after -- (--config, --workdir)"
 fi
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 tarball=/tmp/boot_jax_${name}.tar.gz
-common=(--zone "$zone")
+# --flag=VALUE keeps each value one argument to gcloud, even one that starts
+# with '-'.
+common=("--zone=$zone")
 if [[ -n "$project" ]]; then
-  common+=(--project "$project")
+  common+=("--project=$project")
 fi
 create=(gcloud compute tpus tpu-vm create "$name" "${common[@]}"
-  --accelerator-type "$accelerator" --version "$version")
+  "--accelerator-type=$accelerator" "--version=$version")
 if ((spot)); then
   create+=(--spot)
 fi
 pack=(git -C "$repo" archive --format=tar.gz -o "$tarball" HEAD)
 copy=(gcloud compute tpus tpu-vm scp "$tarball" "$name:boot_jax.tar.gz"
   "${common[@]}" --worker=all)
+# The remote command is a string that the worker's login shell (bash on TPU
+# VMs) parses: each train argument goes in quoted with printf %q.
 printf -v train_args '%q ' "$@"
 install="mkdir -p boot_jax && tar -xzf boot_jax.tar.gz -C boot_jax"
 install+=" && python3 -m pip install --quiet -e './boot_jax[tpu]'"
