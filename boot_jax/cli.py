@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
+import re
 import sys
 
 from absl import flags, logging
@@ -12,19 +14,103 @@ def fail(message: str, code: int = 2):
   """Exits with `error: <message>` on one line of stderr.
 
   Exits with os._exit: callers have already waited for (or never started)
-  checkpoint writes, and after a failed orbax restore its background
-  threads otherwise print tracebacks from a closed event loop at shutdown.
-  The line goes out in one write that starts on a fresh line, so output
-  other threads are still printing cannot split it; after it, stderr is
-  closed to them.
+  checkpoint writes, and after a failed orbax restore or save its
+  background threads otherwise print tracebacks from a closed event loop
+  at shutdown. The line goes out in one write that starts on a fresh line,
+  so output other threads are still printing cannot split it; after it,
+  stderr is closed to them.
   """
   message = " ".join(str(message).split())
   sys.stdout.flush()
   sys.stderr.flush()
-  os.write(2, f"\nerror: {message}\n".encode("utf-8", "replace"))
+  real = _stop_stderr_filter()
+  os.write(real, f"\nerror: {message}\n".encode("utf-8", "replace"))
   devnull = os.open(os.devnull, os.O_WRONLY)
   os.dup2(devnull, 2)
   os._exit(code)
+
+
+# The tensorstore callbacks of a failed asynchronous checkpoint write run
+# after orbax closed their event loop; each prints this traceback straight
+# to the stderr file descriptor (dozens for one full disk). They carry no
+# information beyond the failure the CLI reports in one line.
+_NOISE_LAST_LINE = "RuntimeError: Event loop is closed"
+_filter = {}
+
+
+def _forward(read_fd: int, real_fd: int) -> None:
+  """Copies lines to `real_fd`, dropping whole noise tracebacks."""
+  block: list[bytes] = []
+  with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+    for line in iter(pipe.readline, b""):
+      if block or line.startswith(b"Traceback (most recent call last):"):
+        block.append(line)
+        if line[:1] in (b" ", b"\t") or line.startswith(b"Traceback"):
+          continue
+        if line.decode("utf-8", "replace").strip() != _NOISE_LAST_LINE:
+          os.write(real_fd, b"".join(block))
+        block = []
+        continue
+      os.write(real_fd, line)
+  if block:
+    os.write(real_fd, b"".join(block))
+
+
+def _start_stderr_filter() -> None:
+  """Routes fd 2 through `_forward` (idempotent)."""
+  if _filter:
+    return
+  import atexit  # noqa: PLC0415
+  import threading  # noqa: PLC0415
+
+  sys.stderr.flush()
+  real = os.dup(2)
+  read_fd, write_fd = os.pipe()
+  os.dup2(write_fd, 2)
+  os.close(write_fd)
+  thread = threading.Thread(
+    target=_forward, args=(read_fd, real), daemon=True, name="stderr-filter"
+  )
+  thread.start()
+  _filter.update(real=real, thread=thread)
+  atexit.register(_stop_stderr_filter)
+
+
+def _stop_stderr_filter() -> int:
+  """Drains the filter and puts the real stderr back; returns its fd."""
+  if not _filter or "stopped" in _filter:
+    return _filter.get("real", 2)
+  _filter["stopped"] = True
+  try:
+    sys.stderr.flush()
+  except (OSError, ValueError):
+    pass
+  os.dup2(_filter["real"], 2)  # closes the pipe's last writer: EOF
+  _filter["thread"].join(timeout=5)
+  return 2
+
+
+def _quiet_orbax(record) -> bool:
+  return "orbax" not in (record.pathname or "")
+
+
+_HELP = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+
+
+def _unknown_key(args, error) -> str:
+  """'unknown config key ...' naming the one bad `--config.` override."""
+  overrides = [a.split("=", 1)[0] for a in args if a.startswith("--config.")]
+  text = str(error.args[0]) if error.args else str(error)
+  names = re.findall(r"'([^'\\]+)'", text.replace("\\", ""))
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  for flag in overrides:
+    parts = flag[len("--config.") :].split(".")
+    if names and names[0] in parts:
+      msg = f"unknown config key {names[0]!r} in {flag}"
+      if hint:
+        msg += f" (did you mean {hint.group(1)!r}?)"
+      return msg
+  return f"unknown config key in {' '.join(overrides)}: {_last_line(text)}"
 
 
 def _last_line(text: str) -> str:
@@ -41,14 +127,29 @@ def parse_flags(argv):
   """
   if not any(a.startswith(("--verbosity", "-v")) for a in argv[1:]):
     logging.set_verbosity(logging.ERROR)
+    # Orbax's background threads log each failed write with a traceback
+    # (hundreds of lines for one full disk); the caller reports the
+    # failure in one line instead.
+    std_logging.getLogger("absl").addFilter(_quiet_orbax)
+    _start_stderr_filter()
+  asked = [a for a in argv[1:] if a in _HELP]
+  if asked:
+    # absl's own help flag exits with status 1; asking for help succeeds.
+    main = sys.modules.get("__main__")
+    doc = (getattr(main, "__doc__", None) or "").strip()
+    if doc:
+      print(doc + "\n")
+    if asked[0] == "--helpfull":
+      print(flags.FLAGS.get_help())
+    else:
+      print(flags.FLAGS.main_module_help())
+    sys.exit(0)
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for an override of a key the config
-    # does not have.
-    overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    key = str(e).strip("\"'")
-    fail(f"unknown config key {key!r} in {' '.join(overrides)}")
+    # does not have; name that override only.
+    fail(_unknown_key(argv[1:], e))
   except Exception as e:  # noqa: BLE001 - every parse error gets one line
     fail(_last_line(e))
 

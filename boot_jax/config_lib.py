@@ -1,7 +1,15 @@
 """Config defaults shared by configs/*.py, and their validation.
 
-Sections (DESIGN.md): `teacher`, `student`, `boot`, `optim`, `train`,
-`mesh`, `eval`. Files in configs/ start from `base_config()` and override.
+`base_config()` has every section with its defaults: `teacher`, `student`,
+`boot`, `optim`, `train`, `mesh`, `sharding`, `eval` (README.md's Configs
+section lists the keys); `discrete_schedule()` builds a DDPM schedule
+section; `validate()` checks a resolved config and `RESUMABLE_CHANGES` names
+the keys that may change when a run continues in the same work directory.
+
+The ready-made configs that configs/*.py start from (the digits demo, Stable
+Diffusion, random test teachers, `TEACHER_RECIPES`) live in
+`boot_jax.recipes`; they are re-exported here, loaded on first access so
+that `recipes` can build on `base_config` without a circular import.
 """
 
 from __future__ import annotations
@@ -85,6 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
   # 'stop': a non-finite loss or gradient stops the run (the last good
   # checkpoint is kept); 'skip': such steps change nothing and are counted.
   c.train.nan_policy = "stop"
+  # With nan_policy 'skip': the run fails once more than this fraction of
+  # its steps were skipped (a run that mostly skips is not training).
+  c.train.max_skipped_fraction = 0.01
   # Continue in a work directory whose config.json differs (beyond the
   # keys in RESUMABLE_CHANGES) only when this is set.
   c.train.allow_config_change = False
@@ -131,6 +142,7 @@ RESUMABLE_CHANGES = (
   "train.ckpt_every",
   "train.eval_every",
   "train.keep_checkpoints",
+  "train.max_skipped_fraction",
   "train.allow_config_change",
   "eval.",
   # The device layout: checkpoints restore onto any mesh.
@@ -139,8 +151,43 @@ RESUMABLE_CHANGES = (
 )
 
 
+def validate_train(t) -> None:
+  """Checks the `train` keys every trainer shares (one-line errors)."""
+  checks = [
+    (t.steps >= 0, f"train.steps must be >= 0, got {t.steps}"),
+    (
+      t.batch_size > 0,
+      f"train.batch_size must be positive, got {t.batch_size}",
+    ),
+    (t.log_every > 0, f"train.log_every must be positive, got {t.log_every}"),
+    (
+      t.get("ckpt_every", 0) >= 0,
+      f"train.ckpt_every must be >= 0 (0: only at the end), got "
+      f"{t.get('ckpt_every')}",
+    ),
+    (
+      t.get("eval_every", 0) >= 0,
+      f"train.eval_every must be >= 0 (0: never), got {t.get('eval_every')}",
+    ),
+    (
+      t.get("keep_checkpoints", 1) >= 1,
+      "train.keep_checkpoints must be >= 1 (the newest checkpoint is always "
+      f"kept), got {t.get('keep_checkpoints')}",
+    ),
+    (
+      0.0 <= t.get("max_skipped_fraction", 0.0) <= 1.0,
+      "train.max_skipped_fraction must be in [0, 1], got "
+      f"{t.get('max_skipped_fraction')}",
+    ),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ValueError(message)
+
+
 def validate(config) -> None:
   """Raises ValueError with a one-line reason for bad values."""
+  validate_train(config.train)
   checks = [
     (
       config.train.steps >= 0,
@@ -199,207 +246,31 @@ def validate_guidance_range(boot) -> None:
     )
 
 
-def digits_unet() -> ml_collections.ConfigDict:
-  """The demo's UNet on 8x8 digits: attention only at 4x4.
-
-  16 base channels (256K parameters) is what fits the 10-minute CPU demo:
-  a forward pass costs about 0.38 ms per image on 2 cores.
-  """
-  return ml_collections.ConfigDict(
-    dict(
-      name="unet",
-      channels=16,
-      channel_mult=(1, 2),
-      num_res_blocks=2,
-      attention_resolutions=(4,),
-      num_heads=2,
-      groups=8,
-      dropout=0.0,
-      time_scale=1.0,
-      remat=False,
-    )
-  )
+# Names re-exported from boot_jax.recipes. recipes imports this module, so
+# they are looked up on first access (PEP 562) instead of imported here.
+_RECIPE_NAMES = frozenset(
+  {
+    "TEACHER_RECIPES",
+    "digits_boot_config",
+    "digits_teacher_config",
+    "digits_unet",
+    "pixel_boot_config",
+    "random_unet_teacher",
+    "sd_boot_config",
+  }
+)
 
 
-def digits_teacher_config(conditional: bool = False):
-  """Teacher training on scikit-learn's digits (configs/digits_teacher.py)."""
-  c = ml_collections.ConfigDict()
-  c.data = ml_collections.ConfigDict(
-    dict(source="digits", image_size=8, channels=1, path="", labels_path="")
-  )
-  c.num_classes = 10 if conditional else 0
-  c.label_dropout = 0.1 if conditional else 0.0
-  c.model = digits_unet()
-  c.diffusion = ml_collections.ConfigDict(
-    dict(
-      schedule=discrete_schedule("squaredcos_cap_v2"),
-      prediction="v",
-    )
-  )
-  c.optim = ml_collections.ConfigDict(
-    dict(
-      lr=2e-3,
-      schedule="cosine",
-      warmup_steps=200,
-      final_lr_fraction=0.05,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
-      weight_decay=0.0,
-      grad_clip=1.0,
-      ema_decay=0.999,
-    )
-  )
-  c.train = ml_collections.ConfigDict(
-    dict(
-      steps=2500,
-      batch_size=128,
-      seed=0,
-      log_every=250,
-      ckpt_every=500,
-      eval_every=2500,
-      keep_checkpoints=2,
-      nan_policy="stop",
-      allow_config_change=False,
-    )
-  )
-  c.eval = ml_collections.ConfigDict(
-    dict(grid_size=64, ddim_steps=50, seed=0, guidance=placeholder(float))
-  )
-  return c
+def __getattr__(name: str):
+  """Resolves the names re-exported from boot_jax.recipes."""
+  if name in _RECIPE_NAMES:
+    # Imported here, not at the top: recipes imports this module.
+    from boot_jax import recipes
+
+    return getattr(recipes, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# Teacher-training recipes that `train` can run itself when a BOOT config's
-# teacher.path holds no trained teacher (see configs/digits.py).
-TEACHER_RECIPES = {
-  "digits": lambda: digits_teacher_config(conditional=False),
-  "digits_cond": lambda: digits_teacher_config(conditional=True),
-}
-
-
-def pixel_boot_config(recipe: str) -> ml_collections.ConfigDict:
-  """A BOOT run on our own pixel teacher trained by `recipe`.
-
-  The teacher's network, schedule and prediction are left unset (None)
-  and read from the teacher's own config.json when the run starts.
-  """
-  c = base_config()
-  t = c.teacher = ml_collections.ConfigDict()
-  t.name = "unet"
-  t.path = "teacher"  # relative paths live inside the work directory
-  t.recipe = recipe
-  t.init = "checkpoint"
-  t.seed = 0
-  t.model = None
-  t.schedule = None
-  t.prediction = None
-  t.sample_shape = None
-  t.num_classes = None
-  t.label_logits = None
-  c.student.init = "teacher"
-  return c
-
-
-def digits_boot_config(recipe: str = "digits") -> ml_collections.ConfigDict:
-  """The demo's BOOT run on a digits teacher (configs/digits*.py).
-
-  The teacher's table (squaredcos_cap_v2) has alpha_T = 4.9e-5: the first
-  DDIM step already lands on f(eps, T), so the boundary term carries no
-  information (docs/ablations.md measured no effect even at 0.0064) and
-  would cost a third of each step.
-  """
-  c = pixel_boot_config(recipe)
-  c.boot.num_steps = 16
-  c.boot.boundary_weight = 0.0
-  c.optim.lr = 2e-3
-  c.optim.schedule = "cosine"
-  c.optim.warmup_steps = 100
-  c.optim.final_lr_fraction = 0.1
-  c.optim.ema_decay = 0.995
-  c.train.steps = 4000
-  c.train.batch_size = 32
-  c.train.log_every = 250
-  c.train.ckpt_every = 500
-  c.train.eval_every = 2000
-  c.eval.num_samples = 2000
-  c.eval.batch_size = 500
-  c.eval.grid_size = 64
-  c.eval.ddim_steps = (1, 2, 4, 10, 25, 50)
-  c.eval.agreement_steps = (10, 25, 50)
-  c.eval.hybrid_steps = (2, 4)
-  return c
-
-
-def sd_boot_config(resolution: int, prediction: str):
-  """BOOT on a Stable Diffusion teacher (configs/sd*.py), from prompts only.
-
-  The teacher folder and the prompt file are the user's: set
-  `teacher.path` and `teacher.prompts` on the command line.
-  """
-  c = base_config()
-  c.teacher = ml_collections.ConfigDict(
-    dict(
-      name="sd",
-      path="",
-      resolution=resolution,
-      prediction=prediction,
-      prompts="",
-      prompt_column="prompt",
-      prompt_cache="",
-      negative_prompt="",
-    )
-  )
-  c.student.init = "teacher"
-  c.boot.num_steps = 32
-  c.boot.guidance = 7.5
-  c.optim.lr = 1e-5
-  c.optim.warmup_steps = 500
-  c.optim.grad_clip = 1.0
-  c.optim.ema_decay = 0.9999
-  c.train.steps = 20000
-  c.train.batch_size = 64
-  c.train.log_every = 50
-  c.train.ckpt_every = 1000
-  c.train.eval_every = 1000
-  c.train.compute_dtype = "bfloat16"
-  c.train.remat = True
-  c.mesh.data = -1
-  c.mesh.fsdp = 1
-  c.sharding.teacher = "auto"
-  # No reference images exist (data free): the final evaluation would only
-  # compare with the teacher's DDIM in latent space; run it on demand.
-  c.eval.final = False
-  c.eval.num_samples = 64
-  c.eval.batch_size = 8
-  c.eval.grid_size = 16
-  c.eval.ddim_steps = (4, 25)
-  c.eval.agreement_steps = (25,)
-  c.eval.hybrid_steps = ()
-  return c
-
-
-def random_unet_teacher(
-  model: dict,
-  sample_shape,
-  prediction: str = "v",
-  schedule=None,
-  num_classes: int = 0,
-) -> ml_collections.ConfigDict:
-  """A `teacher` section for our UNet with random weights (`init=random`).
-
-  For tests and benchmarks that need a teacher of a given size and shape,
-  not a good one.
-  """
-  return ml_collections.ConfigDict(
-    dict(
-      name="unet",
-      init="random",
-      seed=0,
-      path="",
-      model=dict(model),
-      schedule=schedule or discrete_schedule("squaredcos_cap_v2"),
-      prediction=prediction,
-      sample_shape=list(sample_shape),
-      num_classes=num_classes,
-    )
-  )
+def __dir__():
+  """Lists the re-exported recipe names with this module's own."""
+  return sorted(set(globals()) | _RECIPE_NAMES)

@@ -20,6 +20,7 @@ import dataclasses
 import gzip
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -125,7 +126,8 @@ def _read_idx(path: str) -> np.ndarray:
   try:
     with opener(path, "rb") as f:
       raw = f.read()
-  except OSError as e:
+  except (OSError, EOFError, zlib.error) as e:
+    # A gzip file cut short raises EOFError.
     raise DataError(f"cannot read IDX file {path!r}: {e}") from None
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
     raise DataError(f"{path!r} is not an IDX file (bad magic number)")
@@ -135,14 +137,18 @@ def _read_idx(path: str) -> np.ndarray:
     raise DataError(f"{path!r}: unsupported IDX element type {raw[2]:#x}")
   ndim = raw[3]
   header = 4 + 4 * ndim
+  if len(raw) < header:
+    raise DataError(f"{path!r} is truncated inside its header")
   shape = struct.unpack(f">{ndim}I", raw[4:header])
   count = int(np.prod(shape))
-  data = np.frombuffer(raw, dtype=dtype, offset=header)
-  if data.size != count:
+  itemsize = np.dtype(dtype).itemsize
+  found = (len(raw) - header) // itemsize
+  if found != count or (len(raw) - header) % itemsize:
     raise DataError(
-      f"{path!r} is truncated: header says {count} values, found {data.size}"
+      f"{path!r} is truncated or padded: its header says {count} values, "
+      f"the file holds {len(raw) - header} bytes of data"
     )
-  return data.reshape(shape)
+  return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
 def load_idx(images_path: str, labels_path: str | None, image_size: int):

@@ -1,8 +1,12 @@
 r"""Evaluation: the student against the teacher's DDIM and the data.
 
-    python -m boot_jax.evaluate --workdir W
+    python -m boot_jax.evaluate --workdir W [--mesh data=D,...] \
+      [--dtype float32|bfloat16]
 
-writes W/eval.json and prints a table.
+writes W/eval.json and prints a table. Runs on this machine's devices,
+whatever mesh trained the run (see `boot_jax.inference`); the networks run
+in float32 unless `--dtype bfloat16`. On a teacher work directory only the
+teacher's samplers are evaluated.
 
 * Analytic mixture: the student's one step `g(eps, clean)` against the
   teacher's DDIM over the training grid from the same eps (component
@@ -19,13 +23,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from boot_jax import boot, checkpoint, cli, conditions, data, fid, sample
+from boot_jax import boot, checkpoint, cli, conditions, fid, inference, sample
 from boot_jax import workdir as workdir_lib
 from boot_jax.teachers import gmm
 
@@ -48,7 +53,7 @@ def eval_inputs(teacher, num: int, seed: int):
     )
   elif teacher.condition.kind == "text":
     # The training prompts in file order, cycled.
-    prompt_set = teacher.extras.get("prompts")
+    prompt_set = teacher.prompts()
     if prompt_set is None:
       cond = teacher.null_condition(num)
     else:
@@ -169,42 +174,53 @@ def _data_variance(params) -> float:
   return float(np.mean(second - mean**2))
 
 
-def image_report(setup, params, config, printer=print) -> dict:
+def image_report(model, params, printer=print) -> dict:
   """Agreement, Frechet distances and speed for a pixel teacher."""
+  config = model.config
   ev = config.eval
   num = int(ev.num_samples)
-  batch = int(ev.batch_size)
-  teacher = setup.teacher
-  guidance = sample.resolve_guidance(setup, ev.get("guidance"))
+  batch = sample.batch_for(model, num, int(ev.batch_size), strict=False)
+  teacher = model.teacher
+  kind = "student" if model.student is not None else "teacher"
+  guidance = sample.resolve_guidance(model, ev.get("guidance"), kind)
   eps, cond = eval_inputs(teacher, num, ev.seed)
 
   def run(kind, steps=0):
-    fn = sample.make_sampler(setup, params, kind, steps, guidance)
-    return sample.run_sampler(fn, eps, cond, batch)
+    what = kind if kind == "student" else f"{kind} ({steps} steps)"
+    t0 = time.perf_counter()
+    fn = sample.make_sampler(model, params, kind, steps, guidance)
+    fn = sample.jit_on_mesh(model, fn)
+    out, rate = sample.run_sampler(fn, eps, cond, batch)
+    out = teacher.pixels(out, batch)
+    printer(
+      f"evaluate: {what}: {num} samples in {time.perf_counter() - t0:.1f} s"
+    )
+    return out, rate
 
-  student, student_rate = run("student")
-  rows = {"student 1 step": (student, student_rate)}
+  rows = {}
   agreement = {}
+  if model.student is not None:
+    student, student_rate = run("student")
+    rows["student 1 step"] = (student, student_rate)
   ddim_steps = sorted(set(ev.ddim_steps) | set(ev.agreement_steps))
   for k in ddim_steps:
     out, rate = run("teacher", k)
     rows[f"teacher DDIM {k}"] = (out, rate)
-    if k in ev.agreement_steps:
+    if k in ev.agreement_steps and model.student is not None:
       mse = float(np.mean((student - out) ** 2))
       agreement[str(k)] = dict(mse=mse, psnr=float(10 * np.log10(4.0 / mse)))
-  for k in ev.hybrid_steps:
-    rows[f"hybrid (student + {k} teacher steps)"] = run("hybrid", k)
+  if model.student is not None:
+    for k in ev.hybrid_steps:
+      rows[f"hybrid (student + {k} teacher steps)"] = run("hybrid", k)
 
-  report = dict(
-    num_samples=num,
-    grid_steps=int(setup.grid.num_steps),
-    agreement=agreement,
-    samplers={},
-  )
+  report = dict(num_samples=num, agreement=agreement, samplers={})
+  if model.grid is not None:
+    report["grid_steps"] = int(model.grid.num_steps)
   if guidance is not None:
     report["guidance"] = float(guidance)
-  reference = _reference_data(config)
+  reference = teacher.reference_data()
   if reference is not None:
+    printer("evaluate: training the feature classifier for Frechet distances")
     net = fid.train_classifier(reference, printer=printer)
     real_mu, real_cov = fid.gaussian(net.features(reference.images))
     report["classifier_accuracy"] = net.accuracy
@@ -228,38 +244,27 @@ def image_report(setup, params, config, printer=print) -> dict:
   return report
 
 
-def _reference_data(config):
-  """The teacher's training data (evaluation only), or None if unknown."""
-  path = config.teacher.get("path")
-  if not path or not os.path.isfile(os.path.join(path, "config.json")):
-    return None
-  teacher_config = workdir_lib.load_config(path)
-  try:
-    dataset = data.load_dataset(teacher_config.data)
-  except data.DataError:
-    return None
-  return dataset if dataset.num_classes >= 2 else None
-
-
-def evaluate(setup, params, config, printer=print) -> dict:
-  """The evaluation that fits the teacher (mixture or pixels)."""
+def mixture_report(model, params, printer=print) -> dict:
+  """`gmm_report` at the run's guidance (or at each of several w)."""
+  config = model.config
   ev = config.eval
-  if setup.teacher.name != "gmm":
-    return image_report(setup, params, config, printer)
+  if model.student is None:
+    raise ValueError("the mixture evaluation needs a student")
 
   def report(w):
+    printer(f"evaluate: mixture agreement and MMD on {ev.num_samples} samples")
     return gmm_report(
-      setup.teacher,
-      setup.student,
+      model.teacher,
+      model.student,
       params,
-      setup.grid,
+      model.grid,
       w,
       num=ev.num_samples,
       seed=ev.seed,
       batch_size=ev.batch_size,
     )
 
-  if not setup.student.guided:
+  if not model.guided:
     return report(config.boot.get("guidance"))
   # A guidance-conditioned student: each scale against the teacher's
   # DDIM guided with the same w.
@@ -267,6 +272,15 @@ def evaluate(setup, params, config, printer=print) -> dict:
   for w in guidance_scales(config):
     out.update({f"{k}@w={w:g}": v for k, v in report(w).items()})
   return out
+
+
+# `Teacher.evaluation` -> the report it asks for.
+REPORTS = {"images": image_report, "mixture": mixture_report}
+
+
+def evaluate(model, params, printer=print) -> dict:
+  """The evaluation the teacher's family asks for (`Teacher.evaluation`)."""
+  return REPORTS[model.teacher.evaluation](model, params, printer)
 
 
 def guidance_scales(config) -> tuple[float, ...]:
@@ -312,7 +326,13 @@ def format_report(report: dict) -> str:
 
 def define_flags():
   """The CLI's flags (defined only when run as a program)."""
-  return dict(workdir=flags.DEFINE_string("workdir", None, "A work directory."))
+  return dict(
+    workdir=flags.DEFINE_string("workdir", None, "A work directory."),
+    **inference.define_flags(),
+    num_samples=flags.DEFINE_integer(
+      "num_samples", None, "Samples per sampler (default: eval.num_samples)."
+    ),
+  )
 
 
 def main(argv, f):
@@ -320,11 +340,23 @@ def main(argv, f):
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not f["workdir"].value:
     cli.fail("--workdir is required")
+  workdir = f["workdir"].value
   try:
-    setup, params, step = sample.load_workdir(f["workdir"].value)
-    report = evaluate(setup, params, setup.config, printer=cli.printer)
+    path = os.path.join(workdir, "eval.json")
+    # Refuse up front what could not be written at the end.
+    if os.path.isdir(workdir) and not os.access(workdir, os.W_OK):
+      raise OSError(f"cannot write {path}: {workdir} is read-only")
+    mesh = inference.mesh_from_spec(f["mesh"].value)
+    model, params, step = inference.load(workdir, mesh, f["dtype"].value)
+    cli.printer(f"evaluate: loaded {workdir} (checkpoint step {step})")
+    if f["num_samples"].value is not None:
+      if f["num_samples"].value < 1:
+        raise ValueError(
+          f"--num_samples must be >= 1, got {f['num_samples'].value}"
+        )
+      model.config.eval.num_samples = f["num_samples"].value
+    report = evaluate(model, params, printer=cli.printer)
     report["checkpoint_step"] = step
-    path = os.path.join(f["workdir"].value, "eval.json")
     workdir_lib.atomic_write(path, json.dumps(report, indent=2, sort_keys=True))
     cli.printer(format_report(report))
     cli.printer(f"wrote {path}")

@@ -81,7 +81,13 @@ def _read_jsonl(path, column):
         raise PromptError(f"{path}:{n} is not JSON: {e.msg}") from None
       if not isinstance(row, dict) or column not in row:
         raise PromptError(f"{path}:{n} has no {column!r} field")
-      out.append(row[column])
+      value = row[column]
+      if not isinstance(value, str):
+        raise PromptError(
+          f"{path}:{n}: the {column!r} field is {json.dumps(value)[:40]}, "
+          "not a string"
+        )
+      out.append(value)
   return out
 
 

@@ -3,210 +3,303 @@ r"""Sample from a trained work directory: student, teacher or hybrid.
     python -m boot_jax.sample --workdir W --out samples.npz \
       [--num 64] [--seed 0] [--sampler student|teacher|hybrid] [--steps K] \
       [--noise eps.npy] [--label 3 ...] [--guidance 2.0] [--batch_size 256] \
-      [--prompt "a red square" ...] [--prompts-file prompts.txt]
+      [--prompt "a red square" ...] [--prompts-file prompts.txt] \
+      [--mesh data=D,fsdp=F,tensor=T] [--dtype float32|bfloat16]
 
 * student: one network call, `x = g(eps, clean)`.
-* teacher: the teacher's DDIM with K steps (trailing spacing).
+* teacher: the teacher's DDIM with K steps, spaced as the teacher's own
+  pipelines space them ('trailing' for our teachers; a Stable Diffusion
+  folder's scheduler config otherwise).
 * hybrid: the teacher finishes the last K steps of the student's training
   grid: the student jumps to the first point of that K-step grid (the K-th
   lowest grid time) and the teacher runs K DDIM steps from there. K = 0
   would be the student alone, K = N the teacher's DDIM-N from the student's
   x_T: a quality dial.
 
-Writes `images` (float32, NHWC in [-1, 1], or [N, D] vectors) and `noise`
-(the eps used) to the npz, and a PNG grid beside it for images. For latent
-(Stable Diffusion) teachers the samples are decoded by the VAE (with its
-scaling factor) and the latents are saved as `latents` too; prompts come
-from --prompt (repeatable, cycled), --prompts-file, or else the training
-prompts in order. The same
-seed gives the same eps for every sampler (eps of example i depends only on
-the seed and i). Prints the images/s measured after compilation.
+Any work directory samples on this machine's devices, whatever mesh
+trained it: by default every local device holds the parameters and takes
+a share of each batch (`--mesh` chooses another layout). The networks run
+in float32 unless `--dtype bfloat16` (a bf16-trained run's teacher is only
+a reference in float32). A teacher work directory (from
+`boot_jax.train_teacher`) samples with the teacher's DDIM.
+
+Writes `images` (float32 NHWC, clipped to [-1, 1]: a network's raw output
+can overshoot the data range slightly; or `[N, D]` vectors, unchanged) and
+`noise` (the eps used) to the .npz, and a PNG grid of the first 256 beside
+it. Latent (Stable Diffusion) samples are decoded by the VAE and kept as
+`latents` too. The output is written batch by batch (memory bounded by
+`--batch_size`, not `--num`). Prompts come from --prompt (repeatable,
+cycled), --prompts-file, or else the training prompts in order. The same
+seed gives the same eps for every sampler and any `--num` (eps of example
+i depends only on the seed and i). Prints the images/s measured after
+compilation.
 """
 
 from __future__ import annotations
 
-import os
+import math
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from boot_jax import checkpoint, cli, conditions, diffusion, loop, prompts
-from boot_jax import workdir as workdir_lib
+from boot_jax import checkpoint, cli, diffusion, inference, prompts, sharding
+from boot_jax import sample_io as io
 
 SAMPLERS = ("student", "teacher", "hybrid")
 
 
-def load_workdir(workdir: str, printer=print):
-  """Rebuilds a run from its config.json and restores its latest params.
-
-  Returns:
-    `(setup, params, step)`; params are the EMA ones when kept.
-  """
-  config = workdir_lib.load_config(workdir)
-  setup = loop.setup(config)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  state = checkpoint.read_item(ckpt_dir, "state", setup.abstract_state())
-  return setup, loop.params_for_sampling(state), int(state.step)
+class SampleError(ValueError):
+  """A sampling request that cannot be carried out."""
 
 
-def noise(shape, num: int, seed: int) -> jax.Array:
-  """The eps of examples 0..num-1 for `seed` (independent of the sampler)."""
-  return conditions.draw_noise(jax.random.key(seed), 0, jnp.arange(num), shape)
-
-
-def hybrid_timesteps(setup: loop.Setup, steps: int) -> np.ndarray:
+def hybrid_timesteps(model: inference.Model, steps: int) -> np.ndarray:
   """The last `steps` model-call times of the training grid, descending.
 
   The first is where the student jumps to; the teacher's DDIM runs from
   there through the rest to the clean end.
   """
-  n = setup.grid.num_steps
+  n = model.grid.num_steps
   if not 1 <= steps <= n:
-    raise ValueError(
+    raise SampleError(
       f"hybrid needs 1 <= --steps <= {n} (the student's grid), got {steps}"
     )
-  return setup.grid.times[1 : steps + 1][::-1].astype(np.float64)
+  return model.grid.times[1 : steps + 1][::-1].astype(np.float64)
 
 
-def resolve_guidance(setup: loop.Setup, guidance=None):
-  """The w to sample with: the given one, else the training config's.
+def resolve_guidance(
+  model: inference.Model,
+  guidance=None,
+  kind: str = "student",
+  allow_extrapolation: bool = False,
+):
+  """The w to sample with, checked against what the student was trained for.
 
-  A guidance-conditioned student has no single w: it needs one given
-  (`eval.guidance` or `--guidance`); otherwise the middle of its range is
-  used.
+  Without `guidance`: the trained w, or the middle of a guidance-conditioned
+  student's range. A given w must be finite and >= 0; outside a guided
+  student's range it is refused unless `allow_extrapolation`; the student
+  sampler of a fixed-w student refuses any other w (it cannot change it).
   """
-  if guidance is not None:
-    if guidance < 0:
-      raise ValueError(f"guidance must be >= 0, got {guidance}")
-    return float(guidance)
-  if setup.student.guided:
-    lo, hi = (float(w) for w in setup.config.boot.guidance_range)
-    return (lo + hi) / 2
-  return setup.config.boot.get("guidance")
+  if guidance is None:
+    return model.default_guidance()
+  w = float(guidance)
+  if not math.isfinite(w) or w < 0:
+    raise SampleError(f"--guidance must be finite and >= 0, got {guidance}")
+  if model.teacher.condition.kind == "none":
+    raise SampleError(
+      "--guidance needs a conditional teacher; this one is unconditional"
+    )
+  if model.guided:
+    lo, hi = model.guidance_range
+    if not lo <= w <= hi and not allow_extrapolation:
+      raise SampleError(
+        f"--guidance {w:g} is outside [{lo:g}, {hi:g}], the range the "
+        "student was trained for; pass --allow_extrapolation to sample "
+        "there anyway"
+      )
+  elif model.student is not None and kind == "student":
+    trained = model.trained_guidance
+    if trained is None or not math.isclose(w, float(trained)):
+      raise SampleError(
+        f"this student was distilled at a fixed guidance w={trained}: "
+        f"--guidance {w:g} cannot change its one step (use the teacher or "
+        "hybrid sampler, or a guidance-conditioned student)"
+      )
+  return w
 
 
-def make_sampler(setup: loop.Setup, params, kind: str, steps: int, guidance):
-  """A jitted `(eps, cond) -> samples` for one sampler.
+def make_sampler(model: inference.Model, params, kind: str, steps, guidance):
+  """A `(eps, cond) -> samples` function for one sampler (not jitted).
 
   `guidance` guides the teacher's steps and, for a guidance-conditioned
   student, is the w the student reads.
   """
-  student, teacher = setup.student, setup.teacher
-  w_student = guidance if student.guided else None
-  if kind == "student":
-    return jax.jit(lambda e, c: student.generate(params, e, c, w_student))
-  if steps < 1:
-    raise ValueError(f"--steps must be >= 1 for the {kind} sampler")
-  if kind == "teacher":
-    # 'trailing' by default; a Stable Diffusion teacher spaces its steps as
-    # its scheduler_config.json says (as diffusers' pipelines do).
-    spacing, offset = teacher.extras.get("ddim_spacing", ("trailing", 0))
-    ts = teacher.schedule.timesteps(steps, spacing, offset)
-    return jax.jit(
-      lambda e, c: teacher.ddim(teacher.params, e, ts, c, guidance)
+  student, teacher = model.student, model.teacher
+  if kind not in SAMPLERS:
+    raise SampleError(f"unknown sampler {kind!r}; expected {SAMPLERS}")
+  if student is None and kind != "teacher":
+    raise SampleError(
+      f"a teacher work directory has no student: --sampler {kind} is not "
+      "possible; use --sampler teacher"
     )
-  if kind == "hybrid":
-    ts = hybrid_timesteps(setup, steps)
+  w_student = guidance if model.guided else None
+  if kind == "student":
+    return lambda e, c: student.generate(params, e, c, w_student)
+  if steps < 1:
+    raise SampleError(f"--steps must be >= 1 for the {kind} sampler")
+  if kind == "teacher":
+    ts = teacher.ddim_timesteps(steps)
+    return lambda e, c: teacher.ddim(teacher.params, e, ts, c, guidance)
+  ts = hybrid_timesteps(model, steps)
 
-    def hybrid(e, c):
-      x = student.x_t(params, e, ts[0], c, w_student)
-      fn = lambda x, t: teacher.output(teacher.params, x, t, c, guidance)  # noqa: E731
-      return diffusion.ddim_sample(
-        fn, x, teacher.schedule, ts, teacher.prediction
+  def hybrid(e, c):
+    x = student.x_t(params, e, ts[0], c, w_student)
+    fn = lambda x, t: teacher.output(teacher.params, x, t, c, guidance)  # noqa: E731
+    return diffusion.ddim_sample(
+      fn, x, teacher.schedule, ts, teacher.prediction
+    )
+
+  return hybrid
+
+
+def jit_on_mesh(model: inference.Model, fn):
+  """`fn(eps, cond)` jitted with the batch split over the mesh and the
+  result gathered (so any process can read it)."""
+  batch = sharding.batch_sharding(model.mesh)
+  return jax.jit(
+    fn,
+    in_shardings=(batch, batch),
+    out_shardings=sharding.replicated(model.mesh),
+  )
+
+
+def batch_for(
+  model: inference.Model, num: int, batch_size: int, strict: bool = True
+) -> int:
+  """The batch actually run: `batch_size`, or less for a small request
+  (rounded up to a multiple of the batch's devices).
+
+  With `strict`, a `batch_size` that does not split over the devices is
+  refused (a user's `--batch_size`); otherwise it is rounded up to one that
+  does (a config's `eval.batch_size`, written for another machine).
+  """
+  shards = model.mesh.shape["data"] * model.mesh.shape["fsdp"]
+  if not strict:
+    batch_size = -(-max(batch_size, 1) // shards) * shards
+  inference.check_batch(model.mesh, batch_size)
+  return min(batch_size, -(-num // shards) * shards)
+
+
+class Conditions:
+  """The condition of each example index, for any slice of a request."""
+
+  def __init__(self, model: inference.Model, labels=None, texts=None):
+    spec = model.teacher.condition
+    self.model = model
+    self.labels = self.texts = self.prompt_set = None
+    if spec.kind != "class" and labels:
+      raise SampleError(
+        "--label given but the teacher is not class-conditional"
       )
+    if spec.kind != "text" and texts:
+      raise SampleError("--prompt given but the teacher is not text-to-image")
+    if spec.kind == "class":
+      if labels:
+        bad = [v for v in labels if not 0 <= v <= spec.num_classes]
+        if bad:
+          raise SampleError(
+            f"--label {bad[0]} is out of range 0..{spec.num_classes} "
+            f"({spec.num_classes} is the null label)"
+          )
+        self.labels = np.asarray(labels, np.int32)
+      else:
+        self.labels = np.arange(spec.num_classes, dtype=np.int32)
+    elif spec.kind == "text":
+      if texts:
+        self.texts = list(texts)
+      else:
+        self.prompt_set = model.teacher.prompts()
+        if self.prompt_set is None:
+          raise SampleError(
+            "give --prompt or --prompts-file (the run has no training prompts)"
+          )
 
-    return jax.jit(hybrid)
-  raise ValueError(f"unknown sampler {kind!r}; expected {SAMPLERS}")
+  def rows(self, start: int, num: int):
+    """The conditions of examples start..start+num-1 (None: unconditional)."""
+    idx = np.arange(start, start + num)
+    if self.labels is not None:
+      return self.labels[idx % len(self.labels)]
+    if self.texts is not None:
+      texts = [self.texts[i % len(self.texts)] for i in idx]
+      return np.asarray(self.model.teacher.encode_text(texts), np.float32)
+    if self.prompt_set is not None:
+      return self.prompt_set.rows(idx % len(self.prompt_set))
+    return None
+
+
+def _pad(a, rows: int):
+  """`a` with its last row repeated up to `rows` rows (one compiled shape)."""
+  a = np.asarray(a)
+  if len(a) == rows:
+    return a
+  return np.concatenate([a, np.repeat(a[-1:], rows - len(a), axis=0)])
+
+
+def stream(
+  fn, eps_rows, cond_rows, num: int, batch: int, consume, pixels, progress=None
+):
+  """Runs `fn` over `num` examples in batches of `batch` (the last padded).
+
+  Args:
+    fn: jitted `(eps, cond) -> samples`.
+    eps_rows, cond_rows: `(start, n) -> rows` of noise and conditions.
+    num: how many examples.
+    batch: rows per call.
+    consume: `(start, eps, samples, pixels) -> None` for each batch.
+    pixels: samples -> pixels.
+    progress: `(done, num) -> None`, called about every 10 s (or None).
+
+  Returns:
+    images/s of the sampler alone (compilation and I/O excluded).
+  """
+  seconds, timed = 0.0, 0
+  last_report = time.perf_counter()
+  for start in range(0, num, batch):
+    if progress is not None and time.perf_counter() - last_report > 10:
+      progress(start, num)
+      last_report = time.perf_counter()
+    n = min(batch, num - start)
+    eps = eps_rows(start, n)
+    cond = cond_rows(start, n)
+    args = (_pad(eps, batch), None if cond is None else _pad(cond, batch))
+    if start == 0:
+      jax.block_until_ready(fn(*args))  # compile outside the timing
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    seconds += time.perf_counter() - t0
+    timed += batch
+    samples = np.asarray(out)[:n]
+    if not np.all(np.isfinite(samples)):
+      bad = int(np.sum(~np.isfinite(samples).reshape(n, -1).all(-1)))
+      raise SampleError(
+        f"{bad} of the samples {start}..{start + n - 1} are NaN or infinite: "
+        "the checkpoint's parameters (or the guidance) are not usable"
+      )
+    consume(start, eps, samples, pixels(samples))
+  return timed / seconds if seconds > 0 else float("nan")
 
 
 def run_sampler(fn, eps, cond, batch_size: int):
-  """Applies `fn` in fixed-size batches; returns (samples, images/s).
-
-  The last batch is padded to the full size so only one shape compiles;
-  the first batch is run once before timing so compilation is excluded.
-  """
-  n = eps.shape[0]
-  batch_size = min(batch_size, n)
-  pad = (-n) % batch_size
-  pad_to = lambda a: jnp.concatenate([a, a[:pad]]) if pad else a  # noqa: E731
-  eps_p = pad_to(eps)
-  cond_p = None if cond is None else pad_to(cond)
-  chunk = lambda a, i: None if a is None else a[i : i + batch_size]  # noqa: E731
-  jax.block_until_ready(fn(chunk(eps_p, 0), chunk(cond_p, 0)))
-  outs = []
-  t0 = time.perf_counter()
-  for i in range(0, eps_p.shape[0], batch_size):
-    outs.append(fn(chunk(eps_p, i), chunk(cond_p, i)))
-  outs = jax.block_until_ready(outs)
-  seconds = time.perf_counter() - t0
-  samples = np.concatenate([np.asarray(o) for o in outs])[:n]
-  return samples, eps_p.shape[0] / seconds
-
-
-def labels_for(setup: loop.Setup, num: int, labels=None):
-  """Class labels for a conditional teacher: given ones cycled, or 0..K-1."""
-  spec = setup.teacher.condition
-  if spec.kind != "class":
-    if labels:
-      raise ValueError("--label given but the teacher is not class-conditional")
-    return None
-  if labels:
-    bad = [v for v in labels if not 0 <= v <= spec.num_classes]
-    if bad:
-      raise ValueError(
-        f"--label {bad[0]} is out of range 0..{spec.num_classes} "
-        f"({spec.num_classes} is the null label)"
-      )
-    base = np.asarray(labels, np.int32)
-  else:
-    base = np.arange(spec.num_classes, dtype=np.int32)
-  return jnp.asarray(np.resize(base, num))
-
-
-def text_conditions(setup: loop.Setup, num: int, texts=None, path=None):
-  """Prompt embeddings for a text teacher (None for other teachers)."""
-  teacher = setup.teacher
-  if teacher.condition.kind != "text":
-    if texts or path:
-      raise ValueError("--prompt given but the teacher is not text-to-image")
-    return None
-  if path:
-    texts = prompts.read_prompts(path)
-  if texts:
-    texts = [" ".join(t.split()) for t in texts]
-    emb = np.asarray(teacher.extras["encode"](texts))
-    return jnp.asarray(np.resize(emb, (num,) + emb.shape[1:]))
-  prompt_set = teacher.extras.get("prompts")
-  if prompt_set is None:
-    raise ValueError("give --prompt or --prompts-file")
-  return jnp.asarray(prompt_set.cycled(num))
-
-
-def to_pixels(setup: loop.Setup, samples, batch_size: int = 16):
-  """Decodes latent samples with the teacher's VAE (others unchanged)."""
-  parts = setup.teacher.extras.get("sd")
-  if parts is None:
-    return samples
-  from boot_jax.teachers import sd  # noqa: PLC0415
-
-  out = [
-    np.asarray(sd.decode(parts, jnp.asarray(samples[i : i + batch_size])))
-    for i in range(0, len(samples), batch_size)
-  ]
-  return np.clip(np.concatenate(out), -1.0, 1.0)
+  """In-memory sampling of given arrays; returns `(samples, images/s)`."""
+  eps = np.asarray(eps)
+  cond = None if cond is None else np.asarray(cond)
+  out = []
+  rate = stream(
+    fn,
+    lambda s, n: eps[s : s + n],
+    lambda s, n: None if cond is None else cond[s : s + n],
+    len(eps),
+    min(batch_size, len(eps)),
+    lambda s, e, smp, pix: out.append(smp),
+    lambda smp: None,
+  )
+  return np.concatenate(out), rate
 
 
 def define_flags():
   """The CLI's flags (defined only when run as a program)."""
   return dict(
-    workdir=flags.DEFINE_string("workdir", None, "A BOOT work directory."),
+    workdir=flags.DEFINE_string("workdir", None, "A work directory."),
     out=flags.DEFINE_string("out", None, "Output .npz path."),
-    num=flags.DEFINE_integer("num", 64, "Number of samples."),
-    seed=flags.DEFINE_integer("seed", 0, "Noise seed."),
-    sampler=flags.DEFINE_enum("sampler", "student", SAMPLERS, "Sampler."),
+    num=flags.DEFINE_integer("num", None, "Number of samples (default 64)."),
+    seed=flags.DEFINE_integer("seed", 0, "Noise seed, 0 <= seed < 2^63."),
+    sampler=flags.DEFINE_enum(
+      "sampler",
+      None,
+      SAMPLERS,
+      "Sampler (default: student; teacher for a teacher work directory).",
+    ),
     steps=flags.DEFINE_integer("steps", 50, "Teacher DDIM steps."),
     noise=flags.DEFINE_string("noise", None, "A .npy of eps [N, *shape]."),
     label=flags.DEFINE_multi_integer("label", None, "Class label(s), cycled."),
@@ -216,6 +309,11 @@ def define_flags():
       "Guidance w for the teacher, and for a guidance-conditioned student "
       "(default: the training config's w, or the middle of its range).",
     ),
+    allow_extrapolation=flags.DEFINE_bool(
+      "allow_extrapolation",
+      False,
+      "Allow --guidance outside a guidance-conditioned student's range.",
+    ),
     batch_size=flags.DEFINE_integer("batch_size", 256, "Samples per call."),
     prompt=flags.DEFINE_multi_string(
       "prompt", None, "Prompt(s) for a text-to-image teacher, cycled."
@@ -223,6 +321,7 @@ def define_flags():
     prompts_file=flags.DEFINE_string(
       "prompts-file", None, "A prompt file (.txt, .jsonl, .csv, .parquet)."
     ),
+    **inference.define_flags(),
   )
 
 
@@ -231,48 +330,49 @@ def main(argv, f):
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if not f["workdir"].value or not f["out"].value:
     cli.fail("--workdir and --out are required")
-  num, guidance = f["num"].value, f["guidance"].value
-  if num < 1:
-    cli.fail(f"--num must be positive, got {num}")
-  if guidance is not None and guidance < 0:
-    cli.fail(f"--guidance must be >= 0, got {guidance}")
   try:
-    setup, params, step = load_workdir(f["workdir"].value)
-    shape = tuple(setup.teacher.sample_shape)
-    if f["noise"].value:
-      eps = np.load(f["noise"].value, allow_pickle=False).astype(np.float32)
-      if eps.shape[1:] != shape:
-        want = ", ".join(map(str, shape))
-        raise ValueError(f"--noise has shape {eps.shape}; expected [N, {want}]")
-      eps = jnp.asarray(eps)
+    io.check_request(f)
+    mesh = inference.mesh_from_spec(f["mesh"].value)
+    model, params, step = inference.load(
+      f["workdir"].value, mesh, f["dtype"].value
+    )
+    kind = f["sampler"].value or ("student" if model.student else "teacher")
+    guidance = resolve_guidance(
+      model, f["guidance"].value, kind, f["allow_extrapolation"].value
+    )
+    shape = tuple(model.teacher.sample_shape)
+    noise = io.read_noise(f["noise"].value, shape, f["num"].value)
+    num = len(noise) if noise is not None else (f["num"].value or 64)
+    texts = f["prompt"].value
+    if f["prompts_file"].value:
+      texts = prompts.read_prompts(f["prompts_file"].value)
+    conds = Conditions(model, f["label"].value, texts)
+    batch = batch_for(model, num, f["batch_size"].value)
+    steps = f["steps"].value
+    fn = jit_on_mesh(model, make_sampler(model, params, kind, steps, guidance))
+    seed = f["seed"].value
+    if noise is not None:
+      eps_rows = lambda s, n: noise[s : s + n]  # noqa: E731
     else:
-      eps = noise(shape, num, f["seed"].value)
-    cond = labels_for(setup, eps.shape[0], f["label"].value)
-    text = text_conditions(
-      setup, eps.shape[0], f["prompt"].value, f["prompts_file"].value
+      eps_rows = lambda s, n: inference.noise(shape, n, seed, s)  # noqa: E731
+    writer = io.SampleWriter(
+      f["out"].value, num, shape, model.teacher.pixel_shape
     )
-    cond = text if text is not None else cond
-    guidance = resolve_guidance(setup, guidance)
-    fn = make_sampler(
-      setup, params, f["sampler"].value, f["steps"].value, guidance
-    )
-    samples, rate = run_sampler(fn, eps, cond, f["batch_size"].value)
-    images = to_pixels(setup, samples)
-    arrays = dict(images=images.astype(np.float32), noise=np.asarray(eps))
-    if images is not samples:
-      arrays["latents"] = np.asarray(samples, np.float32)
-      shape = images.shape[1:]
-    out = f["out"].value
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    np.savez(out, **arrays)
-    msg = f"wrote {len(images)} samples to {out}"
-    if len(shape) == 3:
-      png = os.path.splitext(out)[0] + ".png"
-      workdir_lib.save_image_grid(images[:256], png)
-      msg += f" and {png}"
-    kind, steps = f["sampler"].value, f["steps"].value
+    with writer:
+      rate = stream(
+        fn,
+        eps_rows,
+        conds.rows,
+        num,
+        batch,
+        writer.write,
+        lambda s: model.teacher.pixels(s, batch),
+        progress=lambda done, total: cli.printer(
+          f"sample: {done:,}/{total:,} ({100 * done / total:.0f}%)"
+        ),
+      )
     what = kind if kind == "student" else f"{kind} ({steps} steps)"
-    cli.printer(f"{msg}; checkpoint step {step}")
+    cli.printer(f"{writer.summary()}; checkpoint step {step}")
     cli.printer(f"{what}: {rate:.1f} images/s (after compilation)")
   except (ValueError, OSError, checkpoint.CheckpointError) as e:
     cli.fail(e, code=1)

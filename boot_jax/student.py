@@ -2,7 +2,7 @@
 
 The student always reads the same pure noise `eps` and a time `t`, and
 predicts the signal `y_t` of the teacher's DDIM trajectory that starts at
-`eps` (METHOD.md). For learned teachers it is the teacher's own network,
+`eps` (docs/method.md). For learned teachers it is the teacher's own network,
 initialised from the teacher's weights; for the analytic teacher a fresh
 network.
 

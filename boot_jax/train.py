@@ -4,7 +4,7 @@ r"""Distil a teacher into a one-step student with BOOT.
     python -m boot_jax.train --config configs/gmm.py --workdir /tmp/gmm \
       [--config.train.steps=2000 ...]
 
-Writes DESIGN.md's work-directory contract: config.json (the resolved
+Writes the work-directory contract (README.md): config.json (the resolved
 config), checkpoints/ (orbax; every train.ckpt_every steps, at the end and
 on SIGTERM), metrics.jsonl, tb/ (TensorBoard), samples/ (a PNG grid of the
 student's one-step samples on fixed noise at every evaluation) and, when
@@ -29,14 +29,15 @@ from boot_jax import (
   checkpoint,
   cli,
   config_lib,
+  driver,
   evaluate,
+  inference,
+  lock,
   loop,
-  sample,
   sharding,
-  train_teacher,
+  teachers,
 )
 from boot_jax import workdir as workdir_lib
-from boot_jax.teachers import network
 
 
 def resolve_teacher_path(config, workdir: str) -> None:
@@ -46,39 +47,12 @@ def resolve_teacher_path(config, workdir: str) -> None:
     config.teacher.path = os.path.join(os.path.abspath(workdir), path)
 
 
-def ensure_teacher(config, printer=print) -> None:
-  """Trains the recipe's teacher into `teacher.path` if none is there."""
-  t = config.teacher
-  if t.name not in ("unet", "mlp"):
-    return  # only our own pixel teachers have recipes
-  if t.get("init", "checkpoint") != "checkpoint" or not t.get("path"):
-    return
-  if network.trained(t.path):
-    return
-  recipe = t.get("recipe")
-  if not recipe:
-    if not os.path.isdir(t.path):
-      raise network.TeacherError(f"teacher directory {t.path!r} does not exist")
-    raise network.TeacherError(f"{t.path!r} holds no finished teacher")
-  if recipe not in config_lib.TEACHER_RECIPES:
-    raise network.TeacherError(
-      f"unknown teacher.recipe {recipe!r}; expected one of "
-      f"{sorted(config_lib.TEACHER_RECIPES)}"
-    )
-  printer(
-    f"no trained teacher in {t.path}: training one first with the "
-    f"{recipe!r} teacher recipe"
-  )
-  teacher_config = config_lib.TEACHER_RECIPES[recipe]()
-  train_teacher.train_and_evaluate(teacher_config, t.path, printer=printer)
-
-
 def sample_grid_fn(setup: loop.Setup, config, workdir: str):
   """An `evaluate` hook: the student's one step on fixed noise, as a PNG.
 
   None for vector data (there is no picture to draw).
   """
-  if len(setup.teacher.sample_shape) != 3:
+  if not setup.teacher.is_image:
     return None
   num = int(config.eval.get("grid_size", 64))
   eps, cond = evaluate.eval_inputs(setup.teacher, num, config.eval.seed)
@@ -89,10 +63,10 @@ def sample_grid_fn(setup: loop.Setup, config, workdir: str):
   )
 
   def hook(step, state):
-    out = np.asarray(generate(loop.params_for_sampling(state), eps, cond))
-    out = sample.to_pixels(setup, out)
+    out = generate(driver.params_for_sampling(state), eps, cond)
     if not sharding.is_lead():
       return
+    out = setup.teacher.pixels(out, int(config.eval.batch_size))
     path = os.path.join(workdir, "samples", f"student_{step:07d}.png")
     workdir_lib.save_image_grid(out, path, ncol=int(np.sqrt(num)))
 
@@ -109,7 +83,12 @@ def train_and_evaluate(config, workdir: str, printer=print) -> dict:
   resolve_teacher_path(config, workdir)
   # Read-only checks first, so a bad command never writes anything.
   workdir_lib.check(workdir, config, compare=False)
-  ensure_teacher(config, printer)
+  with lock.WorkdirLock(workdir, enabled=sharding.is_lead()):
+    return _train_locked(config, workdir, printer)
+
+
+def _train_locked(config, workdir: str, printer) -> dict:
+  teachers.prepare(config.teacher, printer)
   setup = loop.setup(config)  # resolves teacher fields into the config
   workdir_lib.check(workdir, config)
   printer(
@@ -117,7 +96,7 @@ def train_and_evaluate(config, workdir: str, printer=print) -> dict:
     f"student {setup.num_params:,} parameters, "
     f"grid N={setup.grid.num_steps}"
   )
-  state, _ = loop.run_in_workdir(
+  state, _ = driver.run_in_workdir(
     workdir,
     config,
     abstract_state=setup.abstract_state(),
@@ -136,12 +115,22 @@ def train_and_evaluate(config, workdir: str, printer=print) -> dict:
       f"`python -m boot_jax.evaluate --workdir {workdir}` in one process"
     )
     return {}
+  model = setup.model
+  if loop.compute_dtype(config) is not None:
+    # The teacher's DDIM is the reference: evaluate in float32, as
+    # `python -m boot_jax.evaluate` does by default.
+    printer("final evaluation: networks in float32 (the run computes in bf16)")
+    model = inference.build(config, setup.mesh)
   report = evaluate.evaluate(
-    setup, loop.params_for_sampling(state), config, printer
+    model, driver.params_for_sampling(state), printer=printer
   )
   path = os.path.join(workdir, "eval.json")
   workdir_lib.atomic_write(path, json.dumps(report, indent=2, sort_keys=True))
   printer(evaluate.format_report(report))
+  where = f"wrote {path}"
+  if setup.teacher.is_image:
+    where += f"; sample grids in {os.path.join(workdir, 'samples')}"
+  printer(where)
   return report
 
 
@@ -196,7 +185,7 @@ def main(argv, f):
   start_runtime(f)
   try:
     train_and_evaluate(config, f["workdir"].value, printer=cli.printer)
-  except loop.Interrupted as e:
+  except driver.Interrupted as e:
     cli.fail(e, code=128 + e.signum)
   except (
     ValueError,

@@ -23,21 +23,25 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from boot_jax import checkpoint, cli, data, diffusion, loop, models, optim
+from boot_jax import (
+  checkpoint,
+  cli,
+  config_lib,
+  data,
+  diffusion,
+  driver,
+  lock,
+  models,
+  optim,
+)
 from boot_jax import state as state_lib
 from boot_jax import workdir as workdir_lib
 from boot_jax.teachers import base
 
 
 def validate(config) -> None:
-  t = config.train
+  config_lib.validate_train(config.train)
   for ok, msg in [
-    (t.steps >= 0, f"train.steps must be >= 0, got {t.steps}"),
-    (
-      t.batch_size > 0,
-      f"train.batch_size must be positive, got {t.batch_size}",
-    ),
-    (t.log_every > 0, f"train.log_every must be positive, got {t.log_every}"),
     (
       0.0 <= config.label_dropout < 1.0,
       f"label_dropout must be in [0, 1), got {config.label_dropout}",
@@ -184,6 +188,11 @@ def train_and_evaluate(config, workdir: str, printer=print):
   """Trains a teacher in `workdir` (resuming from its last checkpoint)."""
   validate(config)
   workdir_lib.check(workdir, config)
+  with lock.WorkdirLock(workdir):
+    return _train_locked(config, workdir, printer)
+
+
+def _train_locked(config, workdir: str, printer):
   dataset = data.load_dataset(config.data)
   printer(f"teacher data: {dataset.name}, {len(dataset)} images")
   run = build(config, dataset)
@@ -191,7 +200,7 @@ def train_and_evaluate(config, workdir: str, printer=print):
   create = lambda p: state_lib.create(p, run.optimizer, ema)  # noqa: E731
 
   def evaluate(step, state):
-    params = loop.params_for_sampling(state)
+    params = driver.params_for_sampling(state)
     images = sample_grid(
       run,
       params,
@@ -202,13 +211,13 @@ def train_and_evaluate(config, workdir: str, printer=print):
     path = os.path.join(workdir, "samples", f"teacher_{step:07d}.png")
     workdir_lib.save_image_grid(images, path, ncol=int(np.sqrt(len(images))))
 
-  state, history = loop.run_in_workdir(
+  state, history = driver.run_in_workdir(
     workdir,
     config,
     abstract_state=jax.eval_shape(create, run.init_params),
     init_state=lambda: jax.jit(create)(run.init_params),
     step_fn=run.step_fn,
-    items=lambda st: {"state": st, "params": loop.params_for_sampling(st)},
+    items=lambda st: {"state": st, "params": driver.params_for_sampling(st)},
     evaluate=evaluate,
     printer=printer,
   )
@@ -233,7 +242,7 @@ def main(argv, f):
     cli.fail("--workdir is required")
   try:
     train_and_evaluate(config, f["workdir"].value, printer=cli.printer)
-  except loop.Interrupted as e:
+  except driver.Interrupted as e:
     cli.fail(e, code=128 + e.signum)
   except (
     ValueError,

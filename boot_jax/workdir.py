@@ -1,4 +1,4 @@
-"""The work-directory contract (DESIGN.md).
+"""The work-directory contract (README.md, "Command-line tools").
 
     W/config.json     the resolved config
     W/checkpoints/    orbax checkpoints (see checkpoint.py)
@@ -111,6 +111,15 @@ def check(workdir: str, config, compare: bool = True) -> bool:
       "--workdir or pass --config.train.allow_config_change=true"
     )
   return True
+
+
+def config_changed(workdir: str, config) -> bool:
+  """Whether `config` differs in any key from the saved config.json."""
+  try:
+    old = config_dict(load_config(workdir))
+  except WorkdirError:
+    return False
+  return old != config_dict(config)
 
 
 def atomic_write(path: str, text: str) -> None:

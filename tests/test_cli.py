@@ -103,12 +103,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     "inf"
   )
 
-  # With nan_policy=skip the run completes and counts the skipped steps.
+  # With nan_policy=skip and a budget for skipped steps the run completes
+  # and counts them (tests/test_hostile_inputs.py: over the budget it
+  # fails).
   work2 = tmp_path / "w2"
   common[-1] = str(work2)
   code, _, err = _run(
     *common,
     "--config.train.nan_policy=skip",
+    "--config.train.max_skipped_fraction=1.0",
     "--config.optim.lr=1e30",
     "--config.train.steps=30",
   )
@@ -168,6 +171,6 @@ def test_guided_student_sample_cli(tmp_path):
   )
   lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
   assert proc.returncode != 0 and lines == [
-    "error: --guidance must be >= 0, got -1.0"
+    "error: --guidance must be finite and >= 0, got -1.0"
   ]
   assert not (tmp_path / "bad.npz").exists()

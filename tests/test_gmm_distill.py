@@ -73,7 +73,7 @@ def test_guidance_conditioned_student():
   setup = loop.setup(config)
   assert setup.student.guided
   state, _ = loop.run(setup)
-  report = evaluate.evaluate(setup, state.params, config)
+  report = evaluate.evaluate(setup.model, state.params)
   print("circle_guided", json.dumps(report, sort_keys=True))
   for w in (1, 2, 4):
     assert report[f"num_eval@w={w}"] == 4000

@@ -422,3 +422,70 @@ def test_train_trains_the_missing_teacher_first(tmp_path, monkeypatch):
   train.train_and_evaluate(config, str(tmp_path / "w"), printer=lines.append)
   assert not any(line.startswith("no trained teacher") for line in lines)
   assert any("resuming from the checkpoint of step 4" in line for line in lines)
+
+
+def test_teacher_workdir_samples_and_evaluates(teacher_dir, tmp_path):
+  """A teacher work directory samples with its DDIM; student samplers are
+  refused in one line."""
+  code, out, err = run_module(
+    "boot_jax.sample",
+    "--workdir",
+    teacher_dir,
+    "--out",
+    tmp_path / "t.npz",
+    "--num",
+    "16",
+    "--steps",
+    "4",
+  )
+  assert code == 0, err[-3000:]
+  images = np.load(tmp_path / "t.npz")["images"]
+  assert images.shape[0] == 16 and images.ndim == 4
+  assert -1.0 <= images.min() and images.max() <= 1.0
+  code, _, err = run_module(
+    "boot_jax.sample",
+    "--workdir",
+    teacher_dir,
+    "--out",
+    tmp_path / "s.npz",
+    "--sampler",
+    "student",
+  )
+  lines = error_lines(err)
+  assert code != 0 and len(lines) == 1 and "no student" in lines[0], err
+  work = tmp_path / "t"
+  shutil.copytree(teacher_dir, work)
+  code, out, err = run_module(
+    "boot_jax.evaluate", "--workdir", work, "--num_samples", "64"
+  )
+  assert code == 0, err[-3000:]
+  report = json.loads((work / "eval.json").read_text())
+  assert "teacher DDIM 50" in report["samplers"]
+  assert "student 1 step" not in report["samplers"]
+
+
+def test_export_digits_student(student_dir, tmp_path):
+  """The exported artifact equals `sample` on the same eps (<= 1e-6)."""
+  from test_inference import run_export
+
+  out = tmp_path / "export"
+  code, _, err = run_module(
+    "boot_jax.export", "--workdir", student_dir, "--out", out
+  )
+  assert code == 0, err[-3000:]
+  code, _, err = run_module(
+    "boot_jax.sample",
+    "--workdir",
+    student_dir,
+    "--out",
+    tmp_path / "s.npz",
+    "--num",
+    "24",
+  )
+  assert code == 0, err[-3000:]
+  s = np.load(tmp_path / "s.npz")
+  np.save(tmp_path / "eps.npy", s["noise"])
+  got = run_export(out, [tmp_path / "eps.npy"], tmp_path / "got.npy")
+  err = float(np.abs(got - s["images"]).max())
+  print(f"digits export vs sample: max abs {err:.2e}")
+  assert err <= 1e-6, err

@@ -3,17 +3,25 @@
 A teacher is a frozen diffusion model read as an x0-prediction. It bundles
 its apply function, its parameters, its noise schedule, its native
 prediction type, the shape of one sample and the kind of condition it reads.
-Families build teachers from config sections (see `boot_jax.teachers`).
+
+Whatever differs between families is a field or a method here, overridden
+by the family's subclass in `boot_jax/teachers/<family>.py`: how samples
+become pixels (`pixels`: identity, or a VAE decode), text encoding
+(`encode_text`, `prompt_set`), how the family's own pipelines space DDIM
+steps (`ddim_spacing`), which evaluation applies (`evaluation`) and what
+reference data it has (`reference_data`). Code outside the package reads
+only these, never the family's name.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from boot_jax import diffusion
 
@@ -95,8 +103,15 @@ class Teacher:
     module: the Flax module behind `apply` (None for analytic teachers);
       students of learned teachers copy it.
     null_embedding: for text teachers, the empty prompt's embedding.
-    extras: family-specific things (e.g. the mixture's arrays).
+    ddim_spacing: `(spacing, steps_offset)` of the teacher's reference
+      DDIM (`diffusion` spacings: 'trailing', 'leading', 'linspace').
+
+  Class attributes:
+    evaluation: the report `boot_jax.evaluate` makes: 'images' (agreement,
+      Frechet distances, speed) or 'mixture' (exact mixture checks).
   """
+
+  evaluation: ClassVar[str] = "images"
 
   name: str
   apply: ApplyFn
@@ -107,11 +122,67 @@ class Teacher:
   condition: ConditionSpec = ConditionSpec()
   module: Any = None
   null_embedding: Any = None
-  extras: dict = dataclasses.field(default_factory=dict)
+  ddim_spacing: tuple[str, int] = ("trailing", 0)
 
   def __post_init__(self):
     if self.prediction not in diffusion.PREDICTIONS:
       raise ValueError(f"unknown prediction type {self.prediction!r}")
+
+  @property
+  def pixel_shape(self) -> tuple[int, ...]:
+    """The shape of one output of `pixels` (one image, or one vector)."""
+    return tuple(self.sample_shape)
+
+  @property
+  def is_image(self) -> bool:
+    return len(self.pixel_shape) == 3
+
+  def to_pixels(self, samples):
+    """Samples -> what users see, traceable: images `[B, H, W, C]` clipped
+    to [-1, 1] (a network's raw output may overshoot the data range) or
+    vectors unchanged."""
+    samples = jnp.asarray(samples, jnp.float32)
+    return jnp.clip(samples, -1.0, 1.0) if self.is_image else samples
+
+  def pixels(self, samples, batch_size: int = 16) -> np.ndarray:
+    """`to_pixels` on host arrays, `batch_size` samples per call."""
+    samples = np.asarray(samples)
+    batch_size = max(1, int(batch_size))
+    out = [
+      np.asarray(self.to_pixels(samples[i : i + batch_size]), np.float32)
+      for i in range(0, len(samples), batch_size)
+    ]
+    if not out:
+      return np.zeros((0,) + self.pixel_shape, np.float32)
+    return np.concatenate(out)
+
+  def export_extras(self, out_dir: str, student, params) -> list[str]:
+    """Family-specific export files written into `out_dir` (see
+    `boot_jax.export`); returns their names. None by default."""
+    del out_dir, student, params
+    return []
+
+  def encode_text(self, texts: Sequence[str]):
+    """Prompt embeddings `[len(texts), *condition.shape]` (text teachers)."""
+    raise ValueError(
+      f"the {self.name} teacher is not text-to-image: it takes no prompts"
+    )
+
+  def prompts(self):
+    """The training prompts of a text teacher (`prompts.PromptSet`; encoded
+    on first use), or None."""
+    return None
+
+  def reference_data(self):
+    """The data the teacher was trained on (evaluation only), or None."""
+    return None
+
+  def ddim_timesteps(self, steps: int):
+    """Model-call times of the teacher's own DDIM with `steps` steps."""
+    spacing, offset = self.ddim_spacing
+    if offset:
+      return self.schedule.timesteps(steps, spacing, offset)
+    return self.schedule.timesteps(steps, spacing)
 
   def null_condition(self, batch: int):
     return self.condition.null(batch, self.null_embedding)

@@ -14,7 +14,9 @@ then has the exact target `f(null) + w (f(c) - f(null))`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -178,6 +180,13 @@ def assign(params, x):
   return jnp.argmax(r, axis=-1)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class MixtureTeacher(base.Teacher):
+  """The analytic mixture: evaluated exactly (`evaluate.gmm_report`)."""
+
+  evaluation: ClassVar[str] = "mixture"
+
+
 def build(config, placement=None, dtype=None) -> base.Teacher:
   """Builds the analytic teacher from a `teacher` config section.
 
@@ -197,7 +206,7 @@ def build(config, placement=None, dtype=None) -> base.Teacher:
     if conditional
     else base.ConditionSpec()
   )
-  return base.Teacher(
+  return MixtureTeacher(
     name="gmm",
     apply=make_apply(schedule, conditional),
     params=params,

@@ -10,6 +10,7 @@ own config, and fields it does set must agree with it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -17,7 +18,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from boot_jax import checkpoint, diffusion, models, sharding
+from boot_jax import checkpoint, data, diffusion, models, sharding
 from boot_jax.teachers import base
 
 # BOOT teacher key -> how to read it from a teacher-training config.
@@ -95,6 +96,25 @@ def resolve_config(config) -> None:
       )
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class NetworkTeacher(base.Teacher):
+  """One of our networks, read from a teacher work directory (`path`)."""
+
+  path: str | None = None
+
+  def reference_data(self):
+    """The teacher's training data when it has classes (for the FID
+    classifier), else None."""
+    if not self.path:
+      return None
+    try:
+      own = ml_collections.ConfigDict(_read_teacher_config(self.path))
+      dataset = data.load_dataset(own.data)
+    except (TeacherError, data.DataError, AttributeError, KeyError):
+      return None
+    return dataset if dataset.num_classes >= 2 else None
+
+
 def build(config, placement=None, dtype=None) -> base.Teacher:
   """Builds a network teacher from a `teacher` config section.
 
@@ -158,7 +178,7 @@ def build(config, placement=None, dtype=None) -> base.Teacher:
   def apply(params, x_t, t, cond=None):
     return module.apply({"params": params}, x_t, t, cond)
 
-  return base.Teacher(
+  return NetworkTeacher(
     name=config.name,
     apply=apply,
     params=params,
@@ -167,6 +187,7 @@ def build(config, placement=None, dtype=None) -> base.Teacher:
     sample_shape=sample_shape,
     condition=condition,
     module=module,
+    path=config.get("path") if init == "checkpoint" else None,
   )
 
 
@@ -177,3 +198,56 @@ def trained(path: str) -> bool:
   except (TeacherError, KeyError, TypeError):
     return False
   return os.path.isdir(os.path.join(path, "checkpoints", str(steps)))
+
+
+def prepare(config, printer=print) -> None:
+  """Trains the recipe's teacher into `config.path` if none is there.
+
+  Args:
+    config: the `teacher` section; only `init='checkpoint'` teachers with
+      a `path` are considered.
+    printer: where progress lines go.
+  """
+  if config.get("init", "checkpoint") != "checkpoint" or not config.get("path"):
+    return
+  if trained(config.path):
+    return
+  recipe = config.get("recipe")
+  if not recipe:
+    if not os.path.isdir(config.path):
+      raise TeacherError(f"teacher directory {config.path!r} does not exist")
+    raise TeacherError(f"{config.path!r} holds no finished teacher")
+  # Imported here: teacher training needs nothing of the teacher families.
+  from boot_jax import config_lib, train_teacher  # noqa: PLC0415
+
+  if recipe not in config_lib.TEACHER_RECIPES:
+    raise TeacherError(
+      f"unknown teacher.recipe {recipe!r}; expected one of "
+      f"{sorted(config_lib.TEACHER_RECIPES)}"
+    )
+  printer(
+    f"no trained teacher in {config.path}: training one first with the "
+    f"{recipe!r} teacher recipe"
+  )
+  teacher_config = config_lib.TEACHER_RECIPES[recipe]()
+  train_teacher.train_and_evaluate(teacher_config, config.path, printer=printer)
+
+
+def teacher_section(workdir: str) -> ml_collections.ConfigDict:
+  """A `teacher` config section reading the teacher in `workdir` (a
+  directory written by `boot_jax.train_teacher`)."""
+  own = _read_teacher_config(workdir)
+  try:
+    name = own["model"]["name"]
+  except (KeyError, TypeError):
+    raise TeacherError(
+      f"{workdir}/config.json has no model.name: not written by "
+      "boot_jax.train_teacher"
+    ) from None
+  section = ml_collections.ConfigDict(
+    {"name": name, "path": os.path.abspath(workdir), "init": "checkpoint"}
+  )
+  for key in _INHERITED:
+    section[key] = None
+  resolve_config(section)
+  return section

@@ -1,33 +1,18 @@
 """Stable Diffusion teachers from a local diffusers folder (latent space).
 
-The folder is what `StableDiffusionPipeline.save_pretrained` writes:
-
-    FOLDER/model_index.json
-    FOLDER/unet/config.json         + diffusion_flax_model.msgpack, or
-                                      diffusion_pytorch_model.safetensors
-    FOLDER/vae/...                  (same two weight formats)
-    FOLDER/text_encoder/config.json + flax_model.msgpack or model.safetensors
-    FOLDER/tokenizer/               (CLIP: vocab.json, merges.txt)
-    FOLDER/scheduler/scheduler_config.json
-
-Nothing touches the network. PyTorch weights are read only from
-safetensors (never pickles) and converted on load with diffusers' own key
-mapping, onto abstract parameters: no random weights are materialised.
-
-The networks are diffusers 0.39's Flax UNet and VAE and transformers 4.x's
-Flax CLIP text encoder. Two places where diffusers' Flax modules differ
-numerically from their PyTorch originals are fixed on import (see
-`_match_pytorch`): the GEGLU feed-forward's GELU (tanh approximation in
-Flax, exact in PyTorch) and the transformer block's GroupNorm epsilon
-(1e-5 in Flax, 1e-6 in PyTorch).
+The folder layout, its checks and weight loading are in `sd_loading`. The
+networks are diffusers 0.39's Flax UNet and VAE and transformers 4.x's
+Flax CLIP text encoder. `SDTeacher` is the family: samples are latents,
+decoded by the VAE (`pixels`); prompts are encoded by CLIP
+(`encode_text`); DDIM steps are spaced as the folder's scheduler says.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
 import os
-import types
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -39,166 +24,18 @@ from boot_jax import diffusion
 from boot_jax import prompts as prompts_lib
 from boot_jax.models import layers
 from boot_jax.teachers import base
-
-PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-UNET_CLASS = "UNet2DConditionModel"
-
-
-class SDError(ValueError):
-  """A Stable Diffusion folder that cannot be loaded as configured."""
-
-
-@functools.cache
-def _diffusers():
-  """Imports diffusers' Flax models quietly, with the PyTorch fixes."""
-  import diffusers  # noqa: PLC0415 - heavy (imports torch when present)
-  from diffusers.models import attention_flax  # noqa: PLC0415
-
-  diffusers.utils.logging.set_verbosity_error()
-  _match_pytorch(attention_flax)
-  return diffusers
-
-
-def _match_pytorch(attention_flax) -> None:
-  """Makes diffusers' Flax attention blocks compute what PyTorch computes.
-
-  `attention_flax` reaches flax.linen through its module-level name `nn`
-  at call time; it is given a view of flax.linen whose `gelu` is exact
-  (PyTorch's GEGLU uses `F.gelu` without approximation) and whose
-  `GroupNorm` uses epsilon 1e-6 (PyTorch's Transformer2DModel; the one
-  GroupNorm in that module).
-  """
-  if getattr(attention_flax.nn, "_boot_jax_fixed", False):
-    return
-
-  def group_norm(*args, **kwargs):
-    kwargs["epsilon"] = 1e-6
-    return nn.GroupNorm(*args, **kwargs)
-
-  view = types.SimpleNamespace(**{k: getattr(nn, k) for k in dir(nn)})
-  view.gelu = functools.partial(jax.nn.gelu, approximate=False)
-  view.GroupNorm = group_norm
-  view._boot_jax_fixed = True  # noqa: SLF001
-  attention_flax.nn = view
-
-
-def _read_json(path: str, what: str) -> dict:
-  if not os.path.isfile(path):
-    raise SDError(f"{what}: {path} is missing")
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise SDError(f"cannot read {path}: {e}") from None
-
-
-def check_folder(path: str) -> dict:
-  """Checks a diffusers Stable Diffusion folder; returns the UNet config."""
-  if not path:
-    raise SDError("teacher.path must name a diffusers Stable Diffusion folder")
-  if not os.path.isdir(path):
-    raise SDError(f"teacher folder {path!r} does not exist")
-  missing = [p for p in PARTS if not os.path.isdir(os.path.join(path, p))]
-  if missing:
-    raise SDError(
-      f"{path} has no {missing[0]}/ folder: not a complete Stable Diffusion "
-      f"folder (needs {', '.join(p + '/' for p in PARTS)})"
-    )
-  unet = _read_json(os.path.join(path, "unet", "config.json"), "the UNet")
-  kind = unet.get("_class_name")
-  if kind != UNET_CLASS:
-    raise SDError(
-      f"{path}/unet is a {kind or 'model without _class_name'}, not a "
-      f"{UNET_CLASS}: not a Stable Diffusion folder"
-    )
-  if unet.get("norm_num_groups", 32) != 32:
-    raise SDError(
-      f"{path}/unet uses norm_num_groups={unet['norm_num_groups']}; "
-      "diffusers' Flax UNet supports 32 only"
-    )
-  return unet
-
-
-def schedule_config(path: str) -> tuple[dict, str]:
-  """The noise table and native prediction from scheduler_config.json."""
-  cfg = _read_json(
-    os.path.join(path, "scheduler", "scheduler_config.json"), "the scheduler"
-  )
-  table = dict(
-    type="discrete",
-    beta_schedule=cfg.get("beta_schedule", "scaled_linear"),
-    num_train_steps=int(cfg.get("num_train_timesteps", 1000)),
-    beta_start=float(cfg.get("beta_start", 0.00085)),
-    beta_end=float(cfg.get("beta_end", 0.012)),
-    set_alpha_to_one=bool(cfg.get("set_alpha_to_one", False)),
-    name="",
-  )
-  table["ddim_spacing"] = cfg.get("timestep_spacing", "leading")
-  table["ddim_steps_offset"] = int(cfg.get("steps_offset", 0))
-  return table, cfg.get("prediction_type", "epsilon")
-
-
-def _weights(folder: str, flax_name: str, pt_name: str):
-  """('flax', path) or ('pt', path) of a part's weights."""
-  for kind, name in (("flax", flax_name), ("pt", pt_name)):
-    p = os.path.join(folder, name)
-    if os.path.isfile(p):
-      return kind, p
-  raise SDError(
-    f"{folder} has neither {flax_name} nor {pt_name} (PyTorch .bin files "
-    "are pickles and are not read: convert them to safetensors)"
-  )
-
-
-def convert_pt(pt: dict, abstract) -> dict:
-  """PyTorch state dict (numpy arrays) -> Flax params shaped like `abstract`.
-
-  Uses diffusers' key renaming and reshaping rules against the abstract
-  parameters, and checks that every parameter is found with its shape.
-  """
-  from diffusers.models import modeling_flax_pytorch_utils as conv  # noqa: PLC0415
-  from flax import traverse_util  # noqa: PLC0415
-
-  want = traverse_util.flatten_dict(abstract)
-  out = {}
-  for key, tensor in pt.items():
-    renamed = tuple(conv.rename_key(key).split("."))
-    fkey, ftensor = conv.rename_key_and_reshape_tensor(renamed, tensor, want)
-    if fkey not in want:
-      continue  # e.g. buffers PyTorch saves that Flax does not keep
-    if tuple(ftensor.shape) != tuple(want[fkey].shape):
-      raise SDError(
-        f"weight {key} has shape {tuple(tensor.shape)}, which does not fit "
-        f"{'/'.join(fkey)} {tuple(want[fkey].shape)}"
-      )
-    out[fkey] = np.asarray(ftensor, np.float32)
-  missing = sorted(set(want) - set(out))
-  if missing:
-    raise SDError(f"the checkpoint has no weight for {'/'.join(missing[0])}")
-  return traverse_util.unflatten_dict(out)
-
-
-def _read_msgpack(path: str, abstract):
-  import flax.serialization  # noqa: PLC0415
-
-  with open(path, "rb") as f:
-    return flax.serialization.from_bytes(abstract, f.read())
-
-
-def load_params(folder: str, abstract, flax_name: str, pt_name: str):
-  """Reads a part's weights (Flax msgpack or PyTorch safetensors)."""
-  kind, path = _weights(folder, flax_name, pt_name)
-  if kind == "flax":
-    return _read_msgpack(path, abstract)
-  from safetensors.numpy import load_file  # noqa: PLC0415
-
-  return convert_pt(load_file(path), abstract)
-
-
-def _config_kwargs(cls, config: dict) -> dict:
-  """A diffusers config.json reduced to the keys `cls` takes."""
-  fields = set(getattr(cls, "__dataclass_fields__", {}))
-  return {k: v for k, v in config.items() if k in fields}
+from boot_jax.teachers.sd_loading import (  # noqa: F401 - the family's API
+  PARTS,
+  SDError,
+  _config_kwargs,
+  _diffusers,
+  _match_pytorch,
+  _vae_and_text,
+  check_folder,
+  convert_pt,
+  load_params,
+  schedule_config,
+)
 
 
 class SDUNet(nn.Module):
@@ -267,81 +104,22 @@ def unet_params_abstract(module: SDUNet, sample_shape, cond_shape):
   return jax.eval_shape(module.init, jax.random.key(0), x, t, c)["params"]
 
 
-@functools.cache
-def _vae_and_text(path: str):
-  """The VAE and text encoder modules with their parameters (cached)."""
-  d = _diffusers()
-  from transformers import (  # noqa: PLC0415
-    CLIPTextConfig,  # noqa: PLC0415
-    CLIPTokenizer,
-    FlaxCLIPTextModel,
-  )
-
-  vae_cfg = _read_json(os.path.join(path, "vae", "config.json"), "the VAE")
-  vae = d.FlaxAutoencoderKL(**_config_kwargs(d.FlaxAutoencoderKL, vae_cfg))
-  size = int(vae_cfg.get("sample_size", 64))
-  x = jax.ShapeDtypeStruct((1, vae.in_channels, size, size), jnp.float32)
-  abstract = jax.eval_shape(vae.init, jax.random.key(0), x)["params"]
-  vae_params = load_params(
-    os.path.join(path, "vae"),
-    abstract,
-    "diffusion_flax_model.msgpack",
-    "diffusion_pytorch_model.safetensors",
-  )
-  text_cfg = CLIPTextConfig.from_pretrained(os.path.join(path, "text_encoder"))
-  text = FlaxCLIPTextModel(text_cfg, _do_init=False)
-  ids = jnp.zeros((1, 1), "i4")
-  abstract = jax.eval_shape(
-    lambda: text.module.init(jax.random.key(0), ids, ids + 1, ids)["params"]
-  )
-  text_params = _load_clip(os.path.join(path, "text_encoder"), abstract)
-  tokenizer = CLIPTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
-
-  def text_forward(params, ids):
-    # Stable Diffusion's pipelines attend to every token (no padding mask).
-    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-    return text.module.apply(
-      {"params": params}, ids, jnp.ones_like(ids), positions
-    )[0]
-
-  def vae_decode(params, z):
-    return vae.apply({"params": params}, z, method=vae.decode).sample
-
-  return dict(
-    # Compiled once per folder (and per batch shape), not per call.
-    text_forward=jax.jit(text_forward),
-    vae_decode=jax.jit(vae_decode),
-    vae=vae,
-    vae_params=vae_params,
-    scaling_factor=float(vae_cfg.get("scaling_factor", 0.18215)),
-    vae_factor=2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1),
-    text=text,
-    text_params=text_params,
-    tokenizer=tokenizer,
-  )
+# A word longer than this is cut before tokenising (no real prompt has one).
+MAX_WORD_CHARS = 1000
 
 
-def _load_clip(folder: str, abstract):
-  """CLIP text weights: Flax msgpack, or PyTorch safetensors converted."""
-  kind, path = _weights(folder, "flax_model.msgpack", "model.safetensors")
-  if kind == "flax":
-    return _read_msgpack(path, abstract)
-  from flax import traverse_util  # noqa: PLC0415
-  from safetensors.numpy import load_file  # noqa: PLC0415
-  from transformers import modeling_flax_pytorch_utils as conv  # noqa: PLC0415
+def clip_words(text: str, max_tokens: int) -> str:
+  """The first `max_tokens + 1` words of `text`, each at most
+  `MAX_WORD_CHARS` long.
 
-  # transformers' converter reads only the keys and shapes of `params`.
-  shim = types.SimpleNamespace(base_model_prefix="clip", params=abstract)
-  converted = traverse_util.flatten_dict(
-    conv.convert_pytorch_state_dict_to_flax(load_file(path), shim)
-  )
-  want = traverse_util.flatten_dict(abstract)
-  missing = sorted(set(want) - set(converted))
-  if missing:
-    raise SDError(f"{path} has no weight for {'/'.join(missing[0])}")
-  return traverse_util.unflatten_dict(
-    {k: np.asarray(converted[k], np.float32) for k in want}
-  )
+  CLIP's tokenizer splits text into words first and every word gives at
+  least one token, so the tokens kept after truncation to `max_tokens` are
+  the same as for the whole text, while a huge prompt (a 100 MB line) is
+  never tokenised whole. One word more than needed is kept, so that
+  truncation is still detected and reported.
+  """
+  words = str(text).split(maxsplit=max_tokens + 1)[: max_tokens + 1]
+  return " ".join(w[:MAX_WORD_CHARS] for w in words)
 
 
 def encode_prompts(parts: dict, prompts, max_length: int | None = None):
@@ -351,6 +129,7 @@ def encode_prompts(parts: dict, prompts, max_length: int | None = None):
   """
   tok = parts["tokenizer"]
   length = max_length or tok.model_max_length
+  prompts = [clip_words(p, length) for p in prompts]
   ids = tok(
     list(prompts), padding="max_length", max_length=length, truncation=False
   ).input_ids
@@ -381,6 +160,51 @@ DEFAULT_PROMPT_CACHE = os.path.join(
 )
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class SDTeacher(base.Teacher):
+  """Stable Diffusion: latent samples, CLIP prompts, a VAE to pixels.
+
+  Attributes:
+    parts: the VAE, text encoder and tokenizer (`_vae_and_text`).
+    prompt_loader: `() -> PromptSet` for the configured prompt file, or
+      None; called once, on first use of `prompts()`.
+    folder: the diffusers folder it was read from.
+  """
+
+  parts: Any = None
+  prompt_loader: Any = None
+  folder: str | None = None
+
+  @property
+  def pixel_shape(self) -> tuple[int, ...]:
+    h, w, _ = self.sample_shape
+    f = self.parts["vae_factor"]
+    return (h * f, w * f, 3)
+
+  def to_pixels(self, samples):
+    """Latents -> images in [-1, 1] (the VAE decoder; clipped)."""
+    return jnp.clip(decode(self.parts, samples), -1.0, 1.0)
+
+  def encode_text(self, texts):
+    return encode_prompts(self.parts, [" ".join(t.split()) for t in texts])
+
+  def prompts(self):
+    return None if self.prompt_loader is None else self.prompt_loader()
+
+  def export_extras(self, out_dir: str, student, params) -> list[str]:
+    """A diffusers folder of the student beside the jax artifact, with a
+    PyTorch one-step function (`sd_export`)."""
+    from boot_jax.teachers import sd_export  # noqa: PLC0415
+
+    sd_export.export_diffusers(
+      self.folder,
+      jax.device_get(params),
+      student,
+      os.path.join(out_dir, "diffusers"),
+    )
+    return ["diffusers/"]
+
+
 def build(config, placement=None, dtype=None) -> base.Teacher:
   """A Stable Diffusion teacher from `config.path` (a diffusers folder).
 
@@ -390,8 +214,8 @@ def build(config, placement=None, dtype=None) -> base.Teacher:
   `prompt_column`, `prompt_cache` (a directory), `negative_prompt` (the
   null condition's text; default the empty prompt).
 
-  The teacher's extras hold `sd` (VAE, text encoder, tokenizer), `encode`
-  (`list[str] -> embeddings`) and `prompts` (a `PromptSet` or None).
+  The prompt file is encoded (or read from its cache) on the first call of
+  the teacher's `prompts()`, so inference never encodes it unless asked.
   """
   path = config.get("path")
   unet_cfg = check_folder(path)
@@ -433,20 +257,23 @@ def build(config, placement=None, dtype=None) -> base.Teacher:
     params = jax.device_put(params, placement(params, specs))
   encode = functools.partial(encode_prompts, parts)
   null = encode([config.get("negative_prompt") or ""])[0]
-  prompt_set = None
+  loader = None
   if config.get("prompts"):
-    prompt_set = prompts_lib.encode_cached(
-      config.prompts,
-      config.get("prompt_column") or "prompt",
-      os.path.join(path, "text_encoder"),
-      encode,
-      config.get("prompt_cache") or DEFAULT_PROMPT_CACHE,
+    loader = functools.cache(
+      functools.partial(
+        prompts_lib.encode_cached,
+        config.prompts,
+        config.get("prompt_column") or "prompt",
+        os.path.join(path, "text_encoder"),
+        encode,
+        config.get("prompt_cache") or DEFAULT_PROMPT_CACHE,
+      )
     )
 
   def apply(params, x_t, t, cond=None):
     return module.apply({"params": params}, x_t, t, cond)
 
-  return base.Teacher(
+  return SDTeacher(
     name=config.name,
     apply=apply,
     params=params,
@@ -456,11 +283,9 @@ def build(config, placement=None, dtype=None) -> base.Teacher:
     condition=condition,
     module=module,
     null_embedding=null,
-    extras=dict(
-      sd=parts,
-      encode=encode,
-      prompts=prompt_set,
-      # How this model's pipelines space DDIM steps (for parity with them).
-      ddim_spacing=(spacing, offset),
-    ),
+    # How this model's pipelines space DDIM steps (for parity with them).
+    ddim_spacing=(spacing, offset),
+    parts=parts,
+    prompt_loader=loader,
+    folder=os.path.abspath(path),
   )
