@@ -5,6 +5,7 @@ Most cases use one finished mixture run (`finished`); after the cases that
 touch it, its latest checkpoint must still sample bit for bit as before.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -56,7 +57,20 @@ def finished(tmp_path_factory):
   assert code == 0, err[-3000:]
   code, _, err = _sample(work, root / "base.npz")
   assert code == 0, err[-3000:]
+  _FINISHED_HASH[str(work)] = _tree_hash(work)
   return work, np.load(root / "base.npz")["images"]
+
+
+_FINISHED_HASH = {}
+
+
+def _tree_hash(path) -> str:
+  h = hashlib.sha256()
+  for p in sorted(path.rglob("*")):
+    if p.is_file():
+      h.update(str(p.relative_to(path)).encode())
+      h.update(p.read_bytes())
+  return h.hexdigest()
 
 
 def _still_samples(finished, tmp_path):
@@ -456,3 +470,12 @@ def test_prompt_files_hold_strings(tmp_path):
   assert len(clipped.split()) == 78
   long_word = "x" * 5000 + " tail"
   assert sd.clip_words(long_word, 77) == "x" * sd.MAX_WORD_CHARS + " tail"
+
+
+def test_zz_the_finished_run_is_unchanged(finished, tmp_path):
+  """After every case above: the finished run's files are as they were
+  (eval.json aside, none was written) and its checkpoint samples bit for
+  bit as before."""
+  work, _ = finished
+  assert _tree_hash(work) == _FINISHED_HASH[str(work)]
+  _still_samples(finished, tmp_path)

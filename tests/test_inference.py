@@ -286,3 +286,21 @@ def test_family_checks_stay_in_the_teachers_package():
     if "teachers" in path.parts:
       continue
     assert not pattern.search(text), path
+
+
+def test_docs_cite_only_files_in_the_repository():
+  """Docs and docstrings name no file a clone does not have."""
+  missing = ("METHOD.md", "DESIGN.md", "SEED.txt")
+  paths = [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+  paths += [
+    *(ROOT / "boot_jax").rglob("*.py"),
+    *(ROOT / "configs").glob("*.py"),
+  ]
+  for path in paths:
+    text = path.read_text()
+    for name in missing:
+      assert name not in text, (path, name)
+  for link in re.findall(
+    r"\]\(((?:docs/)?[\w./-]+\.md)\)", (ROOT / "README.md").read_text()
+  ):
+    assert (ROOT / link).is_file(), link

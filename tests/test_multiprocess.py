@@ -118,6 +118,38 @@ def test_two_processes_equal_one(tmp_path):
   )
   assert diff <= 1e-6
 
+  # The 2-process run samples on 1 and 2 devices as on the 8-device mesh
+  # it was trained on (relative 1e-5: partitioned reductions, a few ulp).
+  from conftest import run_module
+
+  def sample(out, devices, *extra):
+    code, _, err = run_module(
+      "boot_jax.sample",
+      "--workdir",
+      tmp_path / "mp",
+      "--out",
+      tmp_path / out,
+      "--num",
+      "96",
+      *extra,
+      env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"},
+    )
+    assert code == 0, err[-3000:]
+    return np.load(tmp_path / out)["images"]
+
+  ref = sample("s8.npz", 8, "--mesh", "data=2,fsdp=4")
+  for devices in (1, 2):
+    got = sample(f"s{devices}.npz", devices)
+    rel = float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
+    assert rel <= 1e-5, (devices, rel)
+  code, out, err = run_module(
+    "boot_jax.evaluate",
+    "--workdir",
+    tmp_path / "mp",
+    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+  )
+  assert code == 0, err[-3000:]
+
 
 def _pid_of(process_id: int) -> int | None:
   out = subprocess.run(
