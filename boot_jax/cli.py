@@ -90,6 +90,17 @@ def _stop_stderr_filter() -> int:
   return 2
 
 
+def check_args(argv, f, *required: str) -> None:
+  """One-line failures for stray positional arguments and for missing
+  required flags (`required`: keys of the flag dict `f`)."""
+  if len(argv) > 1:
+    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  missing = [name for name in required if not f[name].value]
+  if missing:
+    names = " and ".join(f"--{name}" for name in required)
+    fail(f"{names} {'is' if len(required) == 1 else 'are'} required")
+
+
 def _quiet_orbax(record) -> bool:
   return "orbax" not in (record.pathname or "")
 

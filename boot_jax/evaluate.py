@@ -336,10 +336,7 @@ def define_flags():
 
 
 def main(argv, f):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not f["workdir"].value:
-    cli.fail("--workdir is required")
+  cli.check_args(argv, f, "workdir")
   workdir = f["workdir"].value
   try:
     path = os.path.join(workdir, "eval.json")

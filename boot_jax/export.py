@@ -257,10 +257,7 @@ def define_flags():
 
 
 def main(argv, f):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not f["workdir"].value or not f["out"].value:
-    cli.fail("--workdir and --out are required")
+  cli.check_args(argv, f, "workdir", "out")
   try:
     files = export(
       f["workdir"].value,

@@ -20,7 +20,6 @@ it has a teacher and no student.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +30,15 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from boot_jax import boot, checkpoint, config_lib, models, sharding, teachers
+from boot_jax import (
+  boot,
+  checkpoint,
+  conditions,
+  config_lib,
+  models,
+  sharding,
+  teachers,
+)
 from boot_jax import student as student_lib
 from boot_jax import workdir as workdir_lib
 from boot_jax.teachers import network
@@ -124,7 +131,7 @@ def teacher_placement(config, mesh, rules):
 
   def place(abstract, specs):
     mode = sharding.teacher_placement(config, sharding.tree_bytes(abstract))
-    if mode == "replicate" or mesh.shape["fsdp"] * mesh.shape["tensor"] == 1:
+    if mode == "replicate":
       return jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
     return sharding.tree_shardings(abstract, specs, mesh, rules)
 
@@ -324,19 +331,12 @@ def load(workdir: str, mesh=None, dtype: str = "float32"):
   return model, params, step
 
 
-def num_params(model: Model) -> int:
-  leaves = jax.tree.leaves(model.abstract_params)
-  return int(sum(math.prod(x.shape) for x in leaves))
-
-
 def noise(shape, num: int, seed: int, start: int = 0) -> np.ndarray:
   """The eps of examples start..start+num-1 for `seed` (float32 numpy).
 
   Example i's eps depends only on the seed and i, so any slice of a large
   request equals the same rows of a small one.
   """
-  from boot_jax import conditions  # noqa: PLC0415
-
   idx = jnp.arange(start, start + num)
   return np.asarray(
     conditions.draw_noise(jax.random.key(seed), 0, idx, tuple(shape))

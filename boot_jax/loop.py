@@ -99,9 +99,6 @@ class Setup:
     return self.train_step(state, self.teacher.params, batch)
 
 
-curriculum_grids = inference.curriculum_grids
-
-
 def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
   """Builds teacher, student, grids, optimizer and the jitted functions.
 

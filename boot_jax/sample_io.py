@@ -52,9 +52,8 @@ def check_request(f) -> None:
     raise RequestError(f"--out {out!r} must end in .npz")
 
 
-def read_noise(path: str | None, shape: tuple[int, ...], num=None):
+def read_noise(path: str | None, shape: tuple[int, ...]):
   """A `--noise` file: a real, finite `[N, *shape]` .npy with N >= 1."""
-  del num
   if not path:
     return None
   try:

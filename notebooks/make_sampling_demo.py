@@ -217,7 +217,7 @@ def run(model, params, kind, steps, eps, cond):
   )
   n, shards = len(eps), model.mesh.devices.size
   rows = -(-n // shards) * shards
-  pad = lambda a: None if a is None else sample._pad(a, rows)  # noqa: E731
+  pad = lambda a: None if a is None else sample.pad_rows(a, rows)  # noqa: E731
   return model.teacher.pixels(np.asarray(fn(pad(eps), pad(cond)))[:n], 64)
 
 

@@ -43,3 +43,15 @@ def run_module(module, *args, cwd=None, timeout=900, env=None):
 def error_lines(stderr: str) -> list[str]:
   """The `error: ...` lines of a CLI's stderr (absl may log other lines)."""
   return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def tree_hash(path) -> str:
+  """A hash of every file's relative path and bytes under `path`."""
+  import hashlib
+
+  h = hashlib.sha256()
+  for p in sorted(path.rglob("*")):
+    if p.is_file():
+      h.update(str(p.relative_to(path)).encode())
+      h.update(p.read_bytes())
+  return h.hexdigest()

@@ -5,7 +5,6 @@ Most cases use one finished mixture run (`finished`); after the cases that
 touch it, its latest checkpoint must still sample bit for bit as before.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import error_lines, run_module
+from conftest import error_lines, run_module, tree_hash
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GMM = os.path.join(ROOT, "configs", "gmm.py")
@@ -57,20 +56,11 @@ def finished(tmp_path_factory):
   assert code == 0, err[-3000:]
   code, _, err = _sample(work, root / "base.npz")
   assert code == 0, err[-3000:]
-  _FINISHED_HASH[str(work)] = _tree_hash(work)
+  _FINISHED_HASH[str(work)] = tree_hash(work)
   return work, np.load(root / "base.npz")["images"]
 
 
 _FINISHED_HASH = {}
-
-
-def _tree_hash(path) -> str:
-  h = hashlib.sha256()
-  for p in sorted(path.rglob("*")):
-    if p.is_file():
-      h.update(str(p.relative_to(path)).encode())
-      h.update(p.read_bytes())
-  return h.hexdigest()
 
 
 def _still_samples(finished, tmp_path):
@@ -477,5 +467,5 @@ def test_zz_the_finished_run_is_unchanged(finished, tmp_path):
   (eval.json aside, none was written) and its checkpoint samples bit for
   bit as before."""
   work, _ = finished
-  assert _tree_hash(work) == _FINISHED_HASH[str(work)]
+  assert tree_hash(work) == _FINISHED_HASH[str(work)]
   _still_samples(finished, tmp_path)

@@ -5,7 +5,6 @@ The teacher and student here are deliberately tiny and barely trained: these
 tests check plumbing and contracts, not quality (benchmarks/demo.py does).
 """
 
-import hashlib
 import json
 import os
 import pathlib
@@ -13,7 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import error_lines, run_module
+from conftest import error_lines, run_module, tree_hash
 
 from boot_jax import data, train
 
@@ -76,15 +75,6 @@ def student_dir(tmp_path_factory, teacher_dir):
   assert code == 0, err[-3000:]
   assert (path / "samples" / "student_0000010.png").exists()
   return path
-
-
-def _tree_hash(path: pathlib.Path) -> str:
-  h = hashlib.sha256()
-  for p in sorted(path.rglob("*")):
-    if p.is_file():
-      h.update(str(p.relative_to(path)).encode())
-      h.update(p.read_bytes())
-  return h.hexdigest()
 
 
 def test_distillation_never_reads_data(teacher_dir, tmp_path, monkeypatch):
@@ -213,7 +203,7 @@ def test_teacher_shape_mismatch_is_one_line(teacher_dir, tmp_path):
   cfg = json.loads((bad / "config.json").read_text())
   cfg["model"]["channels"] = 32  # the checkpoint holds 16
   (bad / "config.json").write_text(json.dumps(cfg))
-  before = _tree_hash(bad)
+  before = tree_hash(bad)
   work = tmp_path / "w"
   code, _, err = run_module(
     "boot_jax.train", *_boot_args(bad), "--workdir", work
@@ -223,7 +213,7 @@ def test_teacher_shape_mismatch_is_one_line(teacher_dir, tmp_path):
   assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
   assert "does not fit the config" in lines[0]
   assert "Conv_0/bias has shape (16,) in the checkpoint" in lines[0]
-  assert _tree_hash(bad) == before
+  assert tree_hash(bad) == before
   assert not (work / "config.json").exists()
 
 
@@ -312,7 +302,7 @@ def test_workdir_errors_leave_checkpoints_untouched(student_dir, tmp_path):
   shutil.copytree(student_dir, work)
   teacher = json.loads((work / "config.json").read_text())["teacher"]["path"]
   args = _boot_args(teacher)
-  before = _tree_hash(work)
+  before = tree_hash(work)
 
   # A different config.
   code, _, err = run_module(
@@ -322,7 +312,7 @@ def test_workdir_errors_leave_checkpoints_untouched(student_dir, tmp_path):
   assert code != 0 and len(lines) == 1, err[-2000:]
   assert "made by a different config" in lines[0]
   assert "boot.num_steps: 16 -> 8" in lines[0]
-  assert _tree_hash(work) == before
+  assert tree_hash(work) == before
 
   # A truncated checkpoint file.
   latest = work / "checkpoints" / "10" / "state"
@@ -331,14 +321,14 @@ def test_workdir_errors_leave_checkpoints_untouched(student_dir, tmp_path):
     key=lambda p: p.stat().st_size,
   )
   victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
-  before = _tree_hash(work)
+  before = tree_hash(work)
   code, _, err = run_module(
     "boot_jax.train", *args, "--config.train.steps=15", "--workdir", work
   )
   lines = error_lines(err)
   assert code != 0 and len(lines) == 1, err[-2000:]
   assert "cannot be restored" in lines[0]
-  assert _tree_hash(work) == before
+  assert tree_hash(work) == before
 
   # Bad values and unknown keys never touch the directory either.
   for extra, expected in (
@@ -349,7 +339,7 @@ def test_workdir_errors_leave_checkpoints_untouched(student_dir, tmp_path):
     code, _, err = run_module("boot_jax.train", *args, extra, "--workdir", work)
     lines = error_lines(err)
     assert code != 0 and len(lines) == 1 and expected in lines[0], err[-2000:]
-    assert _tree_hash(work) == before
+    assert tree_hash(work) == before
 
 
 def test_allow_config_change(student_dir, tmp_path):

@@ -47,7 +47,7 @@ import warnings
 
 import numpy as np
 
-from boot_jax.teachers import sd
+from boot_jax.teachers import sd, sd_loading
 
 FORMAT = 1
 META_FILE = "boot_student.json"
@@ -132,16 +132,6 @@ def export_diffusers(
   return meta
 
 
-def _read_json(path: str, what: str) -> dict:
-  if not os.path.isfile(path):
-    raise sd.SDError(f"{what}: {path} is missing")
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise sd.SDError(f"cannot read {path}: {e}") from None
-
-
 # (part, Flax weights, PyTorch weights) of the parts the export reads.
 WEIGHTS = (
   (
@@ -183,7 +173,9 @@ def _check_teacher(folder: str) -> dict:
       f"{folder}/{part} has neither {flax_name} nor {pt_name} (PyTorch .bin "
       "files are pickles and are not read: convert them to safetensors)"
     )
-  _read_json(os.path.join(folder, "model_index.json"), "the pipeline index")
+  sd_loading.read_json(
+    os.path.join(folder, "model_index.json"), "the pipeline index"
+  )
   return unet_config
 
 
@@ -266,7 +258,9 @@ def _meta(folder: str, student, unet_config: dict) -> dict:
   schedule = student.schedule
   alpha_clean, sigma_clean = schedule.alpha_sigma(np.float32(schedule.t_clean))
   alpha_max, sigma_max = schedule.alpha_sigma(np.float32(schedule.t_max))
-  vae_config = _read_json(os.path.join(folder, "vae", "config.json"), "the VAE")
+  vae_config = sd_loading.read_json(
+    os.path.join(folder, "vae", "config.json"), "the VAE"
+  )
   guidance = None
   if student.guided:
     from boot_jax.models import layers  # noqa: PLC0415
@@ -305,7 +299,7 @@ def _integer_time(t: float) -> int:
 
 def _write_model_index(folder: str, out_dir: str) -> None:
   """model_index.json, with components that were not copied set to null."""
-  index = _read_json(
+  index = sd_loading.read_json(
     os.path.join(folder, "model_index.json"), "the pipeline index"
   )
   kept = set(COPIED) | {"unet"}

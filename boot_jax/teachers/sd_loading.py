@@ -74,7 +74,7 @@ def _match_pytorch(attention_flax) -> None:
   attention_flax.nn = view
 
 
-def _read_json(path: str, what: str) -> dict:
+def read_json(path: str, what: str) -> dict:
   if not os.path.isfile(path):
     raise SDError(f"{what}: {path} is missing")
   try:
@@ -96,7 +96,7 @@ def check_folder(path: str) -> dict:
       f"{path} has no {missing[0]}/ folder: not a complete Stable Diffusion "
       f"folder (needs {', '.join(p + '/' for p in PARTS)})"
     )
-  unet = _read_json(os.path.join(path, "unet", "config.json"), "the UNet")
+  unet = read_json(os.path.join(path, "unet", "config.json"), "the UNet")
   kind = unet.get("_class_name")
   if kind != UNET_CLASS:
     raise SDError(
@@ -113,7 +113,7 @@ def check_folder(path: str) -> dict:
 
 def schedule_config(path: str) -> tuple[dict, str]:
   """The noise table and native prediction from scheduler_config.json."""
-  cfg = _read_json(
+  cfg = read_json(
     os.path.join(path, "scheduler", "scheduler_config.json"), "the scheduler"
   )
   table = dict(
@@ -223,7 +223,7 @@ def _vae_and_text(path: str):
     FlaxCLIPTextModel,
   )
 
-  vae_cfg = _read_json(os.path.join(path, "vae", "config.json"), "the VAE")
+  vae_cfg = read_json(os.path.join(path, "vae", "config.json"), "the VAE")
   vae = d.FlaxAutoencoderKL(**_config_kwargs(d.FlaxAutoencoderKL, vae_cfg))
   size = int(vae_cfg.get("sample_size", 64))
   x = jax.ShapeDtypeStruct((1, vae.in_channels, size, size), jnp.float32)
