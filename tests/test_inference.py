@@ -304,3 +304,24 @@ def test_docs_cite_only_files_in_the_repository():
     r"\]\(((?:docs/)?[\w./-]+\.md)\)", (ROOT / "README.md").read_text()
   ):
     assert (ROOT / link).is_file(), link
+
+
+@pytest.mark.parametrize(
+  "module,args,expected",
+  [
+    ("boot_jax.export", ["--batch", "0"], "--batch must be >= 1"),
+    ("boot_jax.export", ["--platforms", "bogus"], "unknown platform"),
+    ("boot_jax.evaluate", ["--num_samples", "0"], "must be >= 1"),
+    ("boot_jax.evaluate", ["--mesh", "data=3"], "needs 3 devices"),
+  ],
+)
+def test_export_and_evaluate_bad_flags(
+  fsdp_run, tmp_path, module, args, expected
+):
+  out = ["--out", tmp_path / "e"] if module.endswith("export") else []
+  code, _, err = run_module(
+    module, "--workdir", fsdp_run, *out, *args, env=_devices(2)
+  )
+  lines = error_lines(err)
+  assert code != 0 and len(lines) == 1 and expected in lines[0], err[-2000:]
+  assert not (tmp_path / "e").exists()
