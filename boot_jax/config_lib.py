@@ -18,6 +18,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from boot_jax import sharding as sharding_defaults
+from boot_jax.models import attention as attention_lib
 
 
 def discrete_schedule(
@@ -107,6 +108,12 @@ def base_config() -> ml_collections.ConfigDict:
   # about one more forward pass of compute).
   c.train.remat = False
 
+  # How the networks compute, without changing their parameters: the
+  # attention implementation (boot_jax.models.attention): 'auto' (cuDNN
+  # flash on GPU, Pallas flash on TPU, query-chunked elsewhere), 'chunked',
+  # 'plain' (the full score matrix), 'cudnn' or 'pallas'.
+  c.model = ml_collections.ConfigDict(dict(attention="auto"))
+
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding = ml_collections.ConfigDict()
   # [logical axis name, mesh axis or None] pairs (see boot_jax.sharding).
@@ -145,6 +152,8 @@ RESUMABLE_CHANGES = (
   "train.max_skipped_fraction",
   "train.allow_config_change",
   "eval.",
+  # How attention is computed (the parameters are the same).
+  "model.attention",
   # The device layout: checkpoints restore onto any mesh.
   "mesh.",
   "sharding.",
@@ -228,6 +237,13 @@ def validate(config) -> None:
     if not ok:
       raise ValueError(message)
   validate_guidance_range(config.boot)
+  attention_lib.check(attention(config), platform="any")
+
+
+def attention(config) -> str:
+  """The configured attention implementation ('auto' when unset)."""
+  section = config.get("model") or {}
+  return section.get("attention") or "auto"
 
 
 def validate_guidance_range(boot) -> None:

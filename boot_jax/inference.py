@@ -41,6 +41,7 @@ from boot_jax import (
 )
 from boot_jax import student as student_lib
 from boot_jax import workdir as workdir_lib
+from boot_jax.models import attention as attention_lib
 from boot_jax.teachers import network
 
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -163,9 +164,11 @@ def build(
   place = teacher_placement(config, mesh, rules)
   if teacher_dtype == "same":
     teacher_dtype = dtype
+  attention = config_lib.attention(config)
+  attention_lib.check(attention, mesh.devices.flat[0].platform)
   if teacher is None:
     teacher = teachers.build_teacher(
-      config.teacher, placement=place, dtype=teacher_dtype
+      config.teacher, placement=place, dtype=teacher_dtype, attention=attention
     )
   else:
     specs = jax.tree.map(lambda _: P(), teacher.params)
@@ -185,6 +188,7 @@ def build(
     dtype=dtype,
     remat=remat,
     guided=config.boot.get("guidance_range") is not None,
+    attention=attention,
   )
   boxed = models.boxed_abstract_params(
     student.module, student.sample_shape, teacher.null_condition(1)

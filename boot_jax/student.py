@@ -127,6 +127,7 @@ def build_student(
   dtype=None,
   remat: bool = False,
   guided: bool = False,
+  attention: str = "auto",
 ):
   """Builds the student and a function that makes its initial parameters.
 
@@ -144,6 +145,7 @@ def build_student(
     remat: rematerialise the network's blocks in the backward pass.
     guided: add a zero-initialised guidance embedding, so the network
       reads `w` too (it starts as the teacher's network exactly).
+    attention: the network's attention implementation (`models.attention`).
 
   Returns:
     `(student, params_fn)`: `params_fn(teacher_params)` returns the initial
@@ -168,6 +170,8 @@ def build_student(
     )
   changes = dict(dtype=dtype)
   fields = getattr(module, "__dataclass_fields__", {})
+  if "attention" in fields:
+    changes["attention"] = attention
   if remat and "remat" in fields:
     changes["remat"] = True  # the network rematerialises its own blocks
   if guided:

@@ -22,8 +22,14 @@ def tokenizer_files(directory) -> None:
   (directory / "merges.txt").write_text("#version: 0.2\n")
 
 
-def make_folder(path, prediction: str = "epsilon", seed: int = 0):
-  """Writes a complete tiny SD folder; returns the PyTorch pipeline."""
+def make_folder(
+  path, prediction: str = "epsilon", seed: int = 0, vae_levels: int = 2
+):
+  """Writes a complete tiny SD folder; returns the PyTorch pipeline.
+
+  `vae_levels` VAE resolutions downsample by 2^(levels - 1): 2 for the
+  parity tests' small latents, 4 for Stable Diffusion's factor of 8.
+  """
   import torch
   from diffusers import (
     AutoencoderKL,
@@ -51,9 +57,9 @@ def make_folder(path, prediction: str = "epsilon", seed: int = 0):
   vae = AutoencoderKL(
     in_channels=3,
     out_channels=3,
-    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-    block_out_channels=(32, 64),
+    down_block_types=("DownEncoderBlock2D",) * vae_levels,
+    up_block_types=("UpDecoderBlock2D",) * vae_levels,
+    block_out_channels=(32, 64) if vae_levels == 2 else (32,) * vae_levels,
     latent_channels=4,
     norm_num_groups=32,
     sample_size=16,

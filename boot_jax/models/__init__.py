@@ -14,7 +14,9 @@ MODELS = {
 }
 
 
-def make_model(config, sample_shape, num_classes: int = 0, dtype=None):
+def make_model(
+  config, sample_shape, num_classes: int = 0, dtype=None, attention=None
+):
   """Builds a network from a `model` config section.
 
   Args:
@@ -22,6 +24,8 @@ def make_model(config, sample_shape, num_classes: int = 0, dtype=None):
     sample_shape: one sample's shape; sets the output width/channels.
     num_classes: > 0 for class-conditional networks.
     dtype: computation dtype (None: float32).
+    attention: overrides the section's attention implementation, for
+      networks that have attention (None: keep the section's).
   """
   kwargs = dict(config)
   name = kwargs.pop("name")
@@ -48,6 +52,8 @@ def make_model(config, sample_shape, num_classes: int = 0, dtype=None):
     raise ValueError(
       f"unknown {name} model keys {sorted(unknown)}; known: {sorted(known)}"
     )
+  if attention is not None and "attention" in known:
+    kwargs["attention"] = attention
   return cls(num_classes=num_classes, dtype=dtype, **kwargs)
 
 

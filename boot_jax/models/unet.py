@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from boot_jax.models import attention as attention_lib
 from boot_jax.models import layers
 
 
@@ -48,6 +49,7 @@ class SelfAttention(nn.Module):
   num_heads: int = 1
   groups: int = 8
   dtype: object = None
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -58,7 +60,13 @@ class SelfAttention(nn.Module):
     qkv = layers.dense(3 * c, ("embed", "heads"), dtype=self.dtype)(y)
     q, k, v = jnp.split(qkv, 3, axis=-1)
     split = lambda a: a.reshape(b, h * w, self.num_heads, c // self.num_heads)  # noqa: E731
-    y = jax.nn.dot_product_attention(split(q), split(k), split(v))
+    y = attention_lib.attend(
+      split(q),
+      split(k),
+      split(v),
+      implementation=self.attention,
+      plain=jax.nn.dot_product_attention,
+    )
     y = y.reshape(b, h * w, c)
     y = layers.dense(c, ("heads", "embed"), zero_init=True, dtype=self.dtype)(y)
     return x + y.reshape(b, h, w, c)
@@ -82,6 +90,8 @@ class UNet(nn.Module):
     guidance_embedding: read a guidance scale `w` through an extra,
       zero-initialised embedding (a guidance-conditioned student).
     dtype: computation dtype (parameters stay float32).
+    attention: the attention implementation (`models.attention`); it
+      changes memory and speed, not parameters.
   """
 
   out_channels: int
@@ -97,6 +107,7 @@ class UNet(nn.Module):
   remat: bool = False
   guidance_embedding: bool = False
   dtype: object = None
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x, t, labels=None, train: bool = False, guidance=None):
@@ -116,7 +127,9 @@ class UNet(nn.Module):
         name=f"ResBlock_{next(count)}",
       )
 
-    attn = lambda: SelfAttention(self.num_heads, self.groups, self.dtype)  # noqa: E731
+    attn = lambda: SelfAttention(  # noqa: E731
+      self.num_heads, self.groups, self.dtype, self.attention
+    )
     emb_dim = 4 * self.channels
     emb = layers.TimeEmbedding(emb_dim, self.time_scale, self.dtype)(t)
     if self.num_classes:

@@ -31,7 +31,9 @@ def family(name: str):
     ) from None
 
 
-def build_teacher(config, placement=None, dtype=None) -> Teacher:
+def build_teacher(
+  config, placement=None, dtype=None, attention: str = "auto"
+) -> Teacher:
   """Builds the teacher named by `config.name` from its config section.
 
   Args:
@@ -39,8 +41,11 @@ def build_teacher(config, placement=None, dtype=None) -> Teacher:
     placement: `(abstract_params, logical_specs) -> shardings`, where the
       frozen parameters are put (None: the default device).
     dtype: computation dtype of network teachers (None: float32).
+    attention: the attention implementation (`models.attention`).
   """
-  return family(config.name).build(config, placement=placement, dtype=dtype)
+  return family(config.name).build(
+    config, placement=placement, dtype=dtype, attention=attention
+  )
 
 
 def prepare(config, printer=print) -> None:

@@ -187,13 +187,16 @@ class MixtureTeacher(base.Teacher):
   evaluation: ClassVar[str] = "mixture"
 
 
-def build(config, placement=None, dtype=None) -> base.Teacher:
+def build(
+  config, placement=None, dtype=None, attention: str = "auto"
+) -> base.Teacher:
   """Builds the analytic teacher from a `teacher` config section.
 
   `placement` (see `network.build`) places the mixture's arrays; `dtype` is
-  ignored (the closed form is always computed in float32).
+  ignored (the closed form is always computed in float32), and so is
+  `attention` (there is none).
   """
-  del dtype
+  del dtype, attention
   resolve_config(config)
   schedule = diffusion.make_schedule(config.schedule)
   params = make_params(config.means, config.stds, config.weights)

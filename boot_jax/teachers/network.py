@@ -115,7 +115,9 @@ class NetworkTeacher(base.Teacher):
     return dataset if dataset.num_classes >= 2 else None
 
 
-def build(config, placement=None, dtype=None) -> base.Teacher:
+def build(
+  config, placement=None, dtype=None, attention: str = "auto"
+) -> base.Teacher:
   """Builds a network teacher from a `teacher` config section.
 
   Keys: `path` (a teacher work directory), `use_ema`, `init` ('checkpoint',
@@ -148,7 +150,7 @@ def build(config, placement=None, dtype=None) -> base.Teacher:
     else base.ConditionSpec()
   )
   module = models.make_model(
-    config.model, sample_shape, num_classes, dtype=dtype
+    config.model, sample_shape, num_classes, dtype=dtype, attention=attention
   )
 
   def init_fn(key):

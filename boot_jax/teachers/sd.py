@@ -9,6 +9,7 @@ decoded by the VAE (`pixels`); prompts are encoded by CLIP
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -22,6 +23,7 @@ import numpy as np
 
 from boot_jax import diffusion
 from boot_jax import prompts as prompts_lib
+from boot_jax.models import attention as attention_lib
 from boot_jax.models import layers
 from boot_jax.teachers import base
 from boot_jax.teachers.sd_loading import (  # noqa: F401 - the family's API
@@ -38,6 +40,65 @@ from boot_jax.teachers.sd_loading import (  # noqa: F401 - the family's API
 )
 
 
+def _unet_attention(
+  mod, implementation, hidden, context=None, deterministic=True
+):
+  """diffusers' `FlaxAttention.__call__` with `attention.attend` inside."""
+  context = hidden if context is None else context
+  b = hidden.shape[0]
+  heads = lambda a: a.reshape(b, -1, mod.heads, mod.dim_head)  # noqa: E731
+  out = attention_lib.attend(
+    heads(mod.query(hidden)),
+    heads(mod.key(context)),
+    heads(mod.value(context)),
+    scale=mod.dim_head**-0.5,
+    implementation=implementation,
+  )
+  out = mod.proj_attn(out.reshape(b, -1, mod.heads * mod.dim_head))
+  return mod.dropout_layer(out, deterministic=deterministic)
+
+
+def _vae_attention(mod, implementation, hidden):
+  """diffusers' VAE `FlaxAttentionBlock.__call__` with `attention.attend`."""
+  b, h, w, c = hidden.shape
+  heads = c // mod.num_head_channels if mod.num_head_channels else 1
+  y = mod.group_norm(hidden).reshape(b, h * w, c)
+  split = lambda a: a.reshape(b, h * w, heads, c // heads)  # noqa: E731
+  y = attention_lib.attend(
+    split(mod.query(y)),
+    split(mod.key(y)),
+    split(mod.value(y)),
+    scale=(c / heads) ** -0.5,
+    implementation=implementation,
+  )
+  y = mod.proj_attn(y.reshape(b, h * w, c))
+  return y.reshape(b, h, w, c) + hidden
+
+
+@contextlib.contextmanager
+def efficient_attention(implementation: str = "auto"):
+  """Runs diffusers' Flax attention layers (UNet and VAE) through
+  `models.attention` while the context is open; `plain` leaves them as
+  diffusers wrote them. Parameters are untouched."""
+  attention_lib.check(implementation)
+  if implementation == "plain":
+    yield
+    return
+  _diffusers()
+  from diffusers.models import attention_flax, vae_flax  # noqa: PLC0415
+
+  def swap(next_fun, args, kwargs, context):
+    if context.method_name == "__call__":
+      if isinstance(context.module, attention_flax.FlaxAttention):
+        return _unet_attention(context.module, implementation, *args, **kwargs)
+      if isinstance(context.module, vae_flax.FlaxAttentionBlock):
+        return _vae_attention(context.module, implementation, *args, **kwargs)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(swap):
+    yield
+
+
 class SDUNet(nn.Module):
   """diffusers' Flax UNet behind our interface: NHWC latents in and out.
 
@@ -47,6 +108,7 @@ class SDUNet(nn.Module):
   unet_config: dict
   guidance_embedding: bool = False
   dtype: object = None
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x, t, cond=None, train: bool = False, guidance=None):
@@ -72,7 +134,8 @@ class SDUNet(nn.Module):
       ).sample
 
     if not self.guidance_embedding:
-      out = run()
+      with efficient_attention(self.attention):
+        out = run()
     else:
       # A guidance-conditioned student: the w embedding (zero at
       # initialisation) is added to the output of the UNet's own time
@@ -92,7 +155,7 @@ class SDUNet(nn.Module):
           return out + w_emb.astype(out.dtype)
         return out
 
-      with nn.intercept_methods(add_w):
+      with efficient_attention(self.attention), nn.intercept_methods(add_w):
         out = run()
     return jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32)
 
@@ -148,10 +211,10 @@ def encode_prompts(parts: dict, prompts, max_length: int | None = None):
   return parts["text_forward"](parts["text_params"], jnp.asarray(ids))
 
 
-def decode(parts: dict, latents):
+def decode(parts: dict, latents, attention: str = "auto"):
   """Latents `[B, h, w, 4]` (scaled) -> images `[B, H, W, 3]` in [-1, 1]."""
   z = jnp.transpose(latents, (0, 3, 1, 2)) / parts["scaling_factor"]
-  img = parts["vae_decode"](parts["vae_params"], z)
+  img = parts["vae_decode"](parts["vae_params"], z, attention=attention)
   return jnp.transpose(img, (0, 2, 3, 1))
 
 
@@ -205,7 +268,9 @@ class SDTeacher(base.Teacher):
     return ["diffusers/"]
 
 
-def build(config, placement=None, dtype=None) -> base.Teacher:
+def build(
+  config, placement=None, dtype=None, attention: str = "auto"
+) -> base.Teacher:
   """A Stable Diffusion teacher from `config.path` (a diffusers folder).
 
   Keys: `path`, `resolution` (pixels; latents are resolution / 8),
@@ -243,7 +308,7 @@ def build(config, placement=None, dtype=None) -> base.Teacher:
   max_len = parts["tokenizer"].model_max_length
   width = int(unet_cfg.get("cross_attention_dim", 768))
   condition = base.ConditionSpec("text", shape=(max_len, width))
-  module = SDUNet(unet_cfg, dtype=dtype)
+  module = SDUNet(unet_cfg, dtype=dtype, attention=attention)
   abstract = unet_params_abstract(module, sample_shape, condition.shape)
   params = load_params(
     os.path.join(path, "unet"),

@@ -250,13 +250,16 @@ def _vae_and_text(path: str):
       {"params": params}, ids, jnp.ones_like(ids), positions
     )[0]
 
-  def vae_decode(params, z):
-    return vae.apply({"params": params}, z, method=vae.decode).sample
+  def vae_decode(params, z, attention="auto"):
+    from boot_jax.teachers import sd  # noqa: PLC0415 - sd imports this module
+
+    with sd.efficient_attention(attention):
+      return vae.apply({"params": params}, z, method=vae.decode).sample
 
   return dict(
     # Compiled once per folder (and per batch shape), not per call.
     text_forward=jax.jit(text_forward),
-    vae_decode=jax.jit(vae_decode),
+    vae_decode=jax.jit(vae_decode, static_argnames="attention"),
     vae=vae,
     vae_params=vae_params,
     scaling_factor=float(vae_cfg.get("scaling_factor", 0.18215)),
