@@ -243,13 +243,6 @@ def mesh_from_spec(spec: str | None = None, devices=None):
         raise InferenceError(
           f"--mesh {spec!r}: the size of {name} is not an integer"
         ) from None
-  if all(v > 1 or v == -1 for v in sizes.values()):
-    # docs/scaling.md, "Known issue": such meshes gave wrong outputs on CPU.
-    raise InferenceError(
-      f"--mesh {spec}: data, fsdp and tensor all > 1 is refused for "
-      "inference (wrong outputs were seen on such meshes; see "
-      "docs/scaling.md); use two axes"
-    )
   devices = jax.local_devices() if devices is None else devices
   try:
     return sharding.make_mesh(ml_collections.ConfigDict(sizes), devices)

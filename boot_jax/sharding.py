@@ -24,7 +24,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+# The batch is split over fsdp (major) and data (minor). The other order,
+# ("data", "fsdp"), meets a bug of XLA's SPMD partitioner (jax 0.10.2) on
+# meshes with all three axes > 1: a dot whose rows are split over
+# (A, B) and columns over C, with a kernel split (C, B), B the minor row
+# axis, returns rows of the wrong devices. Parameters are never split over
+# data, so with data minor the pattern cannot occur (docs/scaling.md,
+# "Three-axis meshes"; repro/three_axis_mesh.py reproduces it).
+BATCH_AXES = ("fsdp", "data")
 
 # Logical axis name -> mesh axis (or None: never split). The defaults of
 # `config.sharding.rules`; names missing from the rules are not split.

@@ -84,7 +84,11 @@ def reference():
   return jax.device_get(state.params)
 
 
-@pytest.mark.parametrize("mesh", [(2, 4, 1), (8, 1, 1), (1, 8, 1)])
+# (2, 2, 2): every axis > 1, the mesh where XLA's partitioner bug showed
+# (sharding.BATCH_AXES explains the batch order that avoids it).
+@pytest.mark.parametrize(
+  "mesh", [(2, 4, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)]
+)
 def test_meshes_agree_and_trace_once(reference, mesh):
   s, state = _run(_gmm_config(mesh))
   assert s.mesh.devices.size == 8
@@ -128,10 +132,11 @@ def test_fsdp_state_bytes_per_device():
 def test_unet_meshes_agree():
   """The FSDP-sharded UNet student trains like the one-device one."""
   _, ref = _run(_unet_config((1, 1, 1)))
-  s, state = _run(_unet_config((2, 4, 1), teacher_placement="fsdp"))
-  assert s.traces == ["train_step"]
-  # Convolutions over sharded channels reorder longer sums than the MLP's.
-  assert _max_diff(state.params, ref.params) <= 1e-5
+  for mesh in ((2, 4, 1), (2, 2, 2)):
+    s, state = _run(_unet_config(mesh, teacher_placement="fsdp"))
+    assert s.traces == ["train_step"]
+    # Convolutions over sharded channels reorder longer sums than the MLP's.
+    assert _max_diff(state.params, ref.params) <= 1e-5, mesh
 
 
 def test_restore_on_other_meshes(tmp_path):
