@@ -154,6 +154,8 @@ RESUMABLE_CHANGES = (
   "eval.",
   # How attention is computed (the parameters are the same).
   "model.attention",
+  # Where prepared prompt files are kept.
+  "teacher.prompt_cache",
   # The device layout: checkpoints restore onto any mesh.
   "mesh.",
   "sharding.",

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec as P
 
 from boot_jax import (
   boot,
@@ -189,7 +190,7 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
       guidance_range,
     )
 
-  prompt_set = None
+  prompt_set = encode_batch = text_params = None
   if teacher.condition.kind == "text":
     prompt_set = teacher.prompts()
     if prompt_set is None:
@@ -197,17 +198,44 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
         "a text-to-image teacher trains on prompts: set teacher.prompts to "
         "a prompt file (.txt, .jsonl, .csv or .parquet)"
       )
+    # The prompts are part of what the run is: a work directory refuses
+    # another prompt file's contents as it refuses another config.
+    config.teacher.prompts_sha256 = prompt_set.source_sha256
+    if prompt_set.encoding == "online":
+      # Each batch's token ids are encoded on the devices by the frozen
+      # text encoder, placed like the teacher.
+      place = inference.teacher_placement(config, mesh, rules)
+      text_params = teacher.text_params
+      text_params = jax.device_put(
+        text_params,
+        place(text_params, jax.tree.map(lambda _: P(), text_params)),
+      )
+      encode_batch = jax.jit(
+        teacher.encode_tokens,
+        in_shardings=(
+          jax.tree.map(lambda x: x.sharding, text_params),
+          batch_sharding,
+        ),
+        out_shardings=batch_sharding,
+      )
 
   def draw(step, stage):
     # Each process draws only its rows (keys fold in the global example
     # index), so the global batch does not depend on the process count.
     local = draw_local(step, stage)
-    if prompt_set is not None:
-      rows = prompts.prompt_indices(
-        config.train.seed, int(step) * batch_size + local_np, len(prompt_set)
-      )
+    if prompt_set is None:
+      return sharding.assemble_batch(batch_sharding, local, batch_size)
+    rows = prompts.prompt_indices(
+      config.train.seed, int(step) * batch_size + local_np, len(prompt_set)
+    )
+    if encode_batch is None:  # the embedding cache
       local = dict(local, cond=prompt_set.rows(rows))
-    return sharding.assemble_batch(batch_sharding, local, batch_size)
+      return sharding.assemble_batch(batch_sharding, local, batch_size)
+    ids = teacher.tokenize(prompt_set.texts(rows))
+    batch = sharding.assemble_batch(
+      batch_sharding, dict(local, cond=ids), batch_size
+    )
+    return dict(batch, cond=encode_batch(text_params, batch["cond"]))
 
   return Setup(
     config=config,

@@ -170,7 +170,14 @@ def sd_boot_config(resolution: int, prediction: str):
       prompts="",
       prompt_column="prompt",
       prompt_cache="",
+      # 'online': each batch's prompts are encoded on the devices inside
+      # training; 'cache': all prompts once, into a bf16 cache on disk
+      # (boot_jax.prompts; docs/text_to_image.md has the measurements).
+      text_encoding="online",
       negative_prompt="",
+      # Filled in by the run: the prompt file's sha256 (a work directory
+      # refuses other prompts unless train.allow_config_change is set).
+      prompts_sha256="",
     )
   )
   c.student.init = "teacher"

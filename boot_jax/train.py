@@ -21,6 +21,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
@@ -61,12 +62,28 @@ def sample_grid_fn(setup: loop.Setup, config, workdir: str):
   generate = jax.jit(
     setup.student.generate, out_shardings=sharding.replicated(setup.mesh)
   )
+  # eval.batch_size images per call (the last call padded: one shape), so
+  # the grid never holds more activations than an evaluation batch.
+  batch = max(1, min(int(config.eval.batch_size), num))
+
+  def rows(a, start):
+    if a is None:
+      return None
+    a = a[start : start + batch]
+    pad = batch - len(a)
+    return jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
 
   def hook(step, state):
-    out = generate(driver.params_for_sampling(state), eps, cond)
+    params = driver.params_for_sampling(state)
+    out = np.concatenate(
+      [
+        np.asarray(generate(params, rows(eps, i), rows(cond, i)))
+        for i in range(0, num, batch)
+      ]
+    )[:num]
     if not sharding.is_lead():
       return
-    out = setup.teacher.pixels(out, int(config.eval.batch_size))
+    out = setup.teacher.pixels(out, batch)
     path = os.path.join(workdir, "samples", f"student_{step:07d}.png")
     workdir_lib.save_image_grid(out, path, ncol=int(np.sqrt(num)))
 

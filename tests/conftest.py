@@ -40,6 +40,67 @@ def run_module(module, *args, cwd=None, timeout=900, env=None):
   return proc.returncode, proc.stdout, proc.stderr
 
 
+_PEAK_WRAPPER = """
+import atexit, runpy, sys
+def peak():
+  for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+      print("PEAK_RSS_KB", line.split()[1], file=sys.stderr)
+atexit.register(peak)
+module = sys.argv[1]
+sys.argv = [module] + sys.argv[2:]
+runpy.run_module(module, run_name="__main__")
+"""
+
+
+def run_module_measured(
+  module, *args, cwd=None, timeout=900, marker=None, env=None
+):
+  """`run_module` that also measures the child's peak resident memory.
+
+  Returns `(returncode, stdout, stderr, peak_mib, seconds)`: the peak is
+  the child's own VmHWM at exit; `seconds` is the time from the start to
+  the first stdout line containing `marker` (None if never seen).
+  """
+  import subprocess
+  import sys
+  import tempfile
+  import time
+
+  env = dict(
+    os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **(env or {})
+  )
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = os.pathsep.join(
+    p for p in (root, env.get("PYTHONPATH")) if p
+  )
+  start = time.monotonic()
+  seen = None
+  lines = []
+  with tempfile.TemporaryFile("w+") as err:
+    proc = subprocess.Popen(
+      [sys.executable, "-c", _PEAK_WRAPPER, module, *map(str, args)],
+      stdout=subprocess.PIPE,
+      stderr=err,
+      text=True,
+      cwd=cwd,
+      env=env,
+    )
+    for line in proc.stdout:
+      lines.append(line)
+      if seen is None and marker is not None and marker in line:
+        seen = time.monotonic() - start
+      if time.monotonic() - start > timeout:
+        proc.kill()
+    code = proc.wait()
+    err.seek(0)
+    stderr = err.read()
+  peak = None
+  if "PEAK_RSS_KB" in stderr:
+    peak = int(stderr.split("PEAK_RSS_KB")[-1].split()[0]) / 1024
+  return code, "".join(lines), stderr, peak, seen
+
+
 def error_lines(stderr: str) -> list[str]:
   """The `error: ...` lines of a CLI's stderr (absl may log other lines)."""
   return [line for line in stderr.splitlines() if line.startswith("error:")]

@@ -23,12 +23,20 @@ def tokenizer_files(directory) -> None:
 
 
 def make_folder(
-  path, prediction: str = "epsilon", seed: int = 0, vae_levels: int = 2
+  path,
+  prediction: str = "epsilon",
+  seed: int = 0,
+  vae_levels: int = 2,
+  heads: int = 8,
 ):
   """Writes a complete tiny SD folder; returns the PyTorch pipeline.
 
   `vae_levels` VAE resolutions downsample by 2^(levels - 1): 2 for the
   parity tests' small latents, 4 for Stable Diffusion's factor of 8.
+  `heads` attention heads per layer (diffusers' `attention_head_dim`):
+  8 heads of 4 features test the head split; at 512 px one head of 32
+  is ~15x faster on a CPU (XLA's CPU dots with 4-wide contractions are
+  slow) and closer to SD's own 40 to 64 features a head.
   """
   import torch
   from diffusers import (
@@ -50,7 +58,7 @@ def make_folder(
     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
     cross_attention_dim=32,
-    attention_head_dim=8,
+    attention_head_dim=heads,
     use_linear_projection=sd2,
     norm_num_groups=32,
   )
@@ -111,3 +119,30 @@ def make_folder(
   )
   pipe.save_pretrained(str(path / "sd"), safe_serialization=True)
   return pipe
+
+
+WORDS = (
+  "a the of red blue green cat dog square circle house tree sky big small "
+  "photo painting city river night"
+).split()
+
+
+def prompt_parquet(path, rows: int, seed: int = 0):
+  """A Parquet prompt file of `rows` random 8-word prompts, ~5% of them
+  repeated (columns `id`, `prompt`). Returns the distinct prompts in order
+  of first occurrence, found independently of `boot_jax.prompts` (a
+  unique over the word-index rows)."""
+  import numpy as np
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  rng = np.random.default_rng(seed)
+  idx = rng.integers(0, len(WORDS), size=(rows, 8)).astype(np.int8)
+  copies = rows // 20
+  idx[rng.integers(0, rows, copies)] = idx[rng.integers(0, rows, copies)]
+  words = np.array(WORDS)
+  prompts = [" ".join(r) for r in words[idx].tolist()]
+  table = pa.table({"id": np.arange(rows), "prompt": prompts})
+  pq.write_table(table, str(path), row_group_size=100_000)
+  _, first = np.unique(idx, axis=0, return_index=True)
+  return [prompts[i] for i in np.sort(first)]

@@ -148,18 +148,26 @@ def test_folder_errors(folder, tmp_path):
     _teacher(tmp_path / "nowhere")
 
 
+PROMPT_ROWS = 2_000_000
+
+
 def test_train_resume_sample_end_to_end(folder, tmp_path):
-  """configs/sd15.py on a tiny folder: trains, checkpoints, resumes, and
-  samples a decoded PNG from a prompt."""
+  """configs/sd15.py on a tiny folder with two million prompts (a Parquet
+  file): trains, checkpoints, resumes, and samples a decoded PNG from a
+  prompt. Online text encoding (the default) prepares only an index of
+  the prompts; peak memory and the time to the first step are measured
+  (the time is printed, not asserted: timings belong to benchmarks)."""
   import json
 
-  from conftest import error_lines, run_module
+  from conftest import error_lines, run_module, run_module_measured
+
+  from boot_jax import prompts as prompts_lib
 
   path, _, prediction = folder
   if prediction != "epsilon":
     pytest.skip("one end-to-end run is enough (SD 1.x-like)")
-  prompts = tmp_path / "prompts.txt"
-  prompts.write_text("a red square\na blue circle\n\na red square\n")
+  prompts = tmp_path / "prompts.parquet"
+  distinct = sd_fixtures.prompt_parquet(prompts, PROMPT_ROWS)
   work = tmp_path / "w"
   args = [
     "--config",
@@ -170,28 +178,47 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
     f"--config.teacher.prompt_cache={tmp_path / 'cache'}",
     "--config.train.batch_size=2",
     "--config.train.ckpt_every=2",
-    "--config.train.log_every=2",
+    "--config.train.log_every=1",
     "--config.boot.num_steps=4",
     "--config.mesh.data=1",
     "--workdir",
     str(work),
   ]
   root = pathlib.Path(__file__).resolve().parents[1]
-  code, out, err = run_module(
-    "boot_jax.train", *args, "--config.train.steps=2", cwd=root
+  code, out, err, peak, first = run_module_measured(
+    "boot_jax.train",
+    *args,
+    "--config.train.steps=2",
+    cwd=root,
+    marker="step 1/",
   )
   assert code == 0, err[-3000:]
-  assert "encoding 2 prompts" in out  # deduplicated
+  print(
+    f"{PROMPT_ROWS:,} prompts: first step done {first:.0f} s after the "
+    f"command, peak resident memory {peak:.0f} MiB"
+  )
+  assert f"{len(distinct):,} distinct prompts of {PROMPT_ROWS:,}" in out
+  assert peak <= 3 * 1024
   assert (work / "checkpoints" / "2").is_dir()
   code, out, err = run_module(
     "boot_jax.train", *args, "--config.train.steps=4", cwd=root
   )
   assert code == 0, err[-3000:]
   assert "resuming from the checkpoint of step 2" in out
-  assert "encoding" not in out  # the cache was used
+  assert "preparing" not in out  # the prepared prompts were reused
   rows = (work / "metrics.jsonl").read_text().splitlines()
-  assert [json.loads(r)["step"] for r in rows] == [2, 4]
+  assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]
   assert list((work / "samples").glob("*.png"))
+  # The prompts of step 10 (and any step): the stable shuffle's positions
+  # in the file's distinct prompts, which the prepared index reads back.
+  (index_dir,) = (tmp_path / "cache").glob("index_*")
+  index = prompts_lib.PromptIndex(str(index_dir))
+  assert len(index) == len(distinct)
+  config = json.loads((work / "config.json").read_text())
+  assert config["teacher"]["prompts_sha256"] == index.source_sha256
+  for step in (0, 10, 10**6):
+    pos = prompts_lib.prompt_indices(0, step * 2 + np.arange(2), len(index))
+    assert index.texts(pos) == [distinct[i] for i in pos]
 
   code, out, err = run_module(
     "boot_jax.sample",
@@ -239,6 +266,10 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
     ("--config.boot.guidance=-1", "boot.guidance must be >= 0"),
     ("--config.teacher.resolution=17", "not divisible by the VAE's factor"),
     (f"--config.teacher.path={tmp_path}", "has no unet/ folder"),
+    ("--config.model.attention=flash", "model.attention='flash': expected"),
+    ("--config.model.attention=cudnn", "runs on GPU only, not cpu"),
+    ("--config.teacher.prompt_column=text", "its columns: id, prompt"),
+    ("--config.teacher.text_encoding=disk", "expected one of ('online'"),
   ):
     code, _, err = run_module(
       "boot_jax.train",
@@ -250,6 +281,20 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
     )
     lines = error_lines(err)
     assert code != 0 and len(lines) == 1 and expected in lines[0], err[-2000:]
+
+  # Other prompts in the same file: the work directory refuses them as it
+  # refuses another config, and is left as it was.
+  from conftest import tree_hash
+
+  before = tree_hash(work)
+  sd_fixtures.prompt_parquet(prompts, 1000, seed=1)
+  code, _, err = run_module(
+    "boot_jax.train", *args, "--config.train.steps=6", cwd=root
+  )
+  lines = error_lines(err)
+  assert code != 0 and len(lines) == 1, err[-2000:]
+  assert "teacher.prompts_sha256" in lines[0]
+  assert tree_hash(work) == before
 
 
 def test_teacher_ddim_matches_stable_diffusion_pipeline(folder, tmp_path):
@@ -416,3 +461,96 @@ def test_guidance_conditioned_sd_student_starts_as_the_teacher(folder):
   grads = jax.grad(objective)(params)
   last = grads["GuidanceEmbedding_0"]["Dense_1"]["kernel"]
   assert float(jnp.max(jnp.abs(last))) > 0
+
+
+def test_online_and_cached_text_encoding_give_the_same_batches(
+  folder, tmp_path
+):
+  """A training batch's prompt embeddings: online (token ids encoded on a
+  data=2 mesh inside training) equals the host encoder on the same
+  prompts to 1e-5 (float32, same network), and the bf16 cache equals it
+  to bf16's rounding (relative 2^-8)."""
+  from boot_jax import config_lib, loop
+  from boot_jax import prompts as prompts_lib
+
+  path, _, prediction = folder
+  if prediction != "epsilon":
+    pytest.skip("one run is enough")
+  src = tmp_path / "p.txt"
+  src.write_text("\n".join(f"a {c} square" for c in "abcdefg"))
+  batches = {}
+  for encoding in ("online", "cache"):
+    c = config_lib.sd_boot_config(resolution=16, prediction="eps")
+    c.teacher.path = str(path)
+    c.teacher.prompts = str(src)
+    c.teacher.prompt_cache = str(tmp_path / "cache")
+    c.teacher.text_encoding = encoding
+    c.train.compute_dtype = "float32"
+    c.train.batch_size = 4
+    c.mesh.data = 2
+    s = loop.setup(c)
+    batches[encoding] = [np.asarray(s.draw(step, 0)["cond"]) for step in (0, 3)]
+  teacher = s.teacher
+  for step, online, cached in zip(
+    (0, 3), batches["online"], batches["cache"], strict=True
+  ):
+    pos = prompts_lib.prompt_indices(0, step * 4 + np.arange(4), 7)
+    texts = [f"a {'abcdefg'[i]} square" for i in pos]
+    ref = np.asarray(teacher.encode_text(texts))
+    assert np.abs(online - ref).max() <= 1e-5
+    assert np.abs(cached - ref).max() <= 2**-8 * np.abs(ref).max()
+
+
+def test_sd15_as_shipped_at_512_px(tmp_path):
+  """configs/sd15.py at its own 512 px (64x64 latents, bf16, remat, the
+  default attention) on a tiny folder with SD's VAE factor of 8, on one
+  CPU device as on a laptop: 2 training steps, a checkpoint, the sample
+  grid, then `sample --num 16`; each command's peak resident memory is
+  measured (<= 4 GiB; it was killed at 24 GiB before the grid was drawn in
+  batches and attention held one block of scores at a time)."""
+  from conftest import run_module_measured
+
+  sd_fixtures.make_folder(tmp_path, vae_levels=4, heads=1)
+  src = tmp_path / "p.txt"
+  src.write_text("a red square\na blue circle\n")
+  work = tmp_path / "w"
+  one_device = {"XLA_FLAGS": ""}
+  root = pathlib.Path(__file__).resolve().parents[1]
+  code, out, err, peak_train, _ = run_module_measured(
+    "boot_jax.train",
+    "--config",
+    "configs/sd15.py",
+    f"--config.teacher.path={tmp_path / 'sd'}",
+    f"--config.teacher.prompts={src}",
+    f"--config.teacher.prompt_cache={tmp_path / 'cache'}",
+    "--config.train.steps=2",
+    "--config.train.batch_size=2",
+    "--config.train.eval_every=2",
+    "--workdir",
+    work,
+    cwd=root,
+    env=one_device,
+  )
+  assert code == 0, err[-3000:]
+  assert (work / "checkpoints" / "2").is_dir()
+  assert (work / "samples" / "student_0000002.png").is_file()
+  code, out, err, peak_sample, _ = run_module_measured(
+    "boot_jax.sample",
+    "--workdir",
+    work,
+    "--out",
+    tmp_path / "s.npz",
+    "--num",
+    "16",
+    cwd=root,
+    env=one_device,
+  )
+  assert code == 0, err[-3000:]
+  s = np.load(tmp_path / "s.npz")
+  assert s["images"].shape == (16, 512, 512, 3)
+  assert s["latents"].shape == (16, 64, 64, 4)
+  print(
+    f"sd15 at 512 px: peak resident memory train {peak_train:.0f} MiB, "
+    f"sample --num 16 {peak_sample:.0f} MiB"
+  )
+  assert peak_train <= 4096 and peak_sample <= 4096

@@ -190,6 +190,15 @@ def encode_prompts(parts: dict, prompts, max_length: int | None = None):
 
   Prompts longer than the tokenizer's limit are truncated with a warning.
   """
+  ids = tokenize(parts, prompts, max_length)
+  return parts["text_forward"](parts["text_params"], jnp.asarray(ids))
+
+
+def tokenize(parts: dict, prompts, max_length: int | None = None):
+  """CLIP token ids `[len(prompts), L]` (int32), padded to the limit.
+
+  Prompts longer than the limit are truncated with a warning.
+  """
   tok = parts["tokenizer"]
   length = max_length or tok.model_max_length
   prompts = [clip_words(p, length) for p in prompts]
@@ -205,10 +214,9 @@ def encode_prompts(parts: dict, prompts, max_length: int | None = None):
       f"e.g. {long[0][:60]!r}",
       stacklevel=2,
     )
-  ids = np.asarray(
+  return np.asarray(
     [i[: length - 1] + i[-1:] if len(i) > length else i for i in ids], np.int32
   )
-  return parts["text_forward"](parts["text_params"], jnp.asarray(ids))
 
 
 def decode(parts: dict, latents, attention: str = "auto"):
@@ -232,11 +240,13 @@ class SDTeacher(base.Teacher):
     prompt_loader: `() -> PromptSet` for the configured prompt file, or
       None; called once, on first use of `prompts()`.
     folder: the diffusers folder it was read from.
+    attention: the VAE's attention implementation (`models.attention`).
   """
 
   parts: Any = None
   prompt_loader: Any = None
   folder: str | None = None
+  attention: str = "auto"
 
   @property
   def pixel_shape(self) -> tuple[int, ...]:
@@ -246,13 +256,24 @@ class SDTeacher(base.Teacher):
 
   def to_pixels(self, samples):
     """Latents -> images in [-1, 1] (the VAE decoder; clipped)."""
-    return jnp.clip(decode(self.parts, samples), -1.0, 1.0)
+    return jnp.clip(decode(self.parts, samples, self.attention), -1.0, 1.0)
 
   def encode_text(self, texts):
     return encode_prompts(self.parts, [" ".join(t.split()) for t in texts])
 
   def prompts(self):
     return None if self.prompt_loader is None else self.prompt_loader()
+
+  def tokenize(self, texts):
+    return tokenize(self.parts, [" ".join(t.split()) for t in texts])
+
+  @property
+  def text_params(self):
+    return self.parts["text_params"]
+
+  def encode_tokens(self, text_params, ids):
+    """Embeddings of token ids (traceable: the online encoding's step)."""
+    return self.parts["text_apply"](text_params, ids)
 
   def export_extras(self, out_dir: str, student, params) -> list[str]:
     """A diffusers folder of the student beside the jax artifact, with a
@@ -276,11 +297,13 @@ def build(
   Keys: `path`, `resolution` (pixels; latents are resolution / 8),
   `prediction` (None: the scheduler's `prediction_type`), `prompts` (a
   prompt file, see `boot_jax.prompts`; needed for training),
-  `prompt_column`, `prompt_cache` (a directory), `negative_prompt` (the
+  `prompt_column`, `prompt_cache` (a directory), `text_encoding`
+  (`online` or `cache`, see `boot_jax.prompts`), `negative_prompt` (the
   null condition's text; default the empty prompt).
 
-  The prompt file is encoded (or read from its cache) on the first call of
-  the teacher's `prompts()`, so inference never encodes it unless asked.
+  The prompt file is prepared (or its earlier preparation reused) on the
+  first call of the teacher's `prompts()`, so inference never reads it
+  unless asked.
   """
   path = config.get("path")
   unet_cfg = check_folder(path)
@@ -323,15 +346,22 @@ def build(
   encode = functools.partial(encode_prompts, parts)
   null = encode([config.get("negative_prompt") or ""])[0]
   loader = None
+  encoding = config.get("text_encoding") or "online"
+  if encoding not in prompts_lib.ENCODINGS:
+    raise SDError(
+      f"teacher.text_encoding={encoding!r}: expected one of "
+      f"{prompts_lib.ENCODINGS}"
+    )
   if config.get("prompts"):
     loader = functools.cache(
       functools.partial(
-        prompts_lib.encode_cached,
+        prompts_lib.load,
         config.prompts,
         config.get("prompt_column") or "prompt",
-        os.path.join(path, "text_encoder"),
         encode,
         config.get("prompt_cache") or DEFAULT_PROMPT_CACHE,
+        encoding,
+        os.path.join(path, "text_encoder"),
       )
     )
 
@@ -353,4 +383,5 @@ def build(
     parts=parts,
     prompt_loader=loader,
     folder=os.path.abspath(path),
+    attention=attention,
   )

@@ -259,6 +259,7 @@ def _vae_and_text(path: str):
   return dict(
     # Compiled once per folder (and per batch shape), not per call.
     text_forward=jax.jit(text_forward),
+    text_apply=text_forward,
     vae_decode=jax.jit(vae_decode, static_argnames="attention"),
     vae=vae,
     vae_params=vae_params,
