@@ -199,8 +199,10 @@ def export(
   bad = [p for p in platforms if p not in PLATFORMS]
   if bad:
     raise ExportError(f"unknown platform {bad[0]!r}; expected {PLATFORMS}")
+  # Blocked attention is plain XLA, so one artifact serves every platform
+  # (cuDNN's and Pallas' kernels are tied to one).
   model, params, step = inference.load(
-    workdir, inference.mesh_from_spec("data=1"), dtype
+    workdir, inference.mesh_from_spec("data=1"), dtype, attention="chunked"
   )
   if model.student is None:
     raise ExportError(f"{workdir} is a teacher work directory: no student")

@@ -291,7 +291,9 @@ def _latest_step(ckpt_dir: str, workdir: str) -> int:
   return max(steps)
 
 
-def load(workdir: str, mesh=None, dtype: str = "float32"):
+def load(
+  workdir: str, mesh=None, dtype: str = "float32", attention: str | None = None
+):
   """Opens a work directory for inference on this process's devices.
 
   Args:
@@ -300,6 +302,7 @@ def load(workdir: str, mesh=None, dtype: str = "float32"):
     dtype: the networks' computation dtype ('float32' or 'bfloat16');
       float32 by default, whatever the run trained with, so that the
       teacher's DDIM is a reference.
+    attention: overrides the run's `model.attention` (None: keep it).
 
   Returns:
     `(model, params, step)`: params are the student's (EMA when kept),
@@ -319,9 +322,13 @@ def load(workdir: str, mesh=None, dtype: str = "float32"):
     config.eval.ddim_steps = (1, 2, 4, 10, 25, 50)
     config.eval.agreement_steps = ()
     config.eval.hybrid_steps = ()
+    if attention is not None:
+      config.model.attention = attention
     model = build(config, mesh, dtype=compute, with_student=False)
     return model, None, step
   config = workdir_lib.load_config(workdir)
+  if attention is not None:
+    config.model = ml_collections.ConfigDict(dict(attention=attention))
   _latest_step(ckpt_dir, workdir)
   model = build(config, mesh, dtype=compute)
   params, step = checkpoint.read_params(ckpt_dir, model.abstract_params)

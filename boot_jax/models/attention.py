@@ -29,9 +29,10 @@ import jax.numpy as jnp
 
 IMPLEMENTATIONS = ("auto", "plain", "chunked", "cudnn", "pallas")
 
-# `chunked` keeps at most this many scores per (batch, head) at a time: a
-# query block is `CHUNK_SCORES // Tk` rows (at least MIN_BLOCK).
-CHUNK_SCORES = 1 << 20
+# `chunked` keeps at most this many float32 scores (128 MiB) at a time,
+# over all batch rows and heads: a query block is
+# `CHUNK_SCORES // (B * H * Tk)` rows (at least MIN_BLOCK).
+CHUNK_SCORES = 1 << 25
 MIN_BLOCK = 16
 PALLAS_BLOCK = 128
 
@@ -94,17 +95,21 @@ def reference(q, k, v, scale=None):
 
 
 def chunked(q, k, v, scale=None, block: int | None = None):
-  """`reference` over blocks of queries, one block's scores at a time."""
+  """`reference` over blocks of queries, one block's scores at a time.
+
+  Each block runs under `jax.checkpoint`: the backward pass keeps only the
+  inputs and recomputes one block's scores at a time, never all of them.
+  """
   b, tq, h, d = q.shape
   if block is None:
-    block = max(MIN_BLOCK, CHUNK_SCORES // max(k.shape[1], 1))
+    block = max(MIN_BLOCK, CHUNK_SCORES // max(b * h * k.shape[1], 1))
+  one = jax.checkpoint(functools.partial(reference, scale=scale))
   if tq <= block:
-    return reference(q, k, v, scale)
+    return one(q, k, v)
   n = -(-tq // block)
   q = jnp.pad(q, ((0, 0), (0, n * block - tq), (0, 0), (0, 0)))
   blocks = jnp.moveaxis(q.reshape(b, n, block, h, d), 1, 0)
-  one = jax.checkpoint(functools.partial(reference, k=k, v=v, scale=scale))
-  out = jax.lax.map(lambda qb: one(qb), blocks)
+  out = jax.lax.map(lambda qb: one(qb, k, v), blocks)
   return jnp.moveaxis(out, 0, 1).reshape(b, n * block, h, d)[:, :tq]
 
 
