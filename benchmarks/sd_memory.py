@@ -1,15 +1,32 @@
-r"""Bytes per device of BOOT on Stable Diffusion's UNets, from shard shapes.
+r"""Bytes per device of BOOT on Stable Diffusion's UNets: state and XLA.
 
-    python benchmarks/sd_memory.py [--write]
+    python benchmarks/sd_memory.py [--write] [--quick] [--batches 4,8,16,32]
 
-Traces (jax.eval_shape, nothing allocated) diffusers' Flax UNet at SD 1.5's
-and SD 2.1's published configs, the BOOT state around it (student params,
-AdamW moments, EMA; float32) and the frozen teacher, shards them with our
-rules on 8 fake CPU devices (diffusers' parameters carry no logical names,
-so FSDP takes the largest divisible dimension of each), and sums each
-device's shard shapes. Activations are not included: they scale with the
-per-device batch (see docs/text_to_image.md). `--write` replaces the table
-in docs/text_to_image.md.
+Two measurements, on 8 fake CPU devices:
+
+1. The parameter state, from shard shapes: traces (jax.eval_shape, nothing
+   allocated) diffusers' Flax UNet at SD 1.5's and SD 2.1's published
+   configs, the BOOT state around it (student params, AdamW moments, EMA;
+   float32) and the frozen teacher, shards them with our rules (diffusers'
+   parameters carry no logical names, so FSDP takes the largest divisible
+   dimension of each) and sums each device's shard shapes.
+2. XLA's own accounting of the real BOOT train step: `loop.setup` builds
+   it from `config_lib.sd_boot_config` as shipped (bf16 compute, remat,
+   guidance inside the teacher, EMA) around a Stable Diffusion teacher
+   whose parameters are ShapeDtypeStructs with shardings (no weights, no
+   diffusers folder), the step is lowered with abstract inputs and
+   compiled, and `compiled.memory_analysis()` gives the bytes per device
+   (arguments, outputs, temporaries, aliased). Per-device batches 4, 8, 16
+   and 32 under data=1, fsdp=1, 4 and 8. Also: the 512 -> 768 px growth of
+   the temporaries for one UNet, `model.attention='plain'` for comparison,
+   and the FLOPs (`cost_analysis`) and memory of one step next to those of
+   CLIP ViT-L/14's text encoder on the same batch.
+
+Compiles are slow on a CPU (minutes each); results are cached in
+`--cache` (a JSON file) so reruns resume. Per-device batches left out of
+`--batches` are interpolated linearly in the batch (marked in the table).
+`--write` replaces the tables in docs/text_to_image.md; `--quick` compiles
+one row (a smoke test).
 """
 
 from __future__ import annotations
@@ -22,17 +39,23 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
+import functools  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
 import pathlib  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
+import types  # noqa: E402
+from unittest import mock  # noqa: E402
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from boot_jax import sharding  # noqa: E402
+from boot_jax import config_lib, diffusion, loop, sharding, teachers  # noqa: E402
 from boot_jax import state as state_lib  # noqa: E402
 from boot_jax.teachers import sd  # noqa: E402
 
@@ -40,8 +63,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import demo  # noqa: E402
 
+DOC = ROOT / "docs" / "text_to_image.md"
 BEGIN = "<!-- sd memory: begin -->"
 END = "<!-- sd memory: end -->"
+XLA_BEGIN = "<!-- sd memory xla: begin -->"
+XLA_END = "<!-- sd memory xla: end -->"
+DATE = "2026-11-26"
+MACHINE = "a 2-core CPU"
+CACHE = "/tmp/boot_jax_sd_memory.json"
 
 _COMMON = dict(
   in_channels=4,
@@ -51,6 +80,7 @@ _COMMON = dict(
   block_out_channels=(320, 640, 1280, 1280),
   layers_per_block=2,
 )
+# name -> (UNet config, latent size, text width, prediction)
 MODELS = {
   "SD 1.5 (512 px)": (
     dict(
@@ -58,6 +88,7 @@ MODELS = {
     ),
     64,
     768,
+    "eps",
   ),
   "SD 2.1 (768 px)": (
     dict(
@@ -69,9 +100,25 @@ MODELS = {
     ),
     96,
     1024,
+    "v",
   ),
 }
+SD15, SD21 = MODELS
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 8, 1)]
+BATCHES = (4, 8, 16, 32)  # per device
+FSDPS = (1, 4, 8)
+TOKENS = 77  # CLIP's context
+# Card memory in bytes (as sold: GB = 1e9) and the share a run may plan
+# for; the rest is headroom (the runtime, fragmentation, compiler
+# differences).
+CARDS = (
+  ("H100 80 GB", 80e9),
+  ("H200 141 GB", 141e9),
+  ("TPU v5p 95 GB", 95e9),
+  ("TPU v5e 16 GB", 16e9),
+)
+USABLE = 0.9
+GIB = 2**30
 
 
 def per_device(tree, shardings) -> float:
@@ -86,11 +133,14 @@ def per_device(tree, shardings) -> float:
 
 
 def rows() -> list[str]:
+  """The parameter-state table (shard shapes; activations excluded)."""
   out = []
   opt = optax.adamw(1e-5)
-  for name, (cfg, latent, width) in MODELS.items():
+  for name, (cfg, latent, width, _) in MODELS.items():
     module = sd.SDUNet(cfg)
-    params = sd.unet_params_abstract(module, (latent, latent, 4), (77, width))
+    params = sd.unet_params_abstract(
+      module, (latent, latent, 4), (TOKENS, width)
+    )
     state = jax.eval_shape(lambda p: state_lib.create(p, opt, True), params)
     n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
     for mesh_shape in MESHES:
@@ -105,7 +155,7 @@ def rows() -> list[str]:
       tsh = sharding.tree_shardings(
         params, tspecs, mesh, sharding.DEFAULT_RULES
       )
-      gib = lambda b: f"{b / 2**30:.2f}"  # noqa: E731
+      gib = lambda b: f"{b / GIB:.2f}"  # noqa: E731
       student = per_device(state, sh)
       teacher_fsdp = per_device(params, tsh)
       teacher_rep = sharding.tree_bytes(params)
@@ -118,30 +168,433 @@ def rows() -> list[str]:
   return out
 
 
-def main():
-  p = argparse.ArgumentParser()
-  p.add_argument("--write", action="store_true")
-  args = p.parse_args()
-  table = rows()
-  if args.write:
-    text = "\n".join(
+# --------------------------------------------------------------------------
+# XLA's accounting of the compiled BOOT step.
+
+
+class _NoPrompts:
+  """Stands in for the prompt cache: zero embeddings of the right shape
+  (only shapes reach the compiled step). Embeddings come as from the
+  cache: the step reads the same `cond` however prompts were encoded."""
+
+  encoding = "cache"
+  source_sha256 = ""
+
+  def __init__(self, width: int):
+    self.shape = (TOKENS, width)
+
+  def __len__(self) -> int:
+    return 1000
+
+  def rows(self, indices) -> np.ndarray:
+    return np.zeros((len(indices),) + self.shape, np.float32)
+
+
+def _abstract_family(unet_config: dict, width: int):
+  """A teacher family like `teachers.sd` whose `build` makes no weights.
+
+  The teacher is `sd.build`'s, field by field, except that its parameters
+  are ShapeDtypeStructs carrying the shardings the config's placement
+  gives them: `loop.setup` and the step's lowering read only their shapes
+  and shardings.
+  """
+
+  def build(config, placement=None, dtype=None, attention="auto"):
+    latent = int(config.resolution) // 8  # SD's VAE factor
+    sample_shape = (latent, latent, 4)
+    condition = teachers.ConditionSpec("text", shape=(TOKENS, width))
+    module = sd.SDUNet(unet_config, dtype=dtype, attention=attention)
+    params = {
+      "unet": sd.unet_params_abstract(module, sample_shape, condition.shape)[
+        "unet"
+      ]
+    }
+    specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)
+    params = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      params,
+      placement(params, specs),
+    )
+    schedule = config_lib.discrete_schedule(
+      "scaled_linear", 1000, 0.00085, 0.012, set_alpha_to_one=False
+    )
+
+    def apply(params, x_t, t, cond=None):
+      return module.apply({"params": params}, x_t, t, cond)
+
+    return sd.SDTeacher(
+      name="sd",
+      apply=apply,
+      params=params,
+      schedule=diffusion.make_schedule(schedule),
+      prediction=diffusion.canonical_prediction(config.prediction),
+      sample_shape=sample_shape,
+      condition=condition,
+      module=module,
+      null_embedding=jnp.zeros((TOKENS, width), jnp.float32),
+      ddim_spacing=("leading", 1),
+      prompt_loader=functools.partial(_NoPrompts, width),
+    )
+
+  return types.SimpleNamespace(build=build)
+
+
+def step_config(model: str, resolution: int, fsdp: int, batch: int, attn):
+  """`sd_boot_config` as shipped; only the batch, mesh and shapes set."""
+  _, _, _, prediction = MODELS[model]
+  c = config_lib.sd_boot_config(resolution=resolution, prediction=prediction)
+  c.teacher.name = "sd_abstract"
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, fsdp, 1
+  c.train.batch_size = batch * fsdp
+  c.model.attention = attn
+  return c
+
+
+def _memory(compiled) -> dict:
+  m = compiled.memory_analysis()
+  out = dict(
+    argument=int(m.argument_size_in_bytes),
+    output=int(m.output_size_in_bytes),
+    temp=int(m.temp_size_in_bytes),
+    alias=int(m.alias_size_in_bytes),
+    code=int(m.generated_code_size_in_bytes),
+  )
+  out["total"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+  return out
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", float("nan")))
+
+
+def compile_step(
+  model: str, resolution: int, fsdp: int, batch: int, attn: str = "auto"
+) -> dict:
+  """Lowers and compiles the BOOT step; XLA's bytes per device."""
+  cfg, _, width, _ = MODELS[model]
+  c = step_config(model, resolution, fsdp, batch, attn)
+  family = _abstract_family(cfg, width)
+  with mock.patch.dict(teachers.TEACHERS, {"sd_abstract": family}):
+    s = loop.setup(c)
+  drawn = s.draw(0, 0)
+  batch_in = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+    drawn,
+  )
+  del drawn
+  t0 = time.perf_counter()
+  lowered = s.train_step.lower(s.abstract_state(), s.teacher.params, batch_in)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  out = dict(
+    _memory(compiled),
+    flops=_flops(compiled),
+    lower_s=round(t1 - t0, 1),
+    compile_s=round(t2 - t1, 1),
+    num_params=s.num_params,
+    cond_shape=list(batch_in["cond"].shape),
+    eps_shape=list(batch_in["eps"].shape),
+  )
+  del compiled, lowered, s
+  jax.clear_caches()
+  gc.collect()
+  return out
+
+
+def compile_clip(batch: int) -> dict:
+  """CLIP ViT-L/14's text encoder (SD 1.x's), forward on `batch` prompts,
+  float32 as `sd_loading` runs it, on one device."""
+  from transformers import CLIPTextConfig, FlaxCLIPTextModel  # noqa: PLC0415
+
+  text_cfg = CLIPTextConfig(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=TOKENS,
+    hidden_act="quick_gelu",
+  )
+  text = FlaxCLIPTextModel(text_cfg, _do_init=False)
+  ids = jnp.zeros((1, 1), "i4")
+  params = jax.eval_shape(
+    lambda: text.module.init(jax.random.key(0), ids, ids + 1, ids)["params"]
+  )
+
+  def forward(params, ids):  # as sd_loading's text_forward
+    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+    return text.module.apply(
+      {"params": params}, ids, jnp.ones_like(ids), positions
+    )[0]
+
+  t0 = time.perf_counter()
+  compiled = (
+    jax.jit(forward)
+    .lower(params, jax.ShapeDtypeStruct((batch, TOKENS), jnp.int32))
+    .compile()
+  )
+  out = dict(
+    _memory(compiled),
+    flops=_flops(compiled),
+    compile_s=round(time.perf_counter() - t0, 1),
+    num_params=int(sum(math.prod(p.shape) for p in jax.tree.leaves(params))),
+  )
+  jax.clear_caches()
+  return out
+
+
+class Cache:
+  """Results by key in a JSON file, written after each one."""
+
+  def __init__(self, path: str):
+    self.path = pathlib.Path(path)
+    self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+  def get(self, key: str, fn, *args, **kwargs) -> dict:
+    if key not in self.data:
+      print(f"compiling {key} ...", flush=True)
+      self.data[key] = fn(*args, **kwargs)
+      tmp = self.path.with_suffix(".tmp")
+      tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+      tmp.replace(self.path)
+    r = self.data[key]
+    print(
+      f"{key}: total {r['total'] / GIB:.2f} GiB (args "
+      f"{r['argument'] / GIB:.2f}, out {r['output'] / GIB:.2f}, temp "
+      f"{r['temp'] / GIB:.2f}, alias {r['alias'] / GIB:.2f}), "
+      f"{r['flops'] / 1e12:.2f} TFLOP, compile {r['compile_s']} s",
+      flush=True,
+    )
+    return r
+
+
+def step_key(model, resolution, fsdp, batch, attn="auto") -> str:
+  return f"step|{model}|{resolution}px|fsdp={fsdp}|b={batch}|{attn}"
+
+
+def _interpolate(measured: dict, batch: int) -> dict:
+  """A row at `batch` from the nearest measured batches around it,
+  linear in the batch (per field)."""
+  lo = max(b for b in measured if b < batch)
+  hi = min(b for b in measured if b > batch)
+  f = (batch - lo) / (hi - lo)
+  return {
+    k: measured[lo][k] + f * (measured[hi][k] - measured[lo][k])
+    for k in ("argument", "output", "temp", "alias", "total")
+  }
+
+
+def grid(cache: Cache, batches) -> dict:
+  """(model, fsdp, batch) -> (row, measured?) for the full grid."""
+  out = {}
+  for model, (_, latent, _, _) in MODELS.items():
+    for fsdp in FSDPS:
+      measured = {
+        b: cache.get(
+          step_key(model, latent * 8, fsdp, b),
+          compile_step,
+          model,
+          latent * 8,
+          fsdp,
+          b,
+        )
+        for b in batches
+      }
+      for b in BATCHES:
+        if b in measured:
+          out[model, fsdp, b] = (measured[b], True)
+        else:
+          out[model, fsdp, b] = (_interpolate(measured, b), False)
+  return out
+
+
+def largest_batches(table: dict) -> list[str]:
+  """Per card and model: the largest per-device batch that fits, by fsdp,
+  and the mesh to use."""
+  lines = []
+  for card, capacity in CARDS:
+    cells = [card]
+    for model in MODELS:
+      best = None
+      parts = []
+      for fsdp in FSDPS:
+        fits = [
+          b
+          for b in BATCHES
+          if table[model, fsdp, b][0]["total"] <= USABLE * capacity
+        ]
+        b = max(fits) if fits else None
+        parts.append(f"{b or '-'}")
+        # The smallest fsdp that reaches the largest batch: the least
+        # parameter traffic for the same memory.
+        if b is not None and (best is None or b > best[1]):
+          best = (fsdp, b)
+      cells.append(" / ".join(parts))
+      cells.append(
+        "does not fit" if best is None else f"fsdp={best[0]}, batch {best[1]}"
+      )
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def xla_section(cache: Cache, batches, command: str) -> str:
+  """The markdown of the XLA measurements (runs whatever is not cached)."""
+  table = grid(cache, batches)
+  gib = lambda b: f"{b / GIB:.2f}"  # noqa: E731
+  lines = [
+    XLA_BEGIN,
+    f"Command: `{command}` ({MACHINE}, 8 fake CPU devices, jax "
+    f"{jax.__version__}, {DATE}). XLA's `compiled.memory_analysis()` of the "
+    "real BOOT step (`configs/sd15.py` / `configs/sd21.py` as shipped: bf16 "
+    "compute, remat, guidance 7.5 inside the teacher, AdamW + EMA; "
+    "`model.attention=auto`, which is `chunked` on a CPU), GiB per device; "
+    "data=1, tensor=1, global batch = per-device batch x fsdp. Total = "
+    "arguments + outputs + temporaries - aliased (the donated state). "
+    "Rows marked * are interpolated linearly in the batch between measured "
+    "rows.",
+    "",
+    "| UNet | fsdp | batch / device | arguments | outputs | temporaries | "
+    "aliased | total | compile s |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for (model, fsdp, b), (r, measured) in table.items():
+    lines.append(
+      f"| {model} | {fsdp} | {b}{'' if measured else ' *'} | "
+      f"{gib(r['argument'])} | {gib(r['output'])} | {gib(r['temp'])} | "
+      f"{gib(r['alias'])} | **{gib(r['total'])}** | "
+      f"{r['compile_s'] if measured else '-'} |"
+    )
+  slopes = [
+    (table[m, 8, BATCHES[-1]][0]["temp"] - table[m, 8, BATCHES[0]][0]["temp"])
+    / (BATCHES[-1] - BATCHES[0])
+    for m in MODELS
+  ]
+  lines += [
+    "",
+    "Each example runs the teacher on 4 inputs (guided, with the boundary "
+    "point) and the student on 3 (one without gradient, two with), so the "
+    "temporaries grow by about "
+    f"{gib(slopes[0])} GiB (SD 1.5) and {gib(slopes[1])} GiB (SD 2.1) per "
+    "example per device (fsdp 8), while fsdp shrinks only the state.",
+  ]
+  # 512 -> 768 px on one UNet.
+  lo = cache.get(step_key(SD21, 512, 8, 4), compile_step, SD21, 512, 8, 4)
+  hi = table[SD21, 8, 4][0]
+  ratio = hi["temp"] / lo["temp"]
+  lines += [
+    "",
+    "512 -> 768 px on SD 2.1's UNet (fsdp 8, batch 4 per device): "
+    f"temporaries {gib(lo['temp'])} -> {gib(hi['temp'])} GiB, "
+    f"**{ratio:.2f}x** for {96**2 / 64**2:.2f}x the latent tokens (bound: "
+    f"1.2 x 2.25 = 2.7x); totals {gib(lo['total'])} -> "
+    f"{gib(hi['total'])} GiB.",
+  ]
+  # Attention: plain vs chunked.
+  plain = cache.get(
+    step_key(SD15, 512, 8, 4, "plain"), compile_step, SD15, 512, 8, 4, "plain"
+  )
+  auto = table[SD15, 8, 4][0]
+  lines += [
+    "",
+    "`model.attention=plain` (the full score matrix), SD 1.5, fsdp 8, batch "
+    f"4: temporaries {gib(plain['temp'])} GiB vs {gib(auto['temp'])} with "
+    f"`chunked` (totals {gib(plain['total'])} vs {gib(auto['total'])}).",
+  ]
+  # Step FLOPs and CLIP.
+  step = cache.get(step_key(SD15, 512, 1, 4), compile_step, SD15, 512, 1, 4)
+  step_plain = cache.get(
+    step_key(SD15, 512, 1, 4, "plain"), compile_step, SD15, 512, 1, 4, "plain"
+  )
+  clip = cache.get("clip|b=4", compile_clip, 4)
+  lines += [
+    "",
+    "FLOPs (`compiled.cost_analysis()`), SD 1.5, fsdp 1, batch 4: one BOOT "
+    f"step {step_plain['flops'] / 1e12:.1f} TFLOP with `plain` attention "
+    f"({step['flops'] / 1e12:.1f} with `chunked`, whose query-block loop "
+    "XLA counts once, not per block). CLIP ViT-L/14's text encoder on the "
+    f"same 4 prompts (float32): {clip['flops'] / 1e9:.0f} GFLOP "
+    f"({100 * clip['flops'] / step_plain['flops']:.2f}% of the step), "
+    f"{gib(clip['total'])} GiB per device (parameters "
+    f"{gib(clip['argument'])}, temporaries {gib(clip['temp'])}): encoding "
+    "the prompts on the devices ('online') adds about that to the step's "
+    f"{gib(step['total'])} GiB and {clip['flops'] / 1e9:.0f} GFLOP to its "
+    f"{step_plain['flops'] / 1e12:.1f} TFLOP.",
+    "",
+    f"Largest per-device batch (of {', '.join(map(str, BATCHES))}) whose "
+    f"total is at most {USABLE:.0%} of the card (GB = 1e9 bytes; the "
+    "rest is headroom), by fsdp 1 / 4 / 8 ('-': not even 4), read from the "
+    "table above (interpolated rows included), and the mesh to use: the "
+    "smallest fsdp that reaches that batch, data taking the other devices "
+    "(parameters are never split over data, so a device's bytes do not "
+    "depend on it):",
+    "",
+    f"| card | {SD15}: fsdp 1 / 4 / 8 | mesh | {SD21}: fsdp 1 / 4 / 8 | mesh |",
+    "|---|---|---|---|---|",
+    *largest_batches(table),
+    "",
+    "These are the CPU backend's buffer assignment: GPU and TPU compilers "
+    "fuse and schedule differently, and cuDNN or Pallas flash attention "
+    "replaces `chunked` there, so they are estimates, not measurements on "
+    "the cards.",
+    XLA_END,
+  ]
+  return "\n".join(lines) + "\n"
+
+
+def state_section() -> str:
+  return (
+    "\n".join(
       [
         BEGIN,
-        "Command: `python benchmarks/sd_memory.py --write` (shard shapes on 8 "
-        f"fake CPU devices, jax {jax.__version__}, "
-        f"{datetime.date.today()}). GiB per device, float32, activations "
-        "excluded.",
+        "Command: `python benchmarks/sd_memory.py --write` (shard shapes on "
+        f"8 fake CPU devices, jax {jax.__version__}, {DATE}). GiB per "
+        "device, float32, activations excluded.",
         "",
         "| UNet | params | mesh | student params + AdamW + EMA | teacher "
         "replicated | teacher over fsdp |",
         "|---|---|---|---|---|---|",
-        *table,
+        *rows(),
         END,
       ]
     )
-    demo.write_section(
-      ROOT / "docs" / "text_to_image.md", text + "\n", BEGIN, END
-    )
+    + "\n"
+  )
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--write", action="store_true", help="update the doc")
+  p.add_argument("--quick", action="store_true", help="compile one row")
+  p.add_argument(
+    "--batches",
+    default=",".join(map(str, BATCHES)),
+    help="per-device batches to compile (the others are interpolated)",
+  )
+  p.add_argument("--cache", default=CACHE, help="JSON file of results")
+  args = p.parse_args()
+  cache = Cache(args.cache)
+  if args.quick:
+    cache.get(step_key(SD15, 512, 1, 4), compile_step, SD15, 512, 1, 4)
+    return
+  batches = sorted(int(b) for b in args.batches.split(","))
+  if batches[0] != BATCHES[0] or batches[-1] != BATCHES[-1]:
+    raise SystemExit(f"--batches must include {BATCHES[0]} and {BATCHES[-1]}")
+  state = state_section()
+  command = "python benchmarks/sd_memory.py --write"
+  if args.batches != p.get_default("batches"):
+    command += f" --batches {args.batches}"
+  xla = xla_section(cache, batches, command)
+  print(xla)
+  if args.write:
+    demo.write_section(DOC, state, BEGIN, END)
+    text = DOC.read_text()
+    if XLA_BEGIN not in text:  # its place: right after the state table
+      DOC.write_text(text.replace(END + "\n", state[-len(END) - 1 :] + xla))
+    demo.write_section(DOC, xla, XLA_BEGIN, XLA_END)
 
 
 if __name__ == "__main__":
