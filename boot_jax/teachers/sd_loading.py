@@ -271,8 +271,9 @@ def _vae_and_text(path: str):
   )
 
 
-def _load_clip(folder: str, abstract):
-  """CLIP text weights: Flax msgpack, or PyTorch safetensors converted."""
+def _load_clip(folder: str, abstract, prefix: str = "clip"):
+  """transformers CLIP weights (`prefix`: the Flax class's
+  `base_model_prefix`): Flax msgpack, or PyTorch safetensors converted."""
   kind, path = _weights(folder, "flax_model.msgpack", "model.safetensors")
   if kind == "flax":
     return _read_msgpack(path, abstract)
@@ -280,7 +281,7 @@ def _load_clip(folder: str, abstract):
   from transformers import modeling_flax_pytorch_utils as conv  # noqa: PLC0415
 
   # transformers' converter reads only the keys and shapes of `params`.
-  shim = types.SimpleNamespace(base_model_prefix="clip", params=abstract)
+  shim = types.SimpleNamespace(base_model_prefix=prefix, params=abstract)
   converted = traverse_util.flatten_dict(
     conv.convert_pytorch_state_dict_to_flax(read_safetensors(path), shim)
   )

@@ -1,0 +1,106 @@
+"""CLIP score against transformers' PyTorch CLIPModel on a tiny folder.
+
+The folder is written by PyTorch code (random weights, safetensors) and
+read through our loader; both sides get the same preprocessed pixels and
+the same token ids. Tolerance 1e-4 on the score (it is 100 x a cosine:
+1e-6 on cosines of float32 networks two layers deep, scaled by 100).
+"""
+
+import numpy as np
+import pytest
+import sd_fixtures
+
+from boot_jax import clip_score
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+  path = tmp_path_factory.mktemp("clip")
+  tok_dir = path / "_tok"
+  sd_fixtures.tokenizer_files(tok_dir)
+  tokenizer = CLIPTokenizer(
+    str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt")
+  )
+  torch.manual_seed(0)
+  config = CLIPConfig(
+    text_config=dict(
+      vocab_size=len(tokenizer),
+      hidden_size=32,
+      intermediate_size=37,
+      num_attention_heads=4,
+      num_hidden_layers=2,
+      max_position_embeddings=77,
+      bos_token_id=tokenizer.bos_token_id,
+      eos_token_id=tokenizer.eos_token_id,
+      pad_token_id=tokenizer.eos_token_id,
+    ),
+    vision_config=dict(
+      hidden_size=32,
+      intermediate_size=37,
+      num_attention_heads=4,
+      num_hidden_layers=2,
+      image_size=32,
+      patch_size=8,
+    ),
+    projection_dim=16,
+  )
+  model = CLIPModel(config).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  model.save_pretrained(str(path), safe_serialization=True)
+  tokenizer.save_pretrained(str(path))
+  return path, model
+
+
+def test_score_matches_pytorch(folder):
+  path, model = folder
+  scorer = clip_score.ClipScorer(str(path))
+  rng = np.random.default_rng(0)
+  images = np.tanh(rng.normal(size=(5, 48, 48, 3))).astype(np.float32)
+  captions = ["a red square", "blue", "a cat", "", "a dog on a sofa"]
+  pixels = scorer.preprocess(images)
+  assert pixels.shape == (5, 3, 32, 32)
+  ids, mask = scorer.tokenize(captions)
+  with torch.no_grad():
+    ref_img = model.get_image_features(pixel_values=torch.from_numpy(pixels))
+    ref_txt = model.get_text_features(
+      input_ids=torch.from_numpy(ids).long(),
+      attention_mask=torch.from_numpy(mask).long(),
+    )
+  ref_img = getattr(ref_img, "pooler_output", ref_img).numpy()
+  ref_txt = getattr(ref_txt, "pooler_output", ref_txt).numpy()
+  img = scorer.image_embeddings(pixels)
+  txt = scorer.text_embeddings(captions)
+  unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+  assert np.abs(img - unit(ref_img)).max() <= 1e-5
+  assert np.abs(txt - unit(ref_txt)).max() <= 1e-5
+  ours = scorer.score(images, captions)
+  cos = np.sum(unit(ref_img) * unit(ref_txt), axis=1)
+  ref = 100 * np.mean(np.maximum(cos, 0))
+  print(f"CLIP score {ours:.6f} vs PyTorch {ref:.6f}; cosines {cos}")
+  assert abs(ours - ref) <= 1e-4
+  # These random pairs all have negative cosines (the score clips them to
+  # 0); with the captions' embeddings negated every term counts.
+  flipped = clip_score.clip_score(img, -txt)
+  ref_flipped = 100 * np.mean(np.maximum(-cos, 0))
+  assert ref_flipped > 1.0
+  assert abs(flipped - ref_flipped) <= 1e-4
+
+
+def test_bad_inputs(folder, tmp_path):
+  path, _ = folder
+  scorer = clip_score.ClipScorer(str(path))
+  with pytest.raises(clip_score.ClipError, match="one each"):
+    scorer.score(np.zeros((2, 8, 8, 3)), ["a"])
+  with pytest.raises(clip_score.ClipError, match=r"\[N, H, W, 3\]"):
+    scorer.preprocess(np.zeros((2, 8, 8)))
+  with pytest.raises(clip_score.ClipError, match="not a CLIP folder"):
+    clip_score.ClipScorer(str(tmp_path))
+  (tmp_path / "config.json").write_text((path / "config.json").read_text())
+  with pytest.raises(clip_score.ClipError, match="neither"):
+    clip_score.ClipScorer(str(tmp_path))
