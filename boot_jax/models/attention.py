@@ -102,7 +102,9 @@ def chunked(q, k, v, scale=None, block: int | None = None):
   """
   b, tq, h, d = q.shape
   if block is None:
-    block = max(MIN_BLOCK, CHUNK_SCORES // max(b * h * k.shape[1], 1))
+    # A symbolic batch (an exported function) counts as one example.
+    rows = b if isinstance(b, int) else 1
+    block = max(MIN_BLOCK, CHUNK_SCORES // max(rows * h * k.shape[1], 1))
   one = jax.checkpoint(functools.partial(reference, scale=scale))
   if tq <= block:
     return one(q, k, v)
