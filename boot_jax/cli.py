@@ -23,10 +23,12 @@ def fail(message: str, code: int = 2):
   message = " ".join(str(message).split())
   sys.stdout.flush()
   sys.stderr.flush()
-  real = _stop_stderr_filter()
-  os.write(real, f"\nerror: {message}\n".encode("utf-8", "replace"))
+  # fd 2 goes to /dev/null before anything else: a thread still printing
+  # (tensorstore's callbacks) can no longer reach the terminal, even
+  # between draining the filter and writing the error.
   devnull = os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
+  real = _stop_stderr_filter(replacement=devnull, drop_partial=True)
+  os.write(real, f"\nerror: {message}\n".encode("utf-8", "replace"))
   os._exit(code)
 
 
@@ -52,7 +54,7 @@ def _forward(read_fd: int, real_fd: int) -> None:
         block = []
         continue
       os.write(real_fd, line)
-  if block:
+  if block and not _filter.get("drop_partial"):
     os.write(real_fd, b"".join(block))
 
 
@@ -76,18 +78,27 @@ def _start_stderr_filter() -> None:
   atexit.register(_stop_stderr_filter)
 
 
-def _stop_stderr_filter() -> int:
-  """Drains the filter and puts the real stderr back; returns its fd."""
+def _stop_stderr_filter(
+  replacement: int | None = None, drop_partial: bool = False
+) -> int:
+  """Drains the filter; fd 2 becomes `replacement` (default: the real
+  stderr again). Returns an fd of the real stderr. `drop_partial` drops a
+  traceback cut off by the drain (a thread stopped mid-print)."""
   if not _filter or "stopped" in _filter:
-    return _filter.get("real", 2)
+    real = os.dup(2)
+    if replacement is not None:
+      os.dup2(replacement, 2)
+    return real
   _filter["stopped"] = True
+  _filter["drop_partial"] = drop_partial
   try:
     sys.stderr.flush()
   except (OSError, ValueError):
     pass
-  os.dup2(_filter["real"], 2)  # closes the pipe's last writer: EOF
+  # Closes the pipe's last writer: the filter reads to EOF and ends.
+  os.dup2(_filter["real"] if replacement is None else replacement, 2)
   _filter["thread"].join(timeout=5)
-  return 2
+  return _filter["real"]
 
 
 def check_args(argv, f, *required: str) -> None:
