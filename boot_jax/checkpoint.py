@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import re
 
 import jax
 import orbax.checkpoint as ocp
+
+from boot_jax import paths
+
+# Orbax's mark of a finished step on object stores (no atomic rename).
+_COMMIT_MARKER = "commit_success.txt"
 
 
 class CheckpointError(ValueError):
@@ -116,8 +120,8 @@ class Checkpointer:
     async_save: bool = True,
     read_only: bool = False,
   ):
-    self.directory = os.path.abspath(directory)
-    if read_only and not os.path.isdir(self.directory):
+    self.directory = paths.abspath(directory)
+    if read_only and not paths.isdir(self.directory):
       raise CheckpointError(f"no checkpoint directory {self.directory}")
     options = ocp.CheckpointManagerOptions(
       max_to_keep=None if read_only else max_to_keep,
@@ -170,7 +174,7 @@ class Checkpointer:
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
     for name, target in targets.items():
-      check_fits(os.path.join(self.directory, str(step), name), target)
+      check_fits(paths.join(self.directory, str(step), name), target)
     args = ocp.args.Composite(
       **{
         k: ocp.args.StandardRestore(abstract_like(v))
@@ -183,7 +187,7 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001 - orbax raises many types
       reason = " ".join(str(e).split())[:400]
       raise CheckpointError(
-        f"checkpoint {os.path.join(self.directory, str(step))} cannot be "
+        f"checkpoint {paths.join(self.directory, str(step))} cannot be "
         f"restored: {type(e).__name__}: {reason}"
       ) from e
 
@@ -237,12 +241,27 @@ class Checkpointer:
     )
 
   def _good_steps(self) -> list[int]:
-    """Finished checkpoints (orbax renames a step's temporary directory to
-    its number only once it is complete)."""
-    try:
-      return [int(d) for d in os.listdir(self.directory) if d.isdigit()]
-    except OSError:
-      return []
+    return finished_steps(self.directory)
+
+
+def finished_steps(directory: str) -> list[int]:
+  """The steps of finished checkpoints under `directory`, unsorted.
+
+  Locally orbax renames a step's temporary directory to its number once
+  complete; on an object store (no atomic rename) it writes the step's
+  directory directly and marks it finished with `commit_success.txt`.
+  """
+  try:
+    steps = [int(d) for d in paths.listdir(directory) if d.isdigit()]
+  except OSError:
+    return []
+  if paths.is_remote(directory):
+    steps = [
+      s
+      for s in steps
+      if paths.exists(paths.join(directory, str(s), _COMMIT_MARKER))
+    ]
+  return steps
 
 
 def read_item(directory: str, name: str, target, step: int | None = None):
@@ -282,7 +301,7 @@ def read_params(directory: str, target, step: int | None = None):
     step = ckpt.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {ckpt.directory}")
-    item_dir = os.path.join(ckpt.directory, str(step), "state")
+    item_dir = paths.join(ckpt.directory, str(step), "state")
     saved = _saved_tree(item_dir)
     if not hasattr(saved, "get") or saved.get("params") is None:
       raise CheckpointError(
@@ -308,7 +327,7 @@ def read_params(directory: str, target, step: int | None = None):
     except Exception as e:  # noqa: BLE001 - orbax raises many types
       reason = " ".join(str(e).split())[:400]
       raise CheckpointError(
-        f"checkpoint {os.path.dirname(item_dir)} cannot be restored: "
+        f"checkpoint {paths.dirname(item_dir)} cannot be restored: "
         f"{type(e).__name__}: {reason}"
       ) from e
     return restored[name], int(restored["step"])

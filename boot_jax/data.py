@@ -24,6 +24,8 @@ import zlib
 
 import numpy as np
 
+from boot_jax import paths
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
@@ -83,9 +85,16 @@ def load_digits(image_size: int = 8) -> Dataset:
 
 
 def load_image_folder(path: str, image_size: int, channels: int = 3) -> Dataset:
-  """All PNG/JPEG images under `path`, resized; labels from sub-folders."""
+  """All PNG/JPEG images under `path`, resized; labels from sub-folders.
+
+  A `gs://` folder is downloaded once into the local cache (paths.py).
+  """
   from PIL import Image, UnidentifiedImageError
 
+  if paths.is_remote(path):
+    if not paths.isdir(path):
+      raise DataError(f"image folder {path!r} does not exist")
+    path = paths.local_copy(path)
   if not os.path.isdir(path):
     raise DataError(f"image folder {path!r} does not exist")
   files = sorted(

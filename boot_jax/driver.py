@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from typing import Any
 
 import jax
 
-from boot_jax import checkpoint, metrics, sharding
+from boot_jax import checkpoint, metrics, paths, sharding
 from boot_jax import workdir as workdir_lib
 
 
@@ -244,7 +243,7 @@ def run_in_workdir(
   """
   resuming = workdir_lib.check(workdir, config)
   ckpt = checkpoint.Checkpointer(
-    os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints
+    paths.join(workdir, "checkpoints"), config.train.keep_checkpoints
   )
   last = ckpt.latest_step()
   if last is not None:

@@ -30,7 +30,16 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from boot_jax import boot, checkpoint, cli, conditions, fid, inference, sample
+from boot_jax import (
+  boot,
+  checkpoint,
+  cli,
+  conditions,
+  fid,
+  inference,
+  paths,
+  sample,
+)
 from boot_jax import workdir as workdir_lib
 from boot_jax.teachers import gmm
 
@@ -339,10 +348,13 @@ def main(argv, f):
   cli.check_args(argv, f, "workdir")
   workdir = f["workdir"].value
   try:
-    path = os.path.join(workdir, "eval.json")
+    path = paths.join(workdir, "eval.json")
     # Refuse up front what could not be written at the end.
-    if os.path.isdir(workdir) and not os.access(workdir, os.W_OK):
-      raise OSError(f"cannot write {path}: {workdir} is read-only")
+    if not paths.is_remote(workdir):
+      if os.path.isdir(workdir) and not os.access(workdir, os.W_OK):
+        raise OSError(f"cannot write {path}: {workdir} is read-only")
+    else:
+      paths.check_writable(workdir)
     mesh = inference.mesh_from_spec(f["mesh"].value)
     model, params, step = inference.load(workdir, mesh, f["dtype"].value)
     cli.printer(f"evaluate: loaded {workdir} (checkpoint step {step})")

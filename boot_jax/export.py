@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from boot_jax import checkpoint, cli, inference
+from boot_jax import checkpoint, cli, inference, paths
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 # One artifact for a laptop, a GPU and a TPU (lowering needs no device).
@@ -171,6 +171,15 @@ def _readme(model, inputs, workdir, step, platforms, batch) -> str:
 
 def check_out(out: str, overwrite: bool) -> None:
   """Refuses a file path, or a non-empty directory without --overwrite."""
+  if paths.is_remote(out):
+    if paths.isfile(out):
+      raise ExportError(f"--out {out!r} is an object; give a folder")
+    if paths.isdir(out) and paths.listdir(out) and not overwrite:
+      raise ExportError(
+        f"--out {out!r} is not empty; pass --overwrite to replace it"
+      )
+    paths.check_writable(out)
+    return
   if os.path.exists(out) and not os.path.isdir(out):
     raise ExportError(f"--out {out!r} is a file; give a directory")
   if os.path.isdir(out) and os.listdir(out) and not overwrite:
@@ -208,8 +217,9 @@ def export(
     raise ExportError(f"{workdir} is a teacher work directory: no student")
   printer(f"export: lowering the one-step sampler for {', '.join(platforms)}")
   blob, flat, inputs = export_sampler(model, params, batch, platforms)
-  out = os.path.abspath(out)
-  parent = os.path.dirname(out)
+  out = paths.abspath(out)
+  remote = paths.is_remote(out)
+  parent = tempfile.gettempdir() if remote else os.path.dirname(out)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-export-")
   try:
@@ -226,6 +236,9 @@ def export(
       f.write(_readme(model, inputs, workdir, step, platforms, batch))
     files = ["sampler.jax", "params.npz", "signature.json", "README.md"]
     files += model.teacher.export_extras(tmp, model.student, params)
+    if remote:
+      _upload(tmp, out)
+      return files
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private
@@ -235,7 +248,33 @@ def export(
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  finally:
+    if remote:
+      shutil.rmtree(tmp, ignore_errors=True)
   return files
+
+
+def _upload(local_dir: str, out: str) -> None:
+  """Uploads an export folder; `signature.json` goes last.
+
+  An object store has no atomic folder rename: readers look for
+  `signature.json` first, so it is written only once every other file is
+  complete, and a failed upload deletes what it wrote.
+  """
+  names = []
+  for root, _, fs in os.walk(local_dir):
+    for name in fs:
+      rel = os.path.relpath(os.path.join(root, name), local_dir)
+      names.append(rel.replace(os.sep, "/"))
+  names.sort(key=lambda n: (n == "signature.json", n))
+  if paths.isdir(out):
+    paths.rmtree(out)
+  try:
+    for rel in names:
+      paths.put_file(os.path.join(local_dir, rel), paths.join(out, rel))
+  except BaseException:
+    paths.rmtree(out)
+    raise
 
 
 def define_flags():

@@ -20,7 +20,6 @@ it has a teacher and no student.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +35,7 @@ from boot_jax import (
   conditions,
   config_lib,
   models,
+  paths,
   sharding,
   teachers,
 )
@@ -283,9 +283,9 @@ def workdir_kind(workdir: str) -> str:
 
 
 def _latest_step(ckpt_dir: str, workdir: str) -> int:
-  if not os.path.isdir(ckpt_dir):
+  if not paths.isdir(ckpt_dir):
     raise InferenceError(f"{workdir} has no checkpoints/: nothing trained")
-  steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()]
+  steps = checkpoint.finished_steps(ckpt_dir)
   if not steps:
     raise InferenceError(f"{workdir} has no checkpoint yet: nothing trained")
   return max(steps)
@@ -311,7 +311,7 @@ def load(
   compute = dtype_of(dtype)
   mesh = mesh_from_spec() if mesh is None else mesh
   kind = workdir_kind(workdir)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+  ckpt_dir = paths.join(workdir, "checkpoints")
   if kind == "teacher":
     step = _latest_step(ckpt_dir, workdir)
     config = config_lib.base_config()

@@ -9,6 +9,13 @@ removed) on every exit path of the `with` block, and by an exit handler if
 the process ends otherwise; a SIGKILL leaves the file, and the next run on
 the same host finds its pid dead.
 
+On an object store (`gs://`) the lock is an object created with the
+precondition "does not exist yet" (paths.create_exclusive). A holder there
+usually runs on another VM, whose processes cannot be seen, so the holder
+rewrites the object's `heartbeat` every HEARTBEAT_S seconds and a lock not
+refreshed for STALE_S seconds is stale: a preempted VM's run can be resumed
+from a new VM after that wait, or at once by deleting the object.
+
 Only the lead process of a multi-process run takes it.
 """
 
@@ -20,9 +27,14 @@ import errno
 import json
 import os
 import socket
+import threading
 import time
 
+from boot_jax import paths
+
 LOCK = ".lock"
+HEARTBEAT_S = 60.0
+STALE_S = 300.0
 
 
 class LockError(OSError):
@@ -41,8 +53,7 @@ def _alive(pid: int) -> bool:
 
 def _read(path: str) -> dict | None:
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    return json.loads(paths.read_text(path))
   except FileNotFoundError:
     return None
   except (OSError, ValueError):
@@ -51,7 +62,7 @@ def _read(path: str) -> dict | None:
 
 def holder(workdir: str) -> dict | None:
   """The lock's holder (`host`, `pid`, `since`), or None when unlocked."""
-  return _read(os.path.join(workdir, LOCK))
+  return _read(paths.join(workdir, LOCK))
 
 
 class WorkdirLock:
@@ -63,79 +74,117 @@ class WorkdirLock:
   """
 
   def __init__(self, workdir: str, enabled: bool = True):
-    self.path = os.path.join(os.path.abspath(workdir), LOCK)
+    self.path = paths.join(paths.abspath(workdir), LOCK)
+    self.remote = paths.is_remote(self.path)
     self.enabled = enabled
     self.held = False
     self.created = False
+    self._me = None
+    self._stop = threading.Event()
+    self._beat = None
 
   def acquire(self) -> None:
     if not self.enabled or self.held:
       return
-    directory = os.path.dirname(self.path)
-    if not os.path.isdir(directory):
+    directory = paths.dirname(self.path)
+    if not self.remote and not os.path.isdir(directory):
       os.makedirs(directory)
       self.created = True
-    me = dict(host=socket.gethostname(), pid=os.getpid(), since=time.time())
+    now = time.time()
+    self._me = dict(
+      host=socket.gethostname(), pid=os.getpid(), since=now, heartbeat=now
+    )
     for _ in range(20):
       try:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-      except FileExistsError:
+        made = paths.create_exclusive(
+          self.path, json.dumps(self._me).encode("utf-8")
+        )
+      except OSError as e:
+        if self.remote or e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+          reason = e.strerror if e.strerror else str(e)
+          raise LockError(f"cannot lock {directory}: {reason}") from None
+        raise
+      if not made:
         self._check_holder()
         continue  # the stale lock was removed: try again
-      except OSError as e:
-        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-          raise LockError(
-            f"cannot lock {os.path.dirname(self.path)}: {e.strerror}"
-          ) from None
-        raise
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(me, f)
       self.held = True
       atexit.register(self.release)
+      if self.remote:
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+        self._beat.start()
       return
     raise LockError(f"cannot take the lock {self.path}")
 
+  def _heartbeat(self) -> None:
+    """Refreshes a remote lock until released (see the module doc)."""
+    while not self._stop.wait(HEARTBEAT_S):
+      self._me["heartbeat"] = time.time()
+      try:
+        paths.write_atomic(self.path, json.dumps(self._me))
+      except OSError:
+        pass  # a passing outage: the next beat tries again
+
   def _check_holder(self) -> None:
     """Raises LockError for a live (or unknowable) holder; removes a stale
-    lock of a dead process on this host."""
+    lock (a dead process on this host, or a remote lock without a recent
+    heartbeat)."""
     info = _read(self.path)
     if info is None:
       return  # released meanwhile
-    host, pid = info.get("host"), info.get("pid")
-    workdir = os.path.dirname(self.path)
+    workdir = paths.dirname(self.path)
     if not info:
       # Just created by another process and not yet written: a live one.
       time.sleep(0.05)
       info = _read(self.path) or {}
-      host, pid = info.get("host"), info.get("pid")
       if not info:
         raise LockError(
           f"{workdir} is locked ({self.path} is unreadable); if no run is "
           "using it, delete that file"
         )
+    host, pid = info.get("host"), info.get("pid")
+    since = time.ctime(info.get("since", 0))
     if host == socket.gethostname() and isinstance(pid, int):
       if not _alive(pid):
-        with contextlib.suppress(FileNotFoundError):
-          os.remove(self.path)  # stale: its process is gone
+        self._remove_stale()
         return
       raise LockError(
         f"{workdir} is in use by another run (pid {pid} on this host, "
-        f"since {time.ctime(info.get('since', 0))}); wait for it or use "
-        "another --workdir"
+        f"since {since}); wait for it or use another --workdir"
+      )
+    if self.remote:
+      age = time.time() - float(info.get("heartbeat", 0))
+      if age > STALE_S:
+        self._remove_stale()
+        return
+      raise LockError(
+        f"{workdir} is in use by a run on host {host} (pid {pid}, alive "
+        f"{age:.0f} s ago); it is taken over once silent for {STALE_S:.0f} "
+        f"s, or delete {self.path} if that run is gone"
       )
     raise LockError(
       f"{workdir} is in use by a run on host {host} (pid {pid}); if that "
       f"run is gone, delete {self.path}"
     )
 
+  def _remove_stale(self) -> None:
+    with contextlib.suppress(FileNotFoundError):
+      paths.remove(self.path)
+
   def release(self) -> None:
     if not self.held:
       return
     self.held = False
+    self._stop.set()
+    if self._beat is not None:
+      self._beat.join(timeout=30)
     info = _read(self.path)
-    if info and info.get("pid") == os.getpid():
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(self.path)
+    if (
+      info
+      and info.get("pid") == os.getpid()
+      and info.get("host") == socket.gethostname()
+    ):
+      with contextlib.suppress(FileNotFoundError, OSError):
+        paths.remove(self.path)
     if self.created:
       # A run that failed before writing anything leaves no directory.
       with contextlib.suppress(OSError):

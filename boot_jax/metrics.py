@@ -3,28 +3,40 @@
 from __future__ import annotations
 
 import json
-import os
 import time
+
+from boot_jax import paths
 
 
 class MetricWriter:
   """Appends one JSON object per line to `workdir/metrics.jsonl`.
 
   Every row carries `step` and `wall_time` (seconds since the epoch) next to
-  the scalars. Only process 0 should write.
+  the scalars. Only process 0 should write. On an object store, where
+  nothing can be appended, each row rewrites the object whole from the
+  rows kept in memory (one upload per logged row).
   """
 
   def __init__(self, workdir: str, enabled: bool = True):
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = paths.join(workdir, "metrics.jsonl")
     self.enabled = enabled
+    self._remote_text = None
+    if enabled and paths.is_remote(self.path):
+      self._remote_text = (
+        paths.read_text(self.path) if paths.exists(self.path) else ""
+      )
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return
     row = {"step": int(step), "wall_time": time.time()}
     row.update({k: float(v) for k, v in scalars.items() if k != "step"})
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(row) + "\n")
+    line = json.dumps(row) + "\n"
+    if self._remote_text is not None:
+      self._remote_text += line
+      paths.write_atomic(self.path, self._remote_text)
+    else:
+      paths.append_text(self.path, line)
 
 
 def format_duration(seconds: float) -> str:
@@ -48,15 +60,58 @@ def progress_line(step: int, total: int, steps_per_s: float, scalars: dict):
   )
 
 
+class _ObjectRecordWriter:
+  """tensorboardX's record sink for object stores (through paths.py).
+
+  Keeps the event file's bytes and uploads them whole at every flush, so
+  the bucket always holds a complete, readable event file (TensorBoard
+  reads `gs://` directly) and an interrupted upload leaves the previous
+  one. `close` uploads only what changed, once.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self._data = bytearray()
+    self._uploaded = -1
+
+  def write(self, data: bytes) -> None:
+    self._data += data
+
+  def flush(self) -> None:
+    if self._uploaded != len(self._data):
+      paths.write_atomic(self.path, bytes(self._data))
+      self._uploaded = len(self._data)
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _ObjectWriterFactory:
+  def open(self, path):
+    return _ObjectRecordWriter(path)
+
+  def directory_check(self, path):
+    del path  # object stores have no directories to create
+
+
 class TensorBoard:
   """Scalars (and images) to TensorBoard event files under `W/tb/`."""
 
   def __init__(self, workdir: str, enabled: bool = True):
     self._writer = None
     if enabled:
-      from tensorboardX import SummaryWriter  # imports protobuf: lazily
+      from tensorboardX import (
+        SummaryWriter,  # imports protobuf: lazily
+        record_writer,
+      )
 
-      self._writer = SummaryWriter(os.path.join(workdir, "tb"))
+      logdir = paths.join(workdir, "tb")
+      if paths.is_remote(logdir):
+        # Replaces tensorboardX's own gs:// writer (google-cloud-storage
+        # with its own credentials, uploading again from `__del__`).
+        scheme = logdir.split("://", 1)[0]
+        record_writer.register_writer_factory(scheme, _ObjectWriterFactory())
+      self._writer = SummaryWriter(logdir)
 
   def write(self, step: int, scalars: dict) -> None:
     if self._writer is None:

@@ -19,6 +19,8 @@ import json
 import os
 from collections.abc import Iterator
 
+from boot_jax import paths
+
 FORMATS = (".txt", ".jsonl", ".csv", ".parquet")
 # Prompts read per chunk.
 CHUNK = 65536
@@ -55,9 +57,19 @@ def iter_chunks(path: str, column: str = "prompt") -> Iterator[list[str]]:
     raise PromptError(f"{path} is not UTF-8 text: {e.reason}") from None
 
 
+def remote_prompt_file(path: str) -> str:
+  """A local copy of a `gs://` prompt file (the path itself if local)."""
+  if not paths.is_remote(path):
+    return path
+  if not paths.isfile(path):
+    raise PromptError(f"prompt file {path} does not exist")
+  return paths.local_copy(path)
+
+
 def read_prompts(path: str, column: str = "prompt") -> list[str]:
   """The deduplicated prompts of a small file, in memory (e.g. `sample
   --prompts-file`); training uses `PromptIndex`."""
+  path = remote_prompt_file(path)
   seen, prompts = set(), []
   for chunk in iter_chunks(path, column):
     for p in chunk:

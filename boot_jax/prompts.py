@@ -43,6 +43,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from boot_jax import paths
 from boot_jax.prompt_files import (  # noqa: F401 - re-exported
   CHUNK,
   FORMATS,
@@ -52,6 +53,7 @@ from boot_jax.prompt_files import (  # noqa: F401 - re-exported
   iter_chunks,
   normalise,
   read_prompts,
+  remote_prompt_file,
 )
 
 ENCODINGS = ("online", "cache")
@@ -121,7 +123,18 @@ class PromptIndex:
     cache_dir: str,
     printer: Callable = print,
   ) -> PromptIndex:
-    """The index of `path`, prepared now unless an earlier run did."""
+    """The index of `path`, prepared now unless an earlier run did.
+
+    A `gs://` prompt file is downloaded into the local cache first
+    (paths.local_copy); `cache_dir` must be local (memory-mapped).
+    """
+    if paths.is_remote(cache_dir):
+      raise PromptError(
+        f"teacher.prompt_cache={cache_dir!r}: the prompt cache must be a "
+        "local directory (its index is memory-mapped); the prompt file "
+        "itself may be on gs://"
+      )
+    path = remote_prompt_file(path)
     check_source(path)
     digest = file_hash(path)
     key = hashlib.sha256(

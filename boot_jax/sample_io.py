@@ -5,7 +5,9 @@ an .npz written batch by batch.
 directory beside the output, then packs them into the .npz (an
 uncompressed zip of .npy files, as `np.savez` writes) and renames it into
 place: memory stays bounded by one batch, and a failed or interrupted run
-never leaves a partial output or replaces an existing one.
+never leaves a partial output or replaces an existing one. A `gs://`
+output is assembled in the local temporary directory and uploaded whole
+(an object upload is all or nothing).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import zipfile
 
 import numpy as np
 
+from boot_jax import paths
 from boot_jax import workdir as workdir_lib
 
 MAX_SEED = 2**63 - 1
@@ -46,7 +49,9 @@ def check_request(f) -> None:
   if f["prompt"].value and f["prompts_file"].value:
     raise RequestError("give --prompt or --prompts-file, not both")
   out = f["out"].value
-  if os.path.isdir(out) or out.endswith(os.sep):
+  if out.endswith(("/", os.sep)) or (
+    not paths.is_remote(out) and os.path.isdir(out)
+  ):
     raise RequestError(f"--out {out!r} is a directory; give a .npz file path")
   if not out.endswith(".npz"):
     raise RequestError(f"--out {out!r} must end in .npz")
@@ -57,7 +62,8 @@ def read_noise(path: str | None, shape: tuple[int, ...]):
   if not path:
     return None
   try:
-    arr = np.load(path, allow_pickle=False, mmap_mode="r")
+    local = paths.local_copy(path)
+    arr = np.load(local, allow_pickle=False, mmap_mode="r")
   except (OSError, ValueError) as e:
     raise RequestError(f"cannot read --noise {path}: {e}") from None
   if not isinstance(arr, np.ndarray):
@@ -99,7 +105,8 @@ class SampleWriter:
   """
 
   def __init__(self, out: str, num: int, sample_shape, pixel_shape):
-    self.out = os.path.abspath(out)
+    self.out = paths.abspath(out)
+    self.remote = paths.is_remote(self.out)
     self.num = num
     self.pixel_shape = tuple(pixel_shape)
     self.latent = tuple(sample_shape) != self.pixel_shape
@@ -109,7 +116,11 @@ class SampleWriter:
     if self.latent:
       shapes["latents"] = tuple(sample_shape)
     self.shapes = shapes
-    directory = os.path.dirname(self.out)
+    directory = (
+      tempfile.gettempdir() if self.remote else os.path.dirname(self.out)
+    )
+    if self.remote:
+      paths.check_writable(paths.dirname(self.out))
     os.makedirs(directory, exist_ok=True)
     need = 2 * sum(4 * num * math.prod(s) for s in shapes.values()) + 2**20
     free = shutil.disk_usage(directory).free
@@ -162,12 +173,18 @@ class SampleWriter:
         for name in self.shapes:
           z.write(os.path.join(self.tmp, name + ".npy"), name + ".npy")
       if self.grid:
-        png = os.path.splitext(self.out)[0] + ".png"
+        png = self.out[: -len(".npz")] + ".png"
         tmp_png = os.path.join(self.tmp, "grid.png")
         workdir_lib.save_image_grid(np.concatenate(self.grid), tmp_png)
-        os.replace(tmp_png, png)
+        if self.remote:
+          paths.put_file(tmp_png, png)
+        else:
+          os.replace(tmp_png, png)
         self.png = png
-      os.replace(packed, self.out)
+      if self.remote:
+        paths.put_file(packed, self.out)
+      else:
+        os.replace(packed, self.out)
       return False
     finally:
       self._cleanup()

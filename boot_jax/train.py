@@ -35,6 +35,7 @@ from boot_jax import (
   inference,
   lock,
   loop,
+  paths,
   sharding,
   teachers,
 )
@@ -44,8 +45,8 @@ from boot_jax import workdir as workdir_lib
 def resolve_teacher_path(config, workdir: str) -> None:
   """Makes a relative `teacher.path` relative to the work directory."""
   path = config.teacher.get("path")
-  if path and not os.path.isabs(path):
-    config.teacher.path = os.path.join(os.path.abspath(workdir), path)
+  if path and not paths.is_remote(path) and not os.path.isabs(path):
+    config.teacher.path = paths.join(paths.abspath(workdir), path)
 
 
 def sample_grid_fn(setup: loop.Setup, config, workdir: str):
@@ -84,7 +85,7 @@ def sample_grid_fn(setup: loop.Setup, config, workdir: str):
     if not sharding.is_lead():
       return
     out = setup.teacher.pixels(out, batch)
-    path = os.path.join(workdir, "samples", f"student_{step:07d}.png")
+    path = paths.join(workdir, "samples", f"student_{step:07d}.png")
     workdir_lib.save_image_grid(out, path, ncol=int(np.sqrt(num)))
 
   return hook
@@ -141,12 +142,12 @@ def _train_locked(config, workdir: str, printer) -> dict:
   report = evaluate.evaluate(
     model, driver.params_for_sampling(state), printer=printer
   )
-  path = os.path.join(workdir, "eval.json")
+  path = paths.join(workdir, "eval.json")
   workdir_lib.atomic_write(path, json.dumps(report, indent=2, sort_keys=True))
   printer(evaluate.format_report(report))
   where = f"wrote {path}"
   if setup.teacher.is_image:
-    where += f"; sample grids in {os.path.join(workdir, 'samples')}"
+    where += f"; sample grids in {paths.join(workdir, 'samples')}"
   printer(where)
   return report
 

@@ -14,7 +14,6 @@ checkpoints/, metrics.jsonl, tb/ and samples/ (DDIM grids of the EMA).
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -33,6 +32,7 @@ from boot_jax import (
   lock,
   models,
   optim,
+  paths,
 )
 from boot_jax import state as state_lib
 from boot_jax import workdir as workdir_lib
@@ -208,7 +208,7 @@ def _train_locked(config, workdir: str, printer):
       config.eval.ddim_steps,
       config.eval.seed,
     )
-    path = os.path.join(workdir, "samples", f"teacher_{step:07d}.png")
+    path = paths.join(workdir, "samples", f"teacher_{step:07d}.png")
     workdir_lib.save_image_grid(images, path, ncol=int(np.sqrt(len(images))))
 
   state, history = driver.run_in_workdir(

@@ -6,20 +6,21 @@
     W/samples/        PNG grids
     W/tb/             TensorBoard event files
 
-Nothing here writes before the run has been validated: `check` only reads,
-so a bad command never touches a good work directory.
+Nothing here writes before the run has been validated: `check` only reads
+(on an object store it also uploads and deletes one empty probe object), so
+a bad command never touches a good work directory. Every path may be local
+or a `gs://` URL (paths.py).
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 
 import ml_collections
 import numpy as np
 
-from boot_jax import config_lib
+from boot_jax import config_lib, paths
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -35,13 +36,12 @@ def config_dict(config) -> dict:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG)
-  if not os.path.isfile(path):
+  path = paths.join(workdir, CONFIG)
+  if not paths.isfile(path):
     raise WorkdirError(f"{workdir!r} holds no {CONFIG}: not a work directory")
   try:
-    with open(path, encoding="utf-8") as f:
-      return ml_collections.ConfigDict(json.load(f))
-  except (OSError, json.JSONDecodeError) as e:
+    return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise WorkdirError(f"cannot read {path}: {e}") from None
 
 
@@ -89,16 +89,13 @@ def check(workdir: str, config, compare: bool = True) -> bool:
     WorkdirError: unwritable, or made by a different config (unless
       `train.allow_config_change`).
   """
-  workdir = os.path.abspath(workdir)
-  probe = workdir
-  while not os.path.exists(probe):
-    probe = os.path.dirname(probe)
-  if not os.path.isdir(probe):
-    raise WorkdirError(f"work directory {workdir!r}: {probe!r} is a file")
-  if not os.access(probe, os.W_OK | os.X_OK):
-    raise WorkdirError(f"work directory {workdir!r} is not writable")
-  path = os.path.join(workdir, CONFIG)
-  if not os.path.exists(path):
+  workdir = paths.abspath(workdir)
+  try:
+    paths.check_writable(workdir)
+  except OSError as e:
+    raise WorkdirError(f"work directory {e}") from None
+  path = paths.join(workdir, CONFIG)
+  if not paths.exists(path):
     return False
   if not compare:
     return True
@@ -123,32 +120,22 @@ def config_changed(workdir: str, config) -> bool:
 
 
 def atomic_write(path: str, text: str) -> None:
-  """Writes via a temporary file and a rename (never a half-written file)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Writes so that readers never see a half-written file (paths.py)."""
+  paths.write_atomic(path, text)
 
 
 def write_config(workdir: str, config) -> None:
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
-  atomic_write(os.path.join(workdir, CONFIG), text)
+  atomic_write(paths.join(workdir, CONFIG), text)
 
 
 def truncate_metrics(workdir: str, step: int) -> None:
   """Drops rows after `step` (written before a crash, redone on resume)."""
-  path = os.path.join(workdir, METRICS)
-  if not os.path.exists(path):
+  path = paths.join(workdir, METRICS)
+  if not paths.exists(path):
     return
-  with open(path, encoding="utf-8") as f:
-    lines = f.readlines()
+  lines = paths.read_text(path).splitlines(keepends=True)
   keep = []
   for line in lines:
     try:
@@ -186,6 +173,7 @@ def save_image_grid(images, path: str, ncol: int | None = None) -> str:
 
   h = np.asarray(images).shape[1]
   scale = max(1, int(np.ceil(32 / h)))
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(image_grid(images, ncol, scale)).save(path)
+  buf = io.BytesIO()
+  Image.fromarray(image_grid(images, ncol, scale)).save(buf, format="PNG")
+  paths.write_atomic(path, buf.getvalue())
   return path

@@ -15,6 +15,33 @@ need_value() {
   fi
 }
 
+# Prints the value of the train argument --workdir (as "--workdir X" or
+# "--workdir=X") among "$@", or nothing.
+workdir_of() {
+  while (($#)); do
+    case "$1" in
+      --workdir) echo "${2:-}"; return ;;
+      --workdir=*) echo "${1#--workdir=}"; return ;;
+    esac
+    shift
+  done
+}
+
+# Explains where the work directory of a multi-host run lives: one comment
+# line on stdout (for --dry-run output).
+describe_workdir() {
+  local w=$1
+  if [[ -z "$w" ]]; then
+    echo "# work directory: none given (train will refuse to start)"
+  elif [[ "$w" == gs://* ]]; then
+    echo "# work directory: $(printf '%q' "$w") (Cloud Storage: every" \
+      "host reads and writes it; outlives the VMs)"
+  else
+    echo "# work directory: $(printf '%q' "$w") (a local path: it must be" \
+      "a mount every host sees; gs://bucket/run needs none)"
+  fi
+}
+
 # Fails unless $2, the value of option $1, is an integer from 1 to $3
 # (any positive integer up to 9 digits when $3 is not given).
 check_int() {

@@ -6,7 +6,10 @@
 #   launch/slurm_gpu.sh --nodes 4 --gpus-per-node 8 --partition gpu \
 #     -- --config configs/digits.py --workdir /shared/boot_digits
 #
-# The work directory must be on a filesystem every node sees. The job's
+# The work directory must be storage every node sees: a shared filesystem,
+# or a Cloud Storage URL (--workdir gs://bucket/run; install the 'gcs'
+# extra, and give the nodes credentials, e.g. GOOGLE_APPLICATION_CREDENTIALS
+# in the job's environment). docs/scaling.md says which to choose. The job's
 # output goes to slurm-<jobid>.out. --dry-run prints the batch script and
 # the sbatch command instead of submitting.
 #
@@ -90,6 +93,7 @@ script=$(cat <<SCRIPT
 #SBATCH --gpus-per-node=$gpus
 #SBATCH --time=$time_limit
 set -euo pipefail
+$(describe_workdir "$(workdir_of "$@")")
 cd $repo_q
 srun --kill-on-bad-exit=1 $python_q -m boot_jax.train --distributed $train_args
 SCRIPT

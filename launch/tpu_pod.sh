@@ -5,11 +5,14 @@
 #
 #   launch/tpu_pod.sh --name boot-v4 --zone us-central2-b \
 #     --accelerator v4-32 -- --config configs/digits.py \
-#     --workdir /mnt/shared/boot_digits
+#     --workdir gs://my-bucket/boot_digits
 #
 # JAX finds the coordinator from the TPU VM metadata (train --distributed).
-# The work directory must be on storage every worker sees (a Filestore or
-# gcsfuse mount): every worker writes its checkpoint shards there.
+# Every worker writes its checkpoint shards into the work directory, so it
+# must be storage every worker sees: a Cloud Storage URL (gs://bucket/run,
+# recommended: nothing to mount, and it outlives a preempted Spot slice;
+# the VMs' service account needs write access to the bucket) or a Filestore
+# or gcsfuse mount. docs/scaling.md says which to choose.
 # --dry-run prints the exact commands instead of running them.
 set -euo pipefail
 
@@ -91,7 +94,7 @@ copy=(gcloud compute tpus tpu-vm scp "$tarball" "$name:boot_jax.tar.gz"
 # VMs) parses: each train argument goes in quoted with printf %q.
 printf -v train_args '%q ' "$@"
 install="mkdir -p boot_jax && tar -xzf boot_jax.tar.gz -C boot_jax"
-install+=" && python3 -m pip install --quiet -e './boot_jax[tpu]'"
+install+=" && python3 -m pip install --quiet -e './boot_jax[tpu,gcs]'"
 setup=(gcloud compute tpus tpu-vm ssh "$name" "${common[@]}" --worker=all
   --command "$install")
 run=(gcloud compute tpus tpu-vm ssh "$name" "${common[@]}" --worker=all
@@ -100,6 +103,7 @@ ${train_args}")
 delete=(gcloud compute tpus tpu-vm delete "$name" "${common[@]}" --quiet)
 
 if ((dry_run)); then
+  describe_workdir "$(workdir_of "$@")"
   for step in create pack copy setup run; do
     declare -n c=$step
     printf '%q ' "${c[@]}"

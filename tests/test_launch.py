@@ -111,11 +111,15 @@ def test_tpu_dry_run():
     "--config",
     "configs/digits.py",
     "--workdir",
-    "/mnt/w",
+    "gs://bucket/w",
   )
   assert proc.returncode == 0, proc.stderr
   out = proc.stdout.splitlines()
+  assert out[0].startswith("# work directory: gs://bucket/w (Cloud Storage")
+  out = out[1:]
   assert out[0].startswith("gcloud compute tpus tpu-vm create boot-v4")
+  # The workers install the Cloud Storage client with the TPU extra.
+  assert any("boot_jax\\[tpu\\,gcs\\]" in line for line in out)
   assert "--accelerator-type=v4-32" in out[0] and "--spot" in out[0]
   assert any("--worker=all" in line and "scp" in line for line in out)
   run = [line for line in out if "boot_jax.train" in line]
@@ -148,6 +152,7 @@ def test_slurm_dry_run():
   assert "boot_jax.train --distributed --config configs/digits.py" in (
     proc.stdout
   )
+  assert "# work directory: /shared/w (a local path" in proc.stdout
 
 
 def test_local_dry_run_quotes_values(tmp_path):
@@ -240,7 +245,10 @@ def test_tpu_dry_run_quotes_values(tmp_path):
     value,
   )
   assert proc.returncode == 0, proc.stderr
-  assert len(proc.stdout.splitlines()) == 6
+  # A comment naming the work directory (quoted: one line), then the five
+  # commands.
+  lines = proc.stdout.splitlines()
+  assert len(lines) == 7 and lines[0].startswith("# work directory: ")
   calls = _run_stubbed(proc.stdout, ["gcloud", "git"], tmp_path)
   assert [c[:5] for c in calls if c[0] == "gcloud"] == [
     ["gcloud", "compute", "tpus", "tpu-vm", verb]

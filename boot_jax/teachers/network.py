@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import flax.linen as nn
 import jax
 import ml_collections
 
-from boot_jax import checkpoint, data, diffusion, models, sharding
+from boot_jax import checkpoint, data, diffusion, models, paths, sharding
 from boot_jax.teachers import base
 
 # BOOT teacher key -> how to read it from a teacher-training config.
@@ -40,17 +39,16 @@ class TeacherError(ValueError):
 
 
 def _read_teacher_config(path: str) -> dict:
-  if not os.path.isdir(path):
+  if not paths.isdir(path):
     raise TeacherError(f"teacher directory {path!r} does not exist")
-  cfg = os.path.join(path, "config.json")
-  if not os.path.isfile(cfg):
+  cfg = paths.join(path, "config.json")
+  if not paths.isfile(cfg):
     raise TeacherError(
       f"{path!r} holds no config.json: not a teacher directory"
     )
   try:
-    with open(cfg, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
+    return json.loads(paths.read_text(cfg))
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise TeacherError(f"cannot read {cfg}: {e}") from None
 
 
@@ -172,7 +170,7 @@ def build(
   else:
     try:
       params = checkpoint.read_item(
-        os.path.join(config.path, "checkpoints"), "params", abstract
+        paths.join(config.path, "checkpoints"), "params", abstract
       )
     except checkpoint.CheckpointError as e:
       raise TeacherError(f"teacher {config.path}: {e}") from None
@@ -199,7 +197,7 @@ def trained(path: str) -> bool:
     steps = _read_teacher_config(path)["train"]["steps"]
   except (TeacherError, KeyError, TypeError):
     return False
-  return os.path.isdir(os.path.join(path, "checkpoints", str(steps)))
+  return steps in checkpoint.finished_steps(paths.join(path, "checkpoints"))
 
 
 def prepare(config, printer=print) -> None:
@@ -216,7 +214,7 @@ def prepare(config, printer=print) -> None:
     return
   recipe = config.get("recipe")
   if not recipe:
-    if not os.path.isdir(config.path):
+    if not paths.isdir(config.path):
       raise TeacherError(f"teacher directory {config.path!r} does not exist")
     raise TeacherError(f"{config.path!r} holds no finished teacher")
   # Imported here: teacher training needs nothing of the teacher families.
@@ -247,7 +245,7 @@ def teacher_section(workdir: str) -> ml_collections.ConfigDict:
       "boot_jax.train_teacher"
     ) from None
   section = ml_collections.ConfigDict(
-    {"name": name, "path": os.path.abspath(workdir), "init": "checkpoint"}
+    {"name": name, "path": paths.abspath(workdir), "init": "checkpoint"}
   )
   for key in _INHERITED:
     section[key] = None

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from boot_jax import diffusion
+from boot_jax import diffusion, paths
 from boot_jax import prompts as prompts_lib
 from boot_jax.models import attention as attention_lib
 from boot_jax.models import layers
@@ -306,6 +306,10 @@ def build(
   unless asked.
   """
   path = config.get("path")
+  if path and paths.is_remote(path):
+    if not paths.isdir(path):
+      raise SDError(f"teacher folder {path!r} does not exist")
+    path = paths.local_copy(path)  # read once into the local cache
   unet_cfg = check_folder(path)
   table, native = schedule_config(path)
   spacing = table.pop("ddim_spacing")
