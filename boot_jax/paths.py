@@ -307,7 +307,8 @@ def local_copy(path: str, cache_dir: str | None = None) -> str:
   """A local path holding `path`'s file or folder (downloaded once).
 
   Local paths are returned unchanged. A remote file or folder is copied into
-  `cache_dir` (default `~/.cache/boot_jax/remote`) under a name derived from
+  `cache_dir` (default `$BOOT_JAX_CACHE/remote`, `BOOT_JAX_CACHE` being
+  `~/.cache/boot_jax` unless set) under a name derived from
   its URL and its objects' sizes and checksums, so a changed object is
   fetched again and an unchanged one is reused. Each copy is written to a
   temporary directory and renamed, so an interrupted download never passes
@@ -329,7 +330,11 @@ def local_copy(path: str, cache_dir: str | None = None) -> str:
     digest = info.get("md5Hash") or info.get("etag")
     h.update(f"{name}:{info.get('size')}:{digest}".encode())
   root = cache_dir or os.path.join(
-    os.path.expanduser("~"), ".cache", "boot_jax", "remote"
+    os.environ.get(
+      "BOOT_JAX_CACHE",
+      os.path.join(os.path.expanduser("~"), ".cache", "boot_jax"),
+    ),
+    "remote",
   )
   target = os.path.join(root, h.hexdigest()[:24])
   local = os.path.join(target, basename(path))

@@ -434,3 +434,41 @@ def test_grids_and_atomic_writes_on_the_bucket(gcs):
 
   paths.write_atomic("gs://test/g/p.txt", "a cat\na dog\na cat\n")
   assert prompts.read_prompts("gs://test/g/p.txt") == ["a cat", "a dog"]
+
+
+def test_teacher_folder_on_the_bucket(gcs, tmp_path, monkeypatch):
+  """A diffusers folder on gs:// loads to the same teacher as its local
+  copy; it is downloaded once, and again only when an object changes."""
+  import gcsfs.core
+  import ml_collections
+  import sd_fixtures
+
+  from boot_jax import teachers
+
+  monkeypatch.setenv("BOOT_JAX_CACHE", str(tmp_path / "cache"))
+  sd_fixtures.make_folder(tmp_path)
+  local = tmp_path / "sd"
+  fs = gcsfs.core.GCSFileSystem()
+  fs.put(str(local), "test/models/", recursive=True)
+  fs.invalidate_cache()
+
+  def build(path):
+    return teachers.build_teacher(
+      ml_collections.ConfigDict(
+        dict(name="sd", path=str(path), resolution=16, prediction=None)
+      )
+    )
+
+  remote = build("gs://test/models/sd")
+  ref = build(local)
+  for a, b in zip(
+    jax.tree.leaves(remote.params), jax.tree.leaves(ref.params), strict=True
+  ):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  first = paths.local_copy("gs://test/models/sd")
+  assert first.startswith(str(tmp_path / "cache"))
+  assert paths.local_copy("gs://test/models/sd") == first  # reused
+  paths.write_atomic("gs://test/models/sd/model_index.json", "{}")
+  assert paths.local_copy("gs://test/models/sd") != first  # changed: again
+  with pytest.raises(Exception, match="does not exist"):
+    build("gs://test/models/none")
