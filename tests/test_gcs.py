@@ -396,7 +396,7 @@ def test_missing_bucket_and_denied_writes_fail_in_one_line(gcs):
     server.stop()
 
 
-def test_lock_on_the_bucket(gcs):
+def test_lock_on_the_bucket(gcs, monkeypatch):
   workdir = "gs://test/locked"
   other = {
     "host": "another-vm",
@@ -411,9 +411,16 @@ def test_lock_on_the_bucket(gcs):
   # Silent for longer than STALE_S: a preempted VM's lock is taken over.
   other["heartbeat"] -= lock.STALE_S + 1
   paths.write_atomic(path, json.dumps(other))
+  monkeypatch.setattr(lock, "HEARTBEAT_S", 0.1)
   with lock.WorkdirLock(workdir) as held:
     assert held.held
-    assert lock.holder(workdir)["pid"] == os.getpid()
+    mine = lock.holder(workdir)
+    assert mine["pid"] == os.getpid()
+    # The holder keeps its heartbeat fresh.
+    t0 = time.time()
+    while lock.holder(workdir)["heartbeat"] == mine["heartbeat"]:
+      assert time.time() - t0 < 10, "the heartbeat was never refreshed"
+      time.sleep(0.05)
     # A second taker finds this live holder.
     with pytest.raises(lock.LockError, match="another run"):
       lock.WorkdirLock(workdir).acquire()
