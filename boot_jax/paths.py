@@ -71,7 +71,11 @@ def abspath(path: str) -> str:
   """An absolute local path, or the URL without a trailing slash."""
   path = str(path)
   if is_remote(path):
-    return path.rstrip("/")
+    scheme, rest = path.split("://", 1)
+    rest = rest.rstrip("/")
+    if not rest or rest.startswith("/"):
+      raise RemoteError(f"{path!r} names no bucket ({scheme}://BUCKET/...)")
+    return f"{scheme}://{rest}"
   if path.startswith("file://"):
     path = path[len("file://") :]
   return os.path.abspath(path)

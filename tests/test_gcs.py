@@ -367,6 +367,8 @@ def test_missing_bucket_and_denied_writes_fail_in_one_line(gcs):
   line = _one_line_failure(proc)
   assert "bucket gs://nobucket does not exist" in line
   assert "step" not in proc.stdout
+  proc = _run("boot_jax.train", *ARGS, "--workdir", "gs://", env=gcs)
+  assert "'gs://' names no bucket" in _one_line_failure(proc)
 
   import gcs_fixtures
 
