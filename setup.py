@@ -70,6 +70,8 @@ setuptools.setup(
     ],
     "convert": ["torch==2.13.0", "safetensors"],
     "gcs": _GCS,
+    # The viewer for W/tb (the runs write event files with tensorboardX).
+    "tb": ["tensorboard>=2.16"],
     "tpu": ["jax[tpu]>=0.10,<0.12"],
     "cuda": ["jax[cuda12]>=0.10,<0.12"],
   },

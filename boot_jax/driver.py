@@ -234,7 +234,8 @@ def run_in_workdir(
     step_fn: `(state, step) -> (state, metrics)`.
     items: `state -> {name: pytree}` saved in each checkpoint; must hold
       'state' (what resuming restores).
-    evaluate: `(step, state) -> None`, every `train.eval_every` steps.
+    evaluate: `(step, state) -> dict | None`, every `train.eval_every`
+      steps; a returned `{"images": {tag: uint8 grid}}` goes to TensorBoard.
     printer: where progress lines go.
     sync: wait for each step (multi-device CPU meshes).
 
@@ -279,6 +280,12 @@ def run_in_workdir(
       workdir_lib.write_config(workdir, config)
       pending = False
 
+  def evaluate_and_show(step, st):
+    out = evaluate(step, st)
+    for tag, grid in (out or {}).get("images", {}).items():
+      tb.image(tag, grid, step)
+    return out
+
   skip_fraction = t.get("max_skipped_fraction")
   driver = Driver(
     total_steps=t.steps,
@@ -289,7 +296,7 @@ def run_in_workdir(
     save=save,
     wait=ckpt.wait,
     log=progress_logger(t.steps, writer, tb, printer if lead else _quiet),
-    evaluate=evaluate,
+    evaluate=None if evaluate is None else evaluate_and_show,
     sync=sync,
     stop_on_nonfinite=t.get("nan_policy", "stop") == "stop",
     max_skipped=(

@@ -86,7 +86,8 @@ def sample_grid_fn(setup: loop.Setup, config, workdir: str):
       return
     out = setup.teacher.pixels(out, batch)
     path = paths.join(workdir, "samples", f"student_{step:07d}.png")
-    workdir_lib.save_image_grid(out, path, ncol=int(np.sqrt(num)))
+    grid = workdir_lib.save_image_grid(out, path, ncol=int(np.sqrt(num)))
+    return {"images": {"samples/student": grid}}
 
   return hook
 

@@ -209,7 +209,10 @@ def _train_locked(config, workdir: str, printer):
       config.eval.seed,
     )
     path = paths.join(workdir, "samples", f"teacher_{step:07d}.png")
-    workdir_lib.save_image_grid(images, path, ncol=int(np.sqrt(len(images))))
+    grid = workdir_lib.save_image_grid(
+      images, path, ncol=int(np.sqrt(len(images)))
+    )
+    return {"images": {"samples/teacher": grid}}
 
   state, history = driver.run_in_workdir(
     workdir,

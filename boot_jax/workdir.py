@@ -167,13 +167,18 @@ def image_grid(images: np.ndarray, ncol: int | None = None, scale: int = 1):
   return grid[..., 0] if c == 1 else grid
 
 
-def save_image_grid(images, path: str, ncol: int | None = None) -> str:
-  """Writes a PNG grid; small images are enlarged to >= 32 px per tile."""
+def save_image_grid(images, path: str, ncol: int | None = None):
+  """Writes a PNG grid; small images are enlarged to >= 32 px per tile.
+
+  Returns:
+    the grid written (uint8 `[H, W]` or `[H, W, C]`), e.g. for TensorBoard.
+  """
   from PIL import Image
 
   h = np.asarray(images).shape[1]
   scale = max(1, int(np.ceil(32 / h)))
+  grid = image_grid(images, ncol, scale)
   buf = io.BytesIO()
-  Image.fromarray(image_grid(images, ncol, scale)).save(buf, format="PNG")
+  Image.fromarray(grid).save(buf, format="PNG")
   paths.write_atomic(path, buf.getvalue())
-  return path
+  return grid

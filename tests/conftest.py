@@ -116,3 +116,23 @@ def tree_hash(path) -> str:
       h.update(str(p.relative_to(path)).encode())
       h.update(p.read_bytes())
   return h.hexdigest()
+
+
+def tb_tags(events: bytes) -> dict:
+  """Tag -> steps of the summaries (scalars, images) in one TensorBoard
+  event file's bytes (TFRecord framing: length, its CRC, data, its CRC;
+  tensorboardX's own Event protos decode the data)."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  out, pos = {}, 0
+  while pos + 12 <= len(events):
+    (length,) = struct.unpack("<Q", events[pos : pos + 8])
+    data = events[pos + 12 : pos + 12 + length]
+    pos += 12 + length + 4
+    event = event_pb2.Event.FromString(data)
+    for v in event.summary.value:
+      kind = "image" if v.HasField("image") else "scalar"
+      out.setdefault(v.tag, []).append((event.step, kind))
+  return out

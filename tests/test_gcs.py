@@ -11,7 +11,6 @@ import os
 import pathlib
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import tb_tags
 
 from boot_jax import checkpoint, lock, loop, paths
 from boot_jax import workdir as workdir_lib
@@ -131,21 +131,6 @@ def _logged_steps(workdir) -> list[int]:
   return out
 
 
-def _scalars(events: bytes) -> dict:
-  """Tag -> steps of the scalars in a TFRecord file of Event protos."""
-  from tensorboardX.proto import event_pb2
-
-  out, pos = {}, 0
-  while pos + 12 <= len(events):
-    (length,) = struct.unpack("<Q", events[pos : pos + 8])
-    data = events[pos + 12 : pos + 12 + length]
-    pos += 12 + length + 4
-    event = event_pb2.Event.FromString(data)
-    for v in event.summary.value:
-      out.setdefault(v.tag, []).append(event.step)
-  return out
-
-
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("local") / "run"
@@ -174,10 +159,11 @@ def bucket_run(gcs, local_run):
   # scalars and metrics.
   tb = paths.join(workdir, "tb")
   (events,) = paths.listdir(tb)
-  seen = _scalars(paths.read_bytes(paths.join(tb, events)))
+  seen = tb_tags(paths.read_bytes(paths.join(tb, events)))
   # Each row goes to metrics.jsonl, then to TensorBoard: the kill may fall
   # between the two.
-  assert max(seen["loss"]) >= 70 and seen["loss"] == sorted(seen["loss"])
+  steps = [step for step, _ in seen["loss"]]
+  assert max(steps) >= 70 and steps == sorted(steps)
   killed_in = sorted(checkpoint.finished_steps(ckpts))
   out = _train(workdir, gcs)
   assert f"resuming from the checkpoint of step {killed_in[-1]}" in out
@@ -431,13 +417,13 @@ def test_lock_on_the_bucket(gcs, monkeypatch):
 
 def test_grids_and_atomic_writes_on_the_bucket(gcs):
   images = np.linspace(-1, 1, 4 * 8 * 8 * 3).reshape(4, 8, 8, 3)
-  path = workdir_lib.save_image_grid(images, "gs://test/g/samples/a.png")
+  path = "gs://test/g/samples/a.png"
+  grid = workdir_lib.save_image_grid(images, path)
   from PIL import Image
 
   with Image.open(io.BytesIO(paths.read_bytes(path))) as img:
-    np.testing.assert_array_equal(
-      np.asarray(img), workdir_lib.image_grid(images, scale=4)
-    )
+    np.testing.assert_array_equal(np.asarray(img), grid)
+  np.testing.assert_array_equal(grid, workdir_lib.image_grid(images, scale=4))
   # A prompt file on the bucket is read through a local copy.
   from boot_jax import prompts
 

@@ -63,6 +63,8 @@ def teacher_dir(tmp_path_factory):
   assert code == 0, err[-3000:]
   assert "teacher data: digits, 1797 images" in out
   assert (path / "samples" / "teacher_0000020.png").exists()
+  # The sample grid also goes to TensorBoard, as an image.
+  assert ("samples/teacher", 20) in _tb_images(path)
   return path
 
 
@@ -74,7 +76,18 @@ def student_dir(tmp_path_factory, teacher_dir):
   )
   assert code == 0, err[-3000:]
   assert (path / "samples" / "student_0000010.png").exists()
+  assert ("samples/student", 10) in _tb_images(path)
   return path
+
+
+def _tb_images(workdir):
+  from conftest import tb_tags
+
+  out = set()
+  for events in (workdir / "tb").glob("events.out.tfevents*"):
+    for tag, rows in tb_tags(events.read_bytes()).items():
+      out |= {(tag, step) for step, kind in rows if kind == "image"}
+  return out
 
 
 def test_distillation_never_reads_data(teacher_dir, tmp_path, monkeypatch):
