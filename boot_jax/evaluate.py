@@ -39,6 +39,7 @@ from boot_jax import (
   inference,
   paths,
   sample,
+  text_eval,
 )
 from boot_jax import workdir as workdir_lib
 from boot_jax.teachers import gmm
@@ -307,7 +308,10 @@ def guidance_scales(config) -> tuple[float, ...]:
 def format_report(report: dict) -> str:
   """A plain-text table of an evaluation report."""
   if "samplers" not in report:
-    return "\n".join(f"{k:>16}: {v:.6g}" for k, v in sorted(report.items()))
+    return "\n".join(
+      f"{k:>16}: {v:.6g}" if isinstance(v, float | int) else f"{k:>16}: {v}"
+      for k, v in sorted(report.items())
+    )
   lines = []
   if "classifier_accuracy" in report:
     lines.append(
@@ -341,6 +345,7 @@ def define_flags():
     num_samples=flags.DEFINE_integer(
       "num_samples", None, "Samples per sampler (default: eval.num_samples)."
     ),
+    **text_eval.define_flags(),
   )
 
 
@@ -348,7 +353,9 @@ def main(argv, f):
   cli.check_args(argv, f, "workdir")
   workdir = f["workdir"].value
   try:
-    path = paths.join(workdir, "eval.json")
+    text_eval.check_flags(f)
+    text = f["protocol"].value == "text"
+    path = paths.join(workdir, "eval_text.json" if text else "eval.json")
     # Refuse up front what could not be written at the end.
     if not paths.is_remote(workdir):
       if os.path.isdir(workdir) and not os.access(workdir, os.W_OK):
@@ -364,7 +371,19 @@ def main(argv, f):
           f"--num_samples must be >= 1, got {f['num_samples'].value}"
         )
       model.config.eval.num_samples = f["num_samples"].value
-    report = evaluate(model, params, printer=cli.printer)
+    if text:
+      report = text_eval.clip_report(
+        model,
+        params,
+        f["captions"].value,
+        f["clip"].value,
+        f["num_captions"].value,
+        f["seed"].value,
+        f["guidance"].value,
+        printer=cli.printer,
+      )
+    else:
+      report = evaluate(model, params, printer=cli.printer)
     report["checkpoint_step"] = step
     workdir_lib.atomic_write(path, json.dumps(report, indent=2, sort_keys=True))
     cli.printer(format_report(report))

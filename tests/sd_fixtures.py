@@ -79,19 +79,7 @@ def make_folder(
     str(tok_dir / "merges.txt"),
     model_max_length=77,
   )
-  text = CLIPTextModel(
-    CLIPTextConfig(
-      vocab_size=len(tokenizer),
-      hidden_size=32,
-      intermediate_size=37,
-      num_attention_heads=4,
-      num_hidden_layers=2,
-      max_position_embeddings=77,
-      bos_token_id=tokenizer.bos_token_id,
-      eos_token_id=tokenizer.eos_token_id,
-      pad_token_id=tokenizer.eos_token_id,
-    )
-  )
+  text = CLIPTextModel(CLIPTextConfig(**_tiny_clip_text(tokenizer)))
   # Random, not default, weights everywhere (default inits zero some
   # layers, which would hide mistakes in converting them).
   with torch.no_grad():
@@ -146,3 +134,51 @@ def prompt_parquet(path, rows: int, seed: int = 0):
   pq.write_table(table, str(path), row_group_size=100_000)
   _, first = np.unique(idx, axis=0, return_index=True)
   return [prompts[i] for i in np.sort(first)]
+
+
+def _tiny_clip_text(tokenizer) -> dict:
+  """A two-layer CLIP text encoder of width 32 over the tiny vocabulary."""
+  return dict(
+    vocab_size=len(tokenizer),
+    hidden_size=32,
+    intermediate_size=37,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    max_position_embeddings=77,
+    bos_token_id=tokenizer.bos_token_id,
+    eos_token_id=tokenizer.eos_token_id,
+    pad_token_id=tokenizer.eos_token_id,
+  )
+
+
+def clip_folder(path, seed: int = 0):
+  """Writes a tiny random CLIP folder (safetensors, tokenizer) with
+  PyTorch code; returns the PyTorch `CLIPModel`."""
+  import torch
+  from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+  tok_dir = path / "_tok"
+  tokenizer_files(tok_dir)
+  tokenizer = CLIPTokenizer(
+    str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt")
+  )
+  torch.manual_seed(seed)
+  config = CLIPConfig(
+    text_config=_tiny_clip_text(tokenizer),
+    vision_config=dict(
+      hidden_size=32,
+      intermediate_size=37,
+      num_attention_heads=4,
+      num_hidden_layers=2,
+      image_size=32,
+      patch_size=8,
+    ),
+    projection_dim=16,
+  )
+  model = CLIPModel(config).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  model.save_pretrained(str(path), safe_serialization=True)
+  tokenizer.save_pretrained(str(path))
+  return model

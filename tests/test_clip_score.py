@@ -17,44 +17,8 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-  from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
   path = tmp_path_factory.mktemp("clip")
-  tok_dir = path / "_tok"
-  sd_fixtures.tokenizer_files(tok_dir)
-  tokenizer = CLIPTokenizer(
-    str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt")
-  )
-  torch.manual_seed(0)
-  config = CLIPConfig(
-    text_config=dict(
-      vocab_size=len(tokenizer),
-      hidden_size=32,
-      intermediate_size=37,
-      num_attention_heads=4,
-      num_hidden_layers=2,
-      max_position_embeddings=77,
-      bos_token_id=tokenizer.bos_token_id,
-      eos_token_id=tokenizer.eos_token_id,
-      pad_token_id=tokenizer.eos_token_id,
-    ),
-    vision_config=dict(
-      hidden_size=32,
-      intermediate_size=37,
-      num_attention_heads=4,
-      num_hidden_layers=2,
-      image_size=32,
-      patch_size=8,
-    ),
-    projection_dim=16,
-  )
-  model = CLIPModel(config).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.05 * torch.randn_like(p))
-  model.save_pretrained(str(path), safe_serialization=True)
-  tokenizer.save_pretrained(str(path))
-  return path, model
+  return path, sd_fixtures.clip_folder(path)
 
 
 def test_score_matches_pytorch(folder):

@@ -239,6 +239,66 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
   assert (tmp_path / "s.png").is_file()
   assert s["images"].min() >= -1.0 and s["images"].max() <= 1.0
 
+  # evaluate --protocol text: the CLIP score of one image per caption
+  # equals the score of what `sample` writes for those captions and seed
+  # (1e-4: 100 x cosines; the two commands batch differently).
+  from boot_jax import clip_score
+
+  clip_dir = tmp_path / "clip"
+  sd_fixtures.clip_folder(clip_dir)
+  captions = tmp_path / "captions.txt"
+  captions.write_text("a red square\na blue circle\na red square\nsky\n")
+  code, out, err = run_module(
+    "boot_jax.evaluate",
+    "--workdir",
+    work,
+    "--protocol",
+    "text",
+    "--captions",
+    captions,
+    "--clip",
+    clip_dir,
+    cwd=root,
+  )
+  assert code == 0, err[-3000:]
+  report = json.loads((work / "eval_text.json").read_text())
+  assert report["num_captions"] == 3  # distinct captions, in file order
+  code, _, err = run_module(
+    "boot_jax.sample",
+    "--workdir",
+    work,
+    "--out",
+    tmp_path / "c.npz",
+    "--num",
+    "3",
+    "--prompts-file",
+    captions,
+    cwd=root,
+  )
+  assert code == 0, err[-3000:]
+  want = clip_score.ClipScorer(str(clip_dir)).score(
+    np.load(tmp_path / "c.npz")["images"],
+    ["a red square", "a blue circle", "sky"],
+  )
+  assert abs(report["clip_score"] - want) <= 1e-4, (report, want)
+  (tmp_path / "empty.txt").write_text("\n  \n")
+  for extra, expected in (
+    (["--captions", tmp_path / "empty.txt", "--clip", clip_dir], "no prompts"),
+    (["--captions", captions], "--protocol text needs --clip"),
+    (["--captions", captions, "--clip", tmp_path], "not a CLIP folder"),
+  ):
+    code, _, err = run_module(
+      "boot_jax.evaluate",
+      "--workdir",
+      work,
+      "--protocol",
+      "text",
+      *extra,
+      cwd=root,
+    )
+    lines = error_lines(err)
+    assert code != 0 and len(lines) == 1 and expected in lines[0], err[-2000:]
+
   # Export: the jax artifact gives the sampled images from the same latents
   # and text embeddings; the diffusers folder is checked in
   # test_sd_export.py (library level).
