@@ -159,7 +159,7 @@ def ddim_step_from_pair(x0, eps, alpha_s, sigma_s):
 
 
 def ddim_step(
-  schedule: Schedule, x_t, output, t, s, prediction: str
+  schedule: Schedule, x_t, output, t, s, prediction: str, x0_fn=None
 ) -> tuple[jax.Array, jax.Array]:
   """One deterministic DDIM step from t to s for per-example times.
 
@@ -170,6 +170,9 @@ def ddim_step(
     t: `[B]` or scalar current times.
     s: `[B]` or scalar target times (`s < t`; the clean end allowed).
     prediction: 'eps', 'v' or 'x0'.
+    x0_fn: None, or `x0_hat -> x0_hat'` applied to the clean estimate only
+      (the noise estimate is kept), as diffusers' `DDIMScheduler` clips or
+      thresholds it.
 
   Returns:
     `(x_s, x0_hat)`.
@@ -177,6 +180,8 @@ def ddim_step(
   alpha_t, sigma_t = schedule.alpha_sigma(t)
   alpha_s, sigma_s = schedule.alpha_sigma(s)
   x0, eps = x0_eps_from_output(output, x_t, alpha_t, sigma_t, prediction)
+  if x0_fn is not None:
+    x0 = x0_fn(x0)
   return ddim_step_from_pair(x0, eps, alpha_s, sigma_s), x0
 
 
@@ -187,6 +192,7 @@ def ddim_sample(
   timesteps,
   prediction: str,
   return_trajectory: bool = False,
+  x0_fn=None,
 ):
   """Deterministic DDIM over a descending timestep grid, ending clean.
 
@@ -201,6 +207,7 @@ def ddim_sample(
     timesteps: descending times `[K]` (numpy or jax array).
     prediction: native prediction type of `model_fn`.
     return_trajectory: also return every intermediate sample.
+    x0_fn: processing of each step's clean estimate (`ddim_step`).
 
   Returns:
     The final sample, and with `return_trajectory` a pair
@@ -214,7 +221,9 @@ def ddim_sample(
     t, s = pair
     tb = jnp.full((batch,), t)
     out = model_fn(x, tb)
-    x_s, _ = ddim_step(schedule, x, out, tb, jnp.full((batch,), s), prediction)
+    x_s, _ = ddim_step(
+      schedule, x, out, tb, jnp.full((batch,), s), prediction, x0_fn
+    )
     return x_s, (x_s if return_trajectory else None)
 
   x, xs = jax.lax.scan(body, x_T, (ts, nexts))

@@ -1,0 +1,382 @@
+"""DeepFloyd IF stage I's UNet in Flax, read from a diffusers config.json.
+
+Our own port of what diffusers' PyTorch `UNet2DConditionModel` computes for
+IF's configuration (diffusers' Flax UNet cannot run it): residual blocks
+that resample themselves (`ResnetDownsampleBlock2D`,
+`ResnetUpsampleBlock2D`), attention with added key/value projections of
+the text (`SimpleCrossAttn*Block2D`, `UNetMidBlock2DSimpleCrossAttn`), a
+linear projection of the T5 states (`encoder_hid_dim_type='text_proj'`),
+an attention-pooled text vector added to the time embedding
+(`addition_embed_type='text'`), scale-shift time conditioning and a
+learned-range output (epsilon, then the variance interpolation).
+
+Layout: NHWC images. Submodules are named after PyTorch's module paths
+with the index joined by an underscore (`down_blocks.1.attentions.0.to_q`
+is `down_blocks_1/attentions_0/to_q`), so weights convert by rule
+(`teachers.if_loading`). Every parameter carries logical axis names
+(`models.layers`) for FSDP.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from boot_jax.models import attention as attention_lib
+from boot_jax.models import layers
+from boot_jax.models.if_config import (  # noqa: F401 - re-exported
+  ACTIVATIONS,
+  MID_BLOCKS,
+  IFConfigError,
+  check_config,
+  per_block,
+)
+
+
+def _group_norm(groups: int, eps: float, dtype, name: str):
+  return nn.GroupNorm(
+    num_groups=groups,
+    epsilon=eps,
+    use_fast_variance=False,
+    dtype=dtype,
+    scale_init=layers.partitioned(nn.initializers.ones, ("norm",)),
+    bias_init=layers.partitioned(nn.initializers.zeros, ("norm",)),
+    name=name,
+  )
+
+
+def _layer_norm(dtype, name: str):
+  return nn.LayerNorm(
+    epsilon=1e-5,  # torch.nn.LayerNorm's default
+    use_fast_variance=False,
+    dtype=dtype,
+    scale_init=layers.partitioned(nn.initializers.ones, ("norm",)),
+    bias_init=layers.partitioned(nn.initializers.zeros, ("norm",)),
+    name=name,
+  )
+
+
+def timestep_features(t, dim: int, flip: bool = True, shift: float = 0.0):
+  """diffusers' positional `Timesteps`: `[B] -> [B, dim]` (cos first when
+  `flip`), in the default float type."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half) / (half - shift))
+  args = jnp.asarray(t, jnp.result_type(float))[:, None] * freqs[None]
+  sin, cos = jnp.sin(args), jnp.cos(args)
+  emb = jnp.concatenate([cos, sin] if flip else [sin, cos], axis=-1)
+  return jnp.pad(emb, ((0, 0), (0, dim % 2)))
+
+
+class ResnetBlock(nn.Module):
+  """A residual block; `resample` 'down' (2x2 mean) or 'up' (nearest)."""
+
+  features: int
+  groups: int
+  eps: float
+  act: str
+  scale_shift: bool
+  skip_time_act: bool = False
+  out_scale: float = 1.0
+  resample: str | None = None
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, x, emb):
+    act = ACTIVATIONS[self.act]
+    h = act(_group_norm(self.groups, self.eps, self.dtype, "norm1")(x))
+    if self.resample == "down":
+      pool = functools.partial(nn.avg_pool, window_shape=(2, 2), strides=(2, 2))
+      x, h = pool(x), pool(h)
+    elif self.resample == "up":
+      up = lambda a: jnp.repeat(jnp.repeat(a, 2, axis=1), 2, axis=2)  # noqa: E731
+      x, h = up(x), up(h)
+    h = layers.conv(self.features, dtype=self.dtype, name="conv1")(h)
+    e = emb if self.skip_time_act else act(emb)
+    width = 2 * self.features if self.scale_shift else self.features
+    e = layers.dense(width, ("embed", "mlp"), dtype=self.dtype,
+                     name="time_emb_proj")(e)[:, None, None, :]  # fmt: skip
+    norm2 = _group_norm(self.groups, self.eps, self.dtype, "norm2")
+    if self.scale_shift:
+      scale, shift = jnp.split(e, 2, axis=-1)
+      h = norm2(h) * (1 + scale) + shift
+    else:
+      h = norm2(h + e)
+    h = layers.conv(self.features, dtype=self.dtype, name="conv2")(act(h))
+    if x.shape[-1] != self.features:
+      x = layers.conv(self.features, 1, dtype=self.dtype,
+                      name="conv_shortcut")(x)  # fmt: skip
+    return (x + h) / self.out_scale
+
+
+class AddedKVAttention(nn.Module):
+  """Self-attention whose keys and values also hold projected text tokens
+  (diffusers' `Attention` with `added_kv_proj_dim` and its added-KV
+  processor): text keys come first, then the image's own."""
+
+  head_dim: int
+  groups: int
+  norm_cross: bool
+  only_cross: bool = False
+  attention: str = "auto"
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, x, text):
+    b, hh, ww, c = x.shape
+    heads = c // self.head_dim
+    inner = heads * self.head_dim
+    if self.norm_cross:
+      text = _group_norm(32, 1e-5, self.dtype, "norm_cross")(text)
+    h = _group_norm(self.groups, 1e-5, self.dtype, "group_norm")(x)
+    h = h.reshape(b, hh * ww, c)
+
+    def proj(name, y, names=("embed", "heads")):
+      out = layers.dense(inner, names, dtype=self.dtype, name=name)(y)
+      return out.reshape(b, -1, heads, self.head_dim)
+
+    q = proj("to_q", h)
+    k = proj("add_k_proj", text)
+    v = proj("add_v_proj", text)
+    if not self.only_cross:
+      k = jnp.concatenate([k, proj("to_k", h)], axis=1)
+      v = jnp.concatenate([v, proj("to_v", h)], axis=1)
+    out = attention_lib.attend(
+      q, k, v, scale=self.head_dim**-0.5, implementation=self.attention
+    )
+    out = layers.dense(
+      c, ("heads", "embed"), dtype=self.dtype, name="to_out_0"
+    )(out.reshape(b, hh * ww, inner))
+    return out.reshape(b, hh, ww, c) + x
+
+
+class AttentionPooling(nn.Module):
+  """The text vector IF adds to the time embedding: one query (the mean
+  token plus a learned position) attends over itself and every token."""
+
+  heads: int
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, x):
+    b, _, d = x.shape
+    pos = self.param(
+      "positional_embedding",
+      layers.partitioned(nn.initializers.normal(d**-0.5), (None, "embed")),
+      (1, d),
+    )
+    token = x.mean(axis=1, keepdims=True) + pos.astype(x.dtype)
+    seq = jnp.concatenate([token, x], axis=1)
+    split = lambda a: a.reshape(b, -1, self.heads, d // self.heads)  # noqa: E731
+    dense = functools.partial(
+      layers.dense, d, ("embed", "heads"), dtype=self.dtype
+    )
+    q = split(dense(name="q_proj")(token))
+    k = split(dense(name="k_proj")(seq))
+    v = split(dense(name="v_proj")(seq))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    weights = jax.nn.softmax(scores * (d // self.heads) ** -0.5, axis=-1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+    return out.reshape(b, d)
+
+
+class Block(nn.Module):
+  """One down, mid or up block: resnets (each followed by attention in the
+  attention kinds), then the resampling resnet."""
+
+  kind: str
+  features: int
+  num_layers: int
+  head_dim: int
+  resnet: dict
+  attn: dict
+  remat: bool = False
+  resample: str | None = None
+
+  @nn.compact
+  def __call__(self, h, emb, text, skips=None):
+    resnet_cls = nn.remat(ResnetBlock) if self.remat else ResnetBlock
+    attn_cls = nn.remat(AddedKVAttention) if self.remat else AddedKVAttention
+    has_attn = "CrossAttn" in self.kind
+    outs = []
+
+    def attend(i, y):
+      return attn_cls(self.head_dim, **self.attn, name=f"attentions_{i}")(
+        y, text
+      )
+
+    if self.kind in MID_BLOCKS:
+      h = resnet_cls(self.features, **self.resnet, name="resnets_0")(h, emb)
+      for i in range(self.num_layers):
+        h = attend(i, h)
+        h = resnet_cls(self.features, **self.resnet, name=f"resnets_{i + 1}")(
+          h, emb
+        )
+      return h, outs
+    for i in range(self.num_layers):
+      if skips is not None:
+        h = jnp.concatenate([h, skips.pop()], axis=-1)
+      h = resnet_cls(self.features, **self.resnet, name=f"resnets_{i}")(h, emb)
+      if has_attn:
+        h = attend(i, h)
+      outs.append(h)
+    if self.resample:
+      name = "downsamplers_0" if self.resample == "down" else "upsamplers_0"
+      h = resnet_cls(
+        self.features, **self.resnet, resample=self.resample, name=name
+      )(h, emb)
+      if self.resample == "down":
+        outs.append(h)
+    return h, outs
+
+
+class _TimeEmbedding(nn.Module):
+  """diffusers' `TimestepEmbedding`: linear, activation, linear."""
+
+  features: int
+  act: str
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, x):
+    x = layers.dense(self.features, ("embed", "mlp"), dtype=self.dtype,
+                     name="linear_1")(x)  # fmt: skip
+    x = ACTIVATIONS[self.act](x)
+    return layers.dense(self.features, ("mlp", "embed"), dtype=self.dtype,
+                        name="linear_2")(x)  # fmt: skip
+
+
+class _TextTimeEmbedding(nn.Module):
+  """diffusers' `TextTimeEmbedding`: layer norm, attention pooling,
+  projection to the time embedding's width, layer norm."""
+
+  features: int
+  heads: int
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, text):
+    h = _layer_norm(self.dtype, "norm1")(text)
+    h = AttentionPooling(self.heads, self.dtype, name="pool")(h)
+    h = layers.dense(self.features, ("embed", "mlp"), dtype=self.dtype,
+                     name="proj")(h)  # fmt: skip
+    return _layer_norm(self.dtype, "norm2")(h)
+
+
+class IFUNet(nn.Module):
+  """IF stage I's UNet: `(x [B, H, W, C], t [B], text [B, L, D]) -> eps`.
+
+  `full_output` returns all output channels (epsilon, then the learned
+  variance's interpolation); otherwise only the first `in_channels`
+  (epsilon), which is what DDIM and BOOT read.
+  """
+
+  unet_config: dict
+  dtype: object = None
+  attention: str = "auto"
+  remat: bool = False
+  guidance_embedding: bool = False
+  full_output: bool = False
+
+  @nn.compact
+  def __call__(self, x, t, cond=None, train: bool = False, guidance=None):
+    del train  # deterministic (no dropout): teacher and student alike
+    cfg = self.unet_config
+    check_config(cfg)
+    if cond is None:
+      raise ValueError("an IF UNet needs text embeddings")
+    dt = self.dtype
+    widths = list(cfg["block_out_channels"])
+    n = len(widths)
+    act = cfg.get("act_fn", "silu")
+    lpb = per_block(cfg.get("layers_per_block", 2), n)
+    head_dims = per_block(cfg.get("attention_head_dim", 8), n)
+    only_cross = per_block(cfg.get("only_cross_attention", False), n)
+    mid_only = cfg.get("mid_block_only_cross_attention")
+    if mid_only is None:  # diffusers: the single flag's value, else False
+      flag = cfg.get("only_cross_attention", False)
+      mid_only = flag if isinstance(flag, bool) else False
+    groups = int(cfg.get("norm_num_groups", 32))
+    eps = float(cfg.get("norm_eps", 1e-5))
+    resnet = dict(
+      groups=groups,
+      eps=eps,
+      act=act,
+      scale_shift=cfg.get("resnet_time_scale_shift") == "scale_shift",
+      skip_time_act=bool(cfg.get("resnet_skip_time_act", False)),
+      out_scale=float(cfg.get("resnet_out_scale_factor", 1.0)),
+      dtype=dt,
+    )
+    attn = dict(
+      groups=groups,
+      norm_cross=cfg.get("cross_attention_norm") == "group_norm",
+      attention=self.attention,
+      dtype=dt,
+    )
+    x = x.astype(dt or jnp.float32)
+    text = cond.astype(dt or jnp.float32)
+
+    # Time embedding (+ the pooled text, + w for a guided student).
+    temb_dim = 4 * widths[0]
+    emb = _TimeEmbedding(temb_dim, act, dt, name="time_embedding")(
+      timestep_features(
+        t, widths[0], cfg.get("flip_sin_to_cos", True), cfg.get("freq_shift", 0)
+      ).astype(x.dtype)
+    )
+    if cfg.get("addition_embed_type") == "text":
+      emb = emb + _TextTimeEmbedding(
+        temb_dim,
+        int(cfg.get("addition_embed_type_num_heads", 64)),
+        dt,
+        name="add_embedding",
+      )(text)
+    emb = layers.add_guidance(emb, guidance, self.guidance_embedding, dt)
+    if cfg.get("time_embedding_act_fn"):
+      emb = ACTIVATIONS[cfg["time_embedding_act_fn"]](emb)
+    hid_type = cfg.get("encoder_hid_dim_type")
+    if hid_type is None and cfg.get("encoder_hid_dim") is not None:
+      hid_type = "text_proj"  # as diffusers infers it
+    if hid_type == "text_proj":
+      cross = per_block(cfg.get("cross_attention_dim", 1280), n)[0]
+      text = layers.dense(
+        cross, ("embed", "mlp"), dtype=dt, name="encoder_hid_proj"
+      )(text)
+
+    h = layers.conv(widths[0], dtype=dt, name="conv_in")(x)
+    skips = [h]
+    for i, kind in enumerate(cfg["down_block_types"]):
+      block = Block(
+        kind, widths[i], lpb[i], head_dims[i], resnet,
+        dict(attn, only_cross=bool(only_cross[i])), self.remat,
+        "down" if i < n - 1 else None, name=f"down_blocks_{i}",
+      )  # fmt: skip
+      h, outs = block(h, emb, text)
+      skips += outs
+    mid_resnet = dict(
+      resnet, out_scale=float(cfg.get("mid_block_scale_factor", 1))
+    )
+    h, _ = Block(
+      cfg.get("mid_block_type"), widths[-1], 1, head_dims[-1], mid_resnet,
+      dict(attn, only_cross=bool(mid_only)), self.remat, name="mid_block",
+    )(h, emb, text)  # fmt: skip
+    rev_widths, rev_lpb = widths[::-1], lpb[::-1]
+    rev_only = only_cross[::-1]
+    for i, kind in enumerate(cfg["up_block_types"]):
+      block = Block(
+        kind, rev_widths[i], rev_lpb[i] + 1,
+        head_dims[i],  # diffusers does not reverse the head sizes here
+        resnet, dict(attn, only_cross=bool(rev_only[i])), self.remat,
+        "up" if i < n - 1 else None, name=f"up_blocks_{i}",
+      )  # fmt: skip
+      take = rev_lpb[i] + 1
+      mine, skips = skips[-take:], skips[:-take]
+      h, _ = block(h, emb, text, skips=mine)
+    h = _group_norm(groups, eps, dt, "conv_norm_out")(h)
+    out_ch = int(cfg.get("out_channels", 3))
+    h = layers.conv(out_ch, dtype=dt, name="conv_out")(ACTIVATIONS[act](h))
+    if not self.full_output:
+      h = h[..., : x.shape[-1]]
+    return h.astype(jnp.float32)
