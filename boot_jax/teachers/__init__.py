@@ -10,7 +10,7 @@ tests, plus one line in `TEACHERS`.
 
 from __future__ import annotations
 
-from boot_jax.teachers import gmm, network, sd
+from boot_jax.teachers import deepfloyd_if, gmm, network, sd
 from boot_jax.teachers.base import ConditionSpec, Teacher
 
 TEACHERS = {
@@ -18,6 +18,7 @@ TEACHERS = {
   "unet": network,
   "mlp": network,
   "sd": sd,
+  "if": deepfloyd_if,
 }
 
 

@@ -16,6 +16,8 @@ only these, never the family's name.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from boot_jax import diffusion
+from boot_jax import prompts as prompts_lib
 
 CONDITION_KINDS = ("none", "class", "text")
 
@@ -221,3 +224,36 @@ class Teacher:
     return diffusion.ddim_sample(
       fn, x_T, self.schedule, timesteps, self.prediction, **kw
     )
+
+
+DEFAULT_PROMPT_CACHE = os.path.join(
+  os.path.expanduser("~"), ".cache", "boot_jax", "prompts"
+)
+
+
+def prompt_loader(config, encode, encoder_dir: str):
+  """`() -> PromptSet` for a text teacher's config section, loaded on
+  first call and kept (None without `config.prompts`).
+
+  Reads `prompts`, `prompt_column`, `prompt_cache` and `text_encoding`;
+  an unknown encoding is refused here, before anything is read.
+  """
+  encoding = config.get("text_encoding") or "online"
+  known = prompts_lib.ENCODINGS
+  if encoding not in known:
+    raise prompts_lib.PromptError(
+      f"teacher.text_encoding={encoding!r}: expected one of {known}"
+    )
+  if not config.get("prompts"):
+    return None
+  return functools.cache(
+    functools.partial(
+      prompts_lib.load,
+      config.prompts,
+      config.get("prompt_column") or "prompt",
+      encode,
+      config.get("prompt_cache") or DEFAULT_PROMPT_CACHE,
+      encoding,
+      encoder_dir,
+    )
+  )

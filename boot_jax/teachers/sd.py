@@ -22,7 +22,6 @@ import ml_collections
 import numpy as np
 
 from boot_jax import diffusion, paths
-from boot_jax import prompts as prompts_lib
 from boot_jax.models import attention as attention_lib
 from boot_jax.models import layers
 from boot_jax.teachers import base
@@ -226,11 +225,6 @@ def decode(parts: dict, latents, attention: str = "auto"):
   return jnp.transpose(img, (0, 2, 3, 1))
 
 
-DEFAULT_PROMPT_CACHE = os.path.join(
-  os.path.expanduser("~"), ".cache", "boot_jax", "prompts"
-)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class SDTeacher(base.Teacher):
   """Stable Diffusion: latent samples, CLIP prompts, a VAE to pixels.
@@ -349,25 +343,9 @@ def build(
     params = jax.device_put(params, placement(params, specs))
   encode = functools.partial(encode_prompts, parts)
   null = encode([config.get("negative_prompt") or ""])[0]
-  loader = None
-  encoding = config.get("text_encoding") or "online"
-  if encoding not in prompts_lib.ENCODINGS:
-    raise SDError(
-      f"teacher.text_encoding={encoding!r}: expected one of "
-      f"{prompts_lib.ENCODINGS}"
-    )
-  if config.get("prompts"):
-    loader = functools.cache(
-      functools.partial(
-        prompts_lib.load,
-        config.prompts,
-        config.get("prompt_column") or "prompt",
-        encode,
-        config.get("prompt_cache") or DEFAULT_PROMPT_CACHE,
-        encoding,
-        os.path.join(path, "text_encoder"),
-      )
-    )
+  loader = base.prompt_loader(
+    config, encode, os.path.join(path, "text_encoder")
+  )
 
   def apply(params, x_t, t, cond=None):
     return module.apply({"params": params}, x_t, t, cond)

@@ -90,6 +90,14 @@ def check_folder(path: str) -> dict:
     raise SDError("teacher.path must name a diffusers Stable Diffusion folder")
   if not os.path.isdir(path):
     raise SDError(f"teacher folder {path!r} does not exist")
+  index = os.path.join(path, "model_index.json")
+  if os.path.isfile(index):
+    kind = str(read_json(index, "the pipeline").get("_class_name", ""))
+    if kind.startswith("IF"):
+      raise SDError(
+        f"{path} is a DeepFloyd IF folder ({kind}), not Stable Diffusion: "
+        "use configs/if_i_xl.py, if_i_l.py or if_i_m.py"
+      )
   missing = [p for p in PARTS if not os.path.isdir(os.path.join(path, p))]
   if missing:
     raise SDError(

@@ -1,0 +1,214 @@
+r"""Bytes per device of BOOT on DeepFloyd IF-I-XL: state, teacher, T5-XXL.
+
+    python benchmarks/if_memory.py [--write] [--unet-config FILE]
+
+Shape-based (nothing is allocated): traces our Flax IF UNet
+(`models.if_unet`) at IF-I-XL's shapes and transformers' Flax T5 encoder
+at T5 v1.1 XXL's (the IF text encoder), shards them on 16 fake CPU
+devices with our rules (the UNet's parameters carry logical names; T5's
+do not, so FSDP takes the largest divisible dimension of each) and sums
+each device's shard shapes, for fsdp 4, 8 and 16 (data takes the other
+devices; parameters are never split over data).
+
+IF-I-XL's unet/config.json cannot be read offline here; the default
+shapes are stated in the table (704 base channels, x (1, 2, 3, 4), three
+residual blocks a level, 64-wide heads, 4096-wide T5 states: 4.4B
+parameters, which DeepFloyd rounds to 4.3B). Pass your folder's
+`--unet-config /models/if_i_xl/unet/config.json` to measure the real one.
+`--write` replaces the table in docs/text_to_image.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=16"
+)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import demo  # noqa: E402
+
+from boot_jax import sharding  # noqa: E402
+from boot_jax import state as state_lib  # noqa: E402
+from boot_jax.models import if_unet  # noqa: E402
+
+DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "text_to_image.md"
+BEGIN, END = "<!-- if memory: begin -->", "<!-- if memory: end -->"
+GIB = 2**30
+FSDPS = (4, 8, 16)
+TOKENS = 77
+XL = dict(
+  sample_size=64,
+  in_channels=3,
+  out_channels=6,
+  block_out_channels=[704, 1408, 2112, 2816],
+  layers_per_block=3,
+  down_block_types=["ResnetDownsampleBlock2D"]
+  + ["SimpleCrossAttnDownBlock2D"] * 3,
+  up_block_types=["SimpleCrossAttnUpBlock2D"] * 3 + ["ResnetUpsampleBlock2D"],
+  mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+  attention_head_dim=64,
+  cross_attention_dim=4096,
+  encoder_hid_dim=4096,
+  encoder_hid_dim_type="text_proj",
+  addition_embed_type="text",
+  addition_embed_type_num_heads=64,
+  cross_attention_norm="group_norm",
+  resnet_time_scale_shift="scale_shift",
+  act_fn="gelu",
+)
+# google/t5-v1_1-xxl, the encoder IF's folders ship.
+T5_XXL = dict(
+  vocab_size=32128,
+  d_model=4096,
+  d_kv=64,
+  d_ff=10240,
+  num_layers=24,
+  num_heads=64,
+  feed_forward_proj="gated-gelu",
+)
+
+
+def per_device(tree, shardings) -> float:
+  return float(
+    sum(
+      math.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
+      for a, s in zip(
+        jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True
+      )
+    )
+  )
+
+
+def unet_abstract(cfg: dict):
+  module = if_unet.IFUNet(cfg)
+  res = int(cfg.get("sample_size", 64))
+  width = int(cfg.get("encoder_hid_dim") or cfg["cross_attention_dim"])
+  return jax.eval_shape(
+    module.init,
+    jax.random.key(0),
+    jax.ShapeDtypeStruct((1, res, res, 3), jnp.float32),
+    jax.ShapeDtypeStruct((1,), jnp.float32),
+    jax.ShapeDtypeStruct((1, TOKENS, width), jnp.float32),
+  )["params"]
+
+
+def t5_abstract():
+  from transformers import T5Config
+
+  from boot_jax.teachers import if_loading
+
+  t5 = if_loading.flax_t5()  # transformers' Flax T5, fixed for this jax
+  model = t5.FlaxT5EncoderModel(T5Config(**T5_XXL), _do_init=False)
+  ids = jnp.zeros((1, 1), "i4")
+  return jax.eval_shape(
+    lambda: model.module.init(jax.random.key(0), ids, ids + 1)["params"]
+  )
+
+
+def rows(cfg: dict) -> list[str]:
+  boxed = unet_abstract(cfg)
+  params = nn.meta.unbox(boxed)
+  opt = optax.adamw(1e-5)
+  state = jax.eval_shape(lambda p: state_lib.create(p, opt, True), params)
+  specs = sharding.logical_specs(
+    jax.eval_shape(lambda p: state_lib.create(p, opt, True), boxed)
+  )
+  t5 = t5_abstract()
+  n_unet = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+  n_t5 = sum(math.prod(x.shape) for x in jax.tree.leaves(t5))
+  out = []
+  for f in FSDPS:
+    mesh = sharding.make_mesh(
+      ml_collections.ConfigDict(dict(data=16 // f, fsdp=f, tensor=1))
+    )
+    rules = sharding.DEFAULT_RULES
+    student = per_device(
+      state, sharding.tree_shardings(state, specs, mesh, rules)
+    )
+    teacher = per_device(
+      params,
+      sharding.tree_shardings(
+        params, sharding.logical_specs(boxed), mesh, rules
+      ),
+    )
+    text = per_device(
+      t5,
+      sharding.tree_shardings(
+        t5,
+        jax.tree.map(lambda _: jax.sharding.PartitionSpec(), t5),
+        mesh,
+        rules,
+      ),
+    )
+    gib = lambda b: f"{b / GIB:.2f}"  # noqa: E731
+    out.append(
+      f"| {f} | {gib(student)} | {gib(teacher)} | {gib(text)} | "
+      f"{gib(student + teacher + text)} |"
+    )
+    print(out[-1], flush=True)
+  return [f"{n_unet / 1e9:.2f}", f"{n_t5 / 1e9:.2f}", *out]
+
+
+def section(cfg: dict, source: str) -> str:
+  n_unet, n_t5, *table = rows(cfg)
+  date = datetime.date.today().isoformat()
+  return (
+    "\n".join(
+      [
+        BEGIN,
+        "Command: `python benchmarks/if_memory.py --write` (shard shapes on "
+        f"16 fake CPU devices, jax {jax.__version__}, {date}). UNet: "
+        f"{source}, {n_unet}B parameters; T5 v1.1 XXL encoder: {n_t5}B. "
+        "GiB per device, float32, activations excluded; the frozen teacher "
+        "and T5 over fsdp (`sharding.teacher=auto` does that above 1 GiB).",
+        "",
+        "| fsdp | student params + AdamW + EMA | teacher UNet | T5-XXL "
+        "encoder | total |",
+        "|---|---|---|---|---|",
+        *table,
+        END,
+      ]
+    )
+    + "\n"
+  )
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--write", action="store_true", help="update the doc")
+  p.add_argument("--unet-config", help="a unet/config.json to measure")
+  args = p.parse_args()
+  if args.unet_config:
+    cfg = json.loads(pathlib.Path(args.unet_config).read_text())
+    source = f"`{args.unet_config}`"
+  else:
+    cfg = XL
+    source = (
+      "IF-I-XL's assumed shapes (see the script: 704 base channels x "
+      "(1, 2, 3, 4), 3 blocks a level)"
+    )
+  text = section(cfg, source)
+  print(text)
+  if args.write:
+    demo.write_section(DOC, text, BEGIN, END)
+
+
+if __name__ == "__main__":
+  main()

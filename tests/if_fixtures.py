@@ -1,0 +1,169 @@
+"""Tiny random DeepFloyd IF stage I folders, written by PyTorch code.
+
+The UNet is diffusers' `UNet2DConditionModel` with IF's block types and
+config keys; the text encoder transformers' `T5EncoderModel` (v1.1: gated
+GELU); the tokenizer a sentencepiece model trained here on a few lines
+(T5's special ids: pad 0, eos 1, unk 2); the scheduler IF's DDPM config.
+`IFPipeline.save_pretrained` writes the folder. Every weight is rounded to
+float16 first, so the fp32, sharded and fp16-variant files of one folder
+hold exactly the same numbers.
+"""
+
+import json
+
+SENTENCES = (
+  "a red square on a blue background",
+  "a photo of a cat sitting on a mat",
+  "an oil painting of the sea at night",
+  "two dogs playing in the snow",
+  "a green circle and a yellow triangle",
+  "the quick brown fox jumps over the lazy dog",
+)
+T5_WIDTH = 32
+
+
+def sentencepiece_model(directory) -> str:
+  """Trains a 48-piece unigram model; returns the spiece.model path."""
+  import sentencepiece as spm
+
+  directory.mkdir(parents=True, exist_ok=True)
+  corpus = directory / "corpus.txt"
+  corpus.write_text("\n".join(SENTENCES * 4) + "\n")
+  prefix = directory / "spiece"
+  spm.SentencePieceTrainer.train(
+    input=str(corpus),
+    model_prefix=str(prefix),
+    vocab_size=48,
+    model_type="unigram",
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    character_coverage=1.0,
+    minloglevel=2,
+  )
+  corpus.unlink()
+  return str(prefix) + ".model"
+
+
+def unet_config(resolution: int = 64) -> dict:
+  """IF's keys at tiny widths: three levels (16, 8, 4 at 16 px), the
+  first with resnet resampling only, the others with added-KV attention."""
+  return dict(
+    sample_size=resolution,
+    in_channels=3,
+    out_channels=6,
+    block_out_channels=(32, 32, 64),
+    layers_per_block=1,
+    down_block_types=(
+      "ResnetDownsampleBlock2D",
+      "SimpleCrossAttnDownBlock2D",
+      "SimpleCrossAttnDownBlock2D",
+    ),
+    up_block_types=(
+      "SimpleCrossAttnUpBlock2D",
+      "SimpleCrossAttnUpBlock2D",
+      "ResnetUpsampleBlock2D",
+    ),
+    mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+    attention_head_dim=16,  # IF: the head size (64 in IF-I)
+    cross_attention_dim=32,
+    encoder_hid_dim=T5_WIDTH,
+    encoder_hid_dim_type="text_proj",
+    addition_embed_type="text",
+    addition_embed_type_num_heads=4,
+    cross_attention_norm="group_norm",
+    resnet_time_scale_shift="scale_shift",
+    act_fn="gelu",
+    time_embedding_act_fn="gelu",
+    norm_eps=1e-5,
+  )
+
+
+def make_folder(
+  path, seed: int = 0, resolution: int = 64, eps_scale: float = 1.0
+):
+  """Writes a complete tiny IF folder; returns the PyTorch pipeline.
+
+  `eps_scale` multiplies the output convolution: at PyTorch's own
+  initialisation (1.0) guided DDIM with a random UNet is chaotic (float32
+  differences of 1e-5 grow about 4x per step, as they do between two
+  float64 runs), so DDIM parity uses 0.03, where the trajectory depends
+  smoothly on the network.
+  """
+  import torch
+  from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
+  from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+  torch.manual_seed(seed)
+  unet = UNet2DConditionModel(**unet_config(resolution))
+  spiece = sentencepiece_model(path.parent / f"{path.name}_spm")
+  tokenizer = T5Tokenizer(spiece, extra_ids=0, legacy=False)
+  text = T5EncoderModel(
+    T5Config(
+      vocab_size=len(tokenizer),
+      d_model=T5_WIDTH,
+      d_kv=8,
+      d_ff=64,
+      num_layers=2,
+      num_heads=4,
+      relative_attention_num_buckets=8,
+      feed_forward_proj="gated-gelu",
+      dropout_rate=0.0,
+    )
+  )
+  with torch.no_grad():
+    for module in (unet, text):
+      for p in module.parameters():
+        # Random, not default, weights everywhere (default norms are 1 and
+        # 0, which would hide a mistake in converting them).
+        p.add_(0.05 * torch.randn_like(p))
+    unet.conv_out.weight.mul_(eps_scale)
+    unet.conv_out.bias.mul_(eps_scale)
+    for module in (unet, text):
+      for p in module.parameters():
+        p.copy_(p.half().float())  # exactly representable in float16
+  unet.eval()
+  text.eval()
+  # IF's own scheduler config (scripts/convert_if.py in diffusers).
+  scheduler = DDPMScheduler(
+    variance_type="learned_range",
+    beta_schedule="squaredcos_cap_v2",
+    prediction_type="epsilon",
+    thresholding=True,
+    dynamic_thresholding_ratio=0.95,
+    sample_max_value=1.5,
+  )
+  pipe = IFPipeline(
+    tokenizer=tokenizer,
+    text_encoder=text,
+    unet=unet,
+    scheduler=scheduler,
+    safety_checker=None,
+    feature_extractor=None,
+    watermarker=None,
+    requires_safety_checker=False,
+  )
+  pipe.save_pretrained(str(path), safe_serialization=True)
+  return pipe
+
+
+def sharded_fp16_copy(pipe, path) -> None:
+  """The same pipeline saved again with sharded fp16-variant weights."""
+  import copy
+
+  pipe.save_pretrained(str(path), safe_serialization=True)
+  for part in ("unet", "text_encoder"):
+    for f in (path / part).glob("*.safetensors"):
+      f.unlink()
+    half = copy.deepcopy(getattr(pipe, part)).half()
+    half.save_pretrained(
+      str(path / part),
+      safe_serialization=True,
+      variant="fp16",
+      max_shard_size="400KB" if part == "unet" else "40KB",
+    )
+
+
+def read_config(path) -> dict:
+  return json.loads((path / "unet" / "config.json").read_text())
