@@ -148,21 +148,28 @@ def make_folder(
   return pipe
 
 
-def sharded_fp16_copy(pipe, path) -> None:
-  """The same pipeline saved again with sharded fp16-variant weights."""
+def sharded_copy(pipe, path, fp16: bool) -> None:
+  """The same pipeline saved again with sharded weights (an index json
+  naming the shards), in float32 or as the fp16 variant."""
   import copy
 
   pipe.save_pretrained(str(path), safe_serialization=True)
   for part in ("unet", "text_encoder"):
     for f in (path / part).glob("*.safetensors"):
       f.unlink()
-    half = copy.deepcopy(getattr(pipe, part)).half()
-    half.save_pretrained(
+    module = copy.deepcopy(getattr(pipe, part))
+    module.to(torch_dtype(fp16)).save_pretrained(
       str(path / part),
       safe_serialization=True,
-      variant="fp16",
+      variant="fp16" if fp16 else None,
       max_shard_size="400KB" if part == "unet" else "40KB",
     )
+
+
+def torch_dtype(fp16: bool):
+  import torch
+
+  return torch.float16 if fp16 else torch.float32
 
 
 def read_config(path) -> dict:
