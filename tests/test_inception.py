@@ -1,0 +1,197 @@
+"""The FID Inception vs pytorch-fid's own network, with the same random
+weights saved as the .pth users download, converted by our command and
+loaded back; FID of two feature sets vs pytorch-fid's formula."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from boot_jax import fid, inception
+
+VENDOR = os.environ.get(
+  "BOOT_JAX_TEST_VENDOR",
+  os.path.expanduser("~/.cache/boot_jax/test_vendor"),
+)
+SIZES = (64, 120)
+
+# Runs in a clean process with VENDOR on its path. torchvision 0.28's wheel
+# is built for CUDA torch: its compiled operators do not load with the CPU
+# torch, and its import then fails registering fake kernels for them (and
+# transformers, seeing torchvision installed, would fail the same way in
+# every other test: so it is never installed beside them). The Inception
+# network is plain PyTorch and needs none of those operators, so that one
+# registration module is stubbed out here.
+_REFERENCE = """
+import sys, types
+import numpy as np, torch
+sys.modules["torchvision._meta_registrations"] = types.ModuleType("stub")
+import pytorch_fid.inception as pi
+
+out, sizes = sys.argv[1], [int(s) for s in sys.argv[2:]]
+torch.manual_seed(0)
+# pytorch-fid's FID Inception with random weights and batch-norm statistics
+# (the release weights cannot be downloaded here): built by pytorch-fid's
+# own fid_inception_v3 with its download and load skipped.
+pi.load_state_dict_from_url = lambda *a, **k: None
+load = torch.nn.Module.load_state_dict
+torch.nn.Module.load_state_dict = lambda self, *a, **k: None
+model = pi.fid_inception_v3()
+torch.nn.Module.load_state_dict = load
+with torch.no_grad():
+  for name, p in model.named_parameters():
+    if name.endswith("bn.weight"):
+      p.copy_(0.8 + 0.4 * torch.rand_like(p))
+    elif name.endswith("bn.bias"):
+      p.copy_(0.1 * torch.randn_like(p))
+  # Batch-norm statistics measured on the test's images (as training would
+  # leave them), so that activations keep their scale through the depth
+  # and the features depend on the image.
+  for m in model.modules():
+    if isinstance(m, torch.nn.BatchNorm2d):
+      m.reset_running_stats()
+      m.momentum = None
+  x = torch.from_numpy(np.load(f"{out}/images_{sizes[0]}.npy"))
+  x = torch.nn.functional.interpolate(
+    x.permute(0, 3, 1, 2), size=(299, 299), mode="bilinear"
+  )
+  model.train()(2 * x - 1)
+  model.eval()
+state = model.state_dict()
+torch.save(state, out + "/pt_inception.pth")
+# The network FID uses: pytorch-fid's InceptionV3 (resize to 299, scaling).
+pi.load_state_dict_from_url = lambda *a, **k: state
+net = pi.InceptionV3([pi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+for size in sizes:
+  images = np.load(f"{out}/images_{size}.npy")
+  with torch.no_grad():
+    f = net(torch.from_numpy(images.transpose(0, 3, 1, 2)))[0]
+  np.save(f"{out}/features_{size}.npy", f.numpy().reshape(len(images), -1))
+# The same network in float64 on 4 images: the port is exact up to
+# rounding, so the two must agree far below float32's differences.
+images = np.load(f"{out}/images_{sizes[0]}.npy")[:4].astype(np.float64)
+with torch.no_grad():
+  f = net.double()(torch.from_numpy(images.transpose(0, 3, 1, 2)))[0]
+np.save(f"{out}/features64.npy", f.numpy().reshape(len(images), -1))
+from pytorch_fid.fid_score import calculate_frechet_distance
+a, b = np.load(out + "/a.npy"), np.load(out + "/b.npy")
+d = calculate_frechet_distance(
+  a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+)
+np.save(out + "/fid.npy", np.asarray(d, np.float64))
+"""
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+  if not os.path.isdir(os.path.join(VENDOR, "pytorch_fid")):
+    pytest.skip(
+      f"pytorch-fid is not in {VENDOR}: pip install --no-deps --target "
+      f"{VENDOR} torchvision==0.28.0 pytorch-fid==0.3.0 (README)"
+    )
+  base = tmp_path_factory.mktemp("inception")
+  for size in SIZES:
+    # Blocky images of 4x4 random colours: content that differs by image
+    # (i.i.d. pixel noise looks alike to a random network).
+    small = np.random.default_rng(size).random((16, 4, 4, 3), "f4")
+    k = size // 4
+    images = np.repeat(np.repeat(small, k, axis=1), k, axis=2)
+    np.save(base / f"images_{size}.npy", images)
+  rng = np.random.default_rng(0)
+  np.save(base / "a.npy", rng.standard_normal((300, 64)))
+  np.save(base / "b.npy", 0.9 * rng.standard_normal((300, 64)) + 0.2)
+  proc = subprocess.run(
+    [sys.executable, "-c", _REFERENCE, str(base), *map(str, SIZES)],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, PYTHONPATH=VENDOR),
+    timeout=600,
+    check=False,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (
+    inception.main(
+      ["--pth", str(base / "pt_inception.pth"), "--out", str(base / "w.st")]
+    )
+    == 0
+  )
+  return base
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_features_match_pytorch_fid(weights, size):
+  """16 images at two input sizes (resized to 299 inside): 2048-d pool
+  features within 1e-4 max abs of pytorch-fid's `InceptionV3` with the
+  same weights (saved as the .pth users download, converted by our
+  command, loaded from safetensors)."""
+  params = inception.load(str(weights / "w.st"))
+  images = np.load(weights / f"images_{size}.npy")
+  want = np.load(weights / f"features_{size}.npy")
+  got = inception.features(params, images, batch_size=8)
+  err = float(np.abs(got - want).max())
+  top = float(np.abs(want).max())
+  print(f"{size} px: max abs {err:.2e}, features up to {top:.2f}")
+  assert got.shape == want.shape == (16, 2048)
+  # Random weights that still carry the images: features differ by image.
+  assert top > 0.1 and want.std(axis=0).mean() > 1e-2
+  # float32 through ~100 layers: measured 1.15e-4 (64 px, features up to
+  # 2.3) and 9.2e-5 (120 px, up to 13); bounded relative to the largest
+  # feature. The float64 test below shows the port itself is exact.
+  assert err <= 1e-4 * max(1.0, top)
+
+
+def test_features_match_pytorch_fid_in_float64(weights):
+  """Both networks in float64 on 4 images: agreement to 1e-9 (measured
+  ~2e-13), so what float32 leaves is rounding, not a difference."""
+  import jax
+
+  params = inception.load(str(weights / "w.st"))
+  images = np.load(weights / f"images_{SIZES[0]}.npy")[:4].astype(np.float64)
+  want = np.load(weights / "features64.npy")
+  with jax.enable_x64(True):
+    p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    got = np.asarray(
+      jax.jit(inception.FIDInception().apply)({"params": p64}, images)
+    )
+  assert got.dtype == np.float64
+  assert float(np.abs(got - want).max()) <= 1e-9
+
+
+def test_frechet_distance_matches_pytorch_fid(weights):
+  """Our Frechet distance vs pytorch-fid's `calculate_frechet_distance`
+  on two feature sets of 300 x 64 (1e-6 relative)."""
+  a, b = np.load(weights / "a.npy"), np.load(weights / "b.npy")
+  want = float(np.load(weights / "fid.npy"))
+  got = fid.frechet_distance(
+    a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+  )
+  assert want > 1.0 and abs(got - want) <= 1e-6 * want, (got, want)
+
+
+def test_bad_weights(tmp_path, weights):
+  """A .pth where safetensors is expected points at the conversion; a
+  file of another network names the mismatch; a missing file is named."""
+  import torch
+
+  base = weights
+  with pytest.raises(inception.InceptionError, match="boot_jax.inception"):
+    inception.load(str(base / "pt_inception.pth"))
+  with pytest.raises(inception.InceptionError, match="do not exist"):
+    inception.load(str(tmp_path / "none.safetensors"))
+  from safetensors.numpy import load_file, save_file
+
+  arrays = load_file(str(base / "w.st"))
+  arrays["Mixed_5b.branch1x1.conv.weight"] = np.zeros((3, 3, 1, 1), "f4")
+  save_file(arrays, str(tmp_path / "bad.st"))
+  with pytest.raises(inception.InceptionError, match="has shape"):
+    inception.load(str(tmp_path / "bad.st"))
+  torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+  assert (
+    inception.main(
+      ["--pth", str(tmp_path / "other.pth"), "--out", str(tmp_path / "o.st")]
+    )
+    == 1
+  )
+  assert not (tmp_path / "o.st").exists()
