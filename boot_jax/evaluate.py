@@ -354,8 +354,9 @@ def main(argv, f):
   workdir = f["workdir"].value
   try:
     text_eval.check_flags(f)
-    text = f["protocol"].value == "text"
-    path = paths.join(workdir, "eval_text.json" if text else "eval.json")
+    protocol = f["protocol"].value
+    name = "eval.json" if protocol == "default" else f"eval_{protocol}.json"
+    path = paths.join(workdir, name)
     # Refuse up front what could not be written at the end.
     if not paths.is_remote(workdir):
       if os.path.isdir(workdir) and not os.access(workdir, os.W_OK):
@@ -371,17 +372,8 @@ def main(argv, f):
           f"--num_samples must be >= 1, got {f['num_samples'].value}"
         )
       model.config.eval.num_samples = f["num_samples"].value
-    if text:
-      report = text_eval.clip_report(
-        model,
-        params,
-        f["captions"].value,
-        f["clip"].value,
-        f["num_captions"].value,
-        f["seed"].value,
-        f["guidance"].value,
-        printer=cli.printer,
-      )
+    if protocol != "default":
+      report = text_eval.protocol_report(f, model, params, cli.printer)
     else:
       report = evaluate(model, params, printer=cli.printer)
     report["checkpoint_step"] = step

@@ -36,6 +36,33 @@ def captions_of(path: str, num: int) -> list[str]:
   return captions[:num]
 
 
+def stream_student(
+  model, params, num, seed, guidance, batch_size, conds, consume, printer
+):
+  """One-step student images for examples 0..num-1 (noise row i of
+  `sample --seed`, `conds`' condition i), handed to `consume(pixels)`
+  batch by batch as `sample` writes them. Returns `(w, images/s)`."""
+  w = sample.resolve_guidance(model, guidance, "student", False)
+  fn = sample.jit_on_mesh(
+    model, sample.make_sampler(model, params, "student", 1, w)
+  )
+  shape = tuple(model.teacher.sample_shape)
+  batch = sample.batch_for(model, num, batch_size, strict=False)
+  rate = sample.stream(
+    fn,
+    lambda s, k: inference.noise(shape, k, seed, s),
+    conds.rows,
+    num,
+    batch,
+    lambda s, e, smp, pix: consume(pix),
+    lambda smp: model.teacher.pixels(smp, batch),
+    progress=lambda done, total: printer(
+      f"evaluate: {done:,}/{total:,} images"
+    ),
+  )
+  return w, rate
+
+
 def clip_report(
   model: inference.Model,
   params,
@@ -51,35 +78,27 @@ def clip_report(
   if model.student is None or model.teacher.condition.kind != "text":
     raise TextEvalError(
       "--protocol text needs a text-to-image student (a BOOT run of a "
-      "Stable Diffusion teacher)"
+      "Stable Diffusion or DeepFloyd IF teacher)"
     )
   captions = captions_of(captions_file, num)
   # A bad folder fails here, before any sampling; a gs:// one is read
   # through the local cache.
   scorer = clip_score.ClipScorer(paths.local_copy(clip_dir))
-  w = sample.resolve_guidance(model, guidance, "student", False)
-  fn = sample.jit_on_mesh(
-    model, sample.make_sampler(model, params, "student", 1, w)
-  )
-  shape = tuple(model.teacher.sample_shape)
-  n = len(captions)
-  batch = sample.batch_for(model, n, batch_size, strict=False)
-  conds = sample.Conditions(model, texts=captions)
   embeddings = []
-  printer(f"evaluate: CLIP score of {n:,} captions (batch {batch})")
-  rate = sample.stream(
-    fn,
-    lambda s, k: inference.noise(shape, k, seed, s),
-    conds.rows,
+  n = len(captions)
+  printer(f"evaluate: CLIP score of {n:,} captions")
+  w, rate = stream_student(
+    model,
+    params,
     n,
-    batch,
-    lambda s, e, smp, pix: embeddings.append(
+    seed,
+    guidance,
+    batch_size,
+    sample.Conditions(model, texts=captions),
+    lambda pix: embeddings.append(
       scorer.image_embeddings(scorer.preprocess(pix))
     ),
-    lambda smp: model.teacher.pixels(smp, batch),
-    progress=lambda done, total: printer(
-      f"evaluate: {done:,}/{total:,} images"
-    ),
+    printer,
   )
   image_emb = np.concatenate(embeddings)
   score = clip_score.clip_score(image_emb, scorer.text_embeddings(captions))
@@ -96,16 +115,18 @@ def clip_report(
 
 
 def define_flags() -> dict:
-  """The flags of `evaluate --protocol text`."""
+  """The flags of `evaluate --protocol text` and `--protocol pixel`."""
   from absl import flags  # noqa: PLC0415
 
   return dict(
     protocol=flags.DEFINE_enum(
       "protocol",
       "default",
-      ["default", "text"],
+      ["default", "text", "pixel"],
       "default: the report of the run's kind (digits, mixture, agreement); "
-      "text: the CLIP score over --captions (writes W/eval_text.json).",
+      "text: the CLIP score over --captions (writes W/eval_text.json); "
+      "pixel: Inception FID, KID and precision/recall against --reference "
+      "(writes W/eval_pixel.json).",
     ),
     captions=flags.DEFINE_string(
       "captions", None, "Caption file of --protocol text (txt/jsonl/csv)."
@@ -116,6 +137,12 @@ def define_flags() -> dict:
     num_captions=flags.DEFINE_integer(
       "num_captions", DEFAULT_CAPTIONS, "Captions scored (the first ones)."
     ),
+    reference=flags.DEFINE_string(
+      "reference", None, "Statistics of --protocol pixel (fid_stats --out)."
+    ),
+    inception=flags.DEFINE_string(
+      "inception", None, "FID Inception weights (.safetensors) for pixel."
+    ),
     seed=flags.DEFINE_integer("seed", 0, "Noise seed (as sample --seed)."),
     guidance=flags.DEFINE_float(
       "guidance", None, "Guidance w (default: the run's trained w)."
@@ -123,14 +150,43 @@ def define_flags() -> dict:
   )
 
 
+NEEDS = {"text": ("captions", "clip"), "pixel": ("reference", "inception")}
+
+
 def check_flags(f) -> None:
-  """Refuses a text protocol without its inputs, before loading anything."""
-  if f["protocol"].value != "text":
-    return
-  for name in ("captions", "clip"):
+  """Refuses a protocol without its inputs, before loading anything."""
+  for name in NEEDS.get(f["protocol"].value, ()):
     if not f[name].value:
-      raise TextEvalError(f"--protocol text needs --{name}")
+      raise TextEvalError(f"--protocol {f['protocol'].value} needs --{name}")
   if f["num_captions"].value < 1:
     raise TextEvalError(
       f"--num_captions must be >= 1, got {f['num_captions'].value}"
     )
+
+
+def protocol_report(f, model, params, printer=print) -> dict:
+  """The report of `--protocol text` or `pixel` (see their modules)."""
+  if f["protocol"].value == "text":
+    return clip_report(
+      model,
+      params,
+      f["captions"].value,
+      f["clip"].value,
+      f["num_captions"].value,
+      f["seed"].value,
+      f["guidance"].value,
+      printer=printer,
+    )
+  from boot_jax import pixel_eval  # noqa: PLC0415
+
+  num = f["num_samples"].value or pixel_eval.DEFAULT_SAMPLES
+  return pixel_eval.pixel_report(
+    model,
+    params,
+    f["reference"].value,
+    f["inception"].value,
+    num,
+    f["seed"].value,
+    f["guidance"].value,
+    printer=printer,
+  )

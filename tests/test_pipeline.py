@@ -492,3 +492,78 @@ def test_export_digits_student(student_dir, tmp_path):
   err = float(np.abs(got - s["images"]).max())
   print(f"digits export vs sample: max abs {err:.2e}")
   assert err <= 1e-6, err
+
+
+def test_fid_stats_then_evaluate_pixel_protocol(student_dir, tmp_path, capsys):
+  """`fid_stats` on an image folder, then `evaluate --protocol pixel` on
+  the trained digits run (random Inception weights: the weights of the
+  release cannot be downloaded here). Its FID equals the Frechet distance
+  of what `sample` writes for the same seed (1e-6 relative); a reference
+  made with other preprocessing, an empty folder and a .pth are refused
+  in one line."""
+  from PIL import Image
+  from test_inception import random_weights_file
+
+  from boot_jax import fid, fid_stats
+
+  weights = tmp_path / "inception.safetensors"
+  random_weights_file(weights)
+  folder = tmp_path / "real"
+  folder.mkdir()
+  digits = data.load_digits().images[:40]
+  for i, img in enumerate(digits):
+    u8 = np.round((img[..., 0] + 1) * 127.5).astype(np.uint8)
+    Image.fromarray(u8).save(folder / f"{i:03d}.png")
+  ref = tmp_path / "ref.npz"
+  code, out, err = run_module(
+    "boot_jax.fid_stats", "--images", folder, "--size", 8,
+    "--inception", weights, "--out", ref,
+  )  # fmt: skip
+  assert code == 0, err[-3000:]
+  with np.load(ref) as f:
+    assert int(f["count"]) == 40 and f["features"].shape == (40, 2048)
+    assert str(f["preprocessing"]) == fid_stats.PREPROCESSING
+    ref_mu, ref_sigma = f["mu"], f["sigma"]
+  code, out, err = run_module(
+    "boot_jax.evaluate", "--workdir", student_dir, "--protocol", "pixel",
+    "--reference", ref, "--inception", weights, "--num_samples", 24,
+  )  # fmt: skip
+  assert code == 0, err[-3000:]
+  report = json.loads((student_dir / "eval_pixel.json").read_text())
+  assert report["num_samples"] == 24 and report["reference_count"] == 40
+  assert 0 <= report["precision"] <= 1 and 0 <= report["recall"] <= 1
+  assert np.isfinite(report["kid"])
+  code, _, err = run_module(
+    "boot_jax.sample", "--workdir", student_dir, "--out", tmp_path / "s.npz",
+    "--num", 24, "--seed", 0,
+  )  # fmt: skip
+  assert code == 0, err[-3000:]
+  images = np.load(tmp_path / "s.npz")["images"]
+  feats = fid_stats.Extractor(str(weights)).features(images)
+  want = fid.frechet_distance(*fid.gaussian(feats), ref_mu, ref_sigma)
+  assert want > 0
+  assert abs(report["fid_inception"] - want) <= 1e-6 * want, (report, want)
+
+  other = tmp_path / "other.npz"
+  with np.load(ref) as f:
+    stats = {k: f[k] for k in f.files}
+  stats["preprocessing"] = np.asarray("resized with PIL bicubic")
+  np.savez(other, **stats)
+  (tmp_path / "empty").mkdir()
+  code, _, err = run_module(
+    "boot_jax.evaluate", "--workdir", student_dir, "--protocol", "pixel",
+    "--reference", other, "--inception", weights,
+  )  # fmt: skip
+  lines = error_lines(err)
+  assert code != 0 and len(lines) == 1, err[-2000:]
+  assert "another preprocessing" in lines[0]
+  # fid_stats' own errors (its main, in process: the same lines).
+  for args, expected in (
+    (["--images", str(tmp_path / "empty"), "--size", "8"], "holds no PNG"),
+    (["--digits"], "convert it once"),
+  ):
+    w = str(weights if "--images" in args else tmp_path / "w.pth")
+    assert fid_stats.main([*args, "--inception", w, "--out", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err, err
+    assert len(err.strip().splitlines()) == 1

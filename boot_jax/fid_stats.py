@@ -1,0 +1,157 @@
+r"""Reference statistics of real images for Inception FID, KID and P/R.
+
+    python -m boot_jax.fid_stats --inception inception_fid.safetensors \
+      (--images DIR --size S | --idx FILE --size S | --digits) --out ref.npz
+
+The file holds the mean and covariance of the images' 2048-d Inception
+features (float64), the sample count, up to `--keep` feature rows
+(float32; KID and precision/recall need samples, not moments), and what
+made them: the extractor's identity, the weights file's SHA-256 and the
+preprocessing. `evaluate --protocol pixel` refuses a reference whose
+extractor, weights or preprocessing differ from its own.
+
+Preprocessing (`PREPROCESSING`), for references and samples alike: images
+in [-1, 1] are quantised to uint8 as a PNG would store them
+(`round((x + 1) * 127.5)`), read back in [0, 1], grey images repeated to
+3 channels, then the extractor's own resize to 299 and scaling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+
+import numpy as np
+
+from boot_jax import data, fid, inception, paths
+
+PREPROCESSING = (
+  "uint8 quantisation round((x+1)*127.5)/255, grey to RGB, bilinear resize "
+  "to 299 (half-pixel centres, no antialiasing), 2x-1"
+)
+DEFAULT_KEEP = 10_000
+
+
+class StatsError(ValueError):
+  """Reference statistics that cannot be made or used as asked."""
+
+
+def to_unit_rgb(images) -> np.ndarray:
+  """Images in [-1, 1] `[N, H, W, C]` -> uint8-quantised RGB in [0, 1]."""
+  x = np.asarray(images, np.float32)
+  x = np.round((np.clip(x, -1.0, 1.0) + 1.0) * 127.5) / 255.0
+  if x.shape[-1] == 1:
+    x = np.repeat(x, 3, axis=-1)
+  if x.shape[-1] != 3:
+    raise StatsError(f"images must have 1 or 3 channels, not {x.shape[-1]}")
+  return x.astype(np.float32)
+
+
+def weights_sha256(path: str) -> str:
+  return hashlib.sha256(paths.read_bytes(path)).hexdigest()
+
+
+class Extractor:
+  """The Inception with its weights, and the identity stored with stats."""
+
+  def __init__(self, weights: str):
+    self.params = inception.load(weights)
+    self.identity = dict(
+      extractor=inception.IDENTITY,
+      weights_sha256=weights_sha256(weights),
+      preprocessing=PREPROCESSING,
+    )
+
+  def features(self, images, batch_size: int = 50) -> np.ndarray:
+    """Features of images in [-1, 1] (quantised as PREPROCESSING says)."""
+    return inception.features(self.params, to_unit_rgb(images), batch_size)
+
+
+def make(
+  features: np.ndarray, identity: dict, source: str, keep: int = DEFAULT_KEEP
+) -> dict:
+  if len(features) < 2:
+    raise StatsError(
+      f"{source}: {len(features)} image(s); statistics need at least 2"
+    )
+  mu, sigma = fid.gaussian(features)
+  return dict(
+    mu=mu,
+    sigma=sigma,
+    count=len(features),
+    features=np.asarray(features[:keep], np.float32),
+    source=source,
+    **identity,
+  )
+
+
+def save(stats: dict, out: str) -> None:
+  import io  # noqa: PLC0415
+
+  buf = io.BytesIO()
+  np.savez(buf, **{k: np.asarray(v) for k, v in stats.items()})
+  paths.write_atomic(out, buf.getvalue())
+
+
+def load(path: str, identity: dict) -> dict:
+  """A reference file, refused in one line if it was made otherwise."""
+  if not paths.isfile(path):
+    raise StatsError(f"reference statistics {path} do not exist")
+  import io  # noqa: PLC0415
+
+  try:
+    with np.load(io.BytesIO(paths.read_bytes(path))) as f:
+      stats = {k: f[k] for k in f.files}
+  except (OSError, ValueError) as e:
+    raise StatsError(f"cannot read {path}: {e}") from None
+  for key, want in identity.items():
+    got = str(stats.get(key, "(missing)"))
+    if got != want:
+      raise StatsError(
+        f"{path} was made with another {key} ({got[:80]!r}, here "
+        f"{want[:80]!r}): remake it with python -m boot_jax.fid_stats"
+      )
+  return stats
+
+
+def _images(args) -> tuple[np.ndarray, str]:
+  if args.digits:
+    return data.load_digits(args.size or 8).images, "digits"
+  if not args.size:
+    raise StatsError("--size (pixels) is needed with --images and --idx")
+  if args.images:
+    ds = data.load_image_folder(paths.local_copy(args.images), args.size)
+    return ds.images, f"folder:{args.images}"
+  ds = data.load_idx(paths.local_copy(args.idx), None, args.size)
+  return ds.images, f"idx:{args.idx}"
+
+
+def main(argv=None) -> int:
+  import argparse  # noqa: PLC0415
+
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--images", help="a folder of PNG/JPEG images")
+  src.add_argument("--idx", help="an IDX image file (MNIST format)")
+  src.add_argument("--digits", action="store_true", help="sklearn's digits")
+  p.add_argument("--size", type=int, help="image size (folders, idx)")
+  p.add_argument("--inception", required=True, help="FID weights")
+  p.add_argument("--out", required=True, help="the .npz to write")
+  p.add_argument("--keep", type=int, default=DEFAULT_KEEP, help="rows kept")
+  p.add_argument("--batch", type=int, default=50)
+  args = p.parse_args(argv)
+  try:
+    images, source = _images(args)
+    extractor = Extractor(args.inception)
+    print(f"fid_stats: {len(images):,} images of {source}", flush=True)
+    feats = extractor.features(images, args.batch)
+    save(make(feats, extractor.identity, source, args.keep), args.out)
+  except (ValueError, OSError) as e:
+    print(f"error: {' '.join(str(e).split())[:300]}", file=sys.stderr)
+    return 1
+  print(f"wrote {args.out} ({len(feats):,} images)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
