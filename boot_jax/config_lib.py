@@ -138,6 +138,12 @@ def base_config() -> ml_collections.ConfigDict:
   # default the ends and middle of boot.guidance_range).
   c.eval.guidance = placeholder(float)
   c.eval.guidance_scales = placeholder(tuple)
+  # Inception FID, KID and precision/recall at every evaluation of an image
+  # run, on `inception_samples` one-step samples, when both files are set
+  # (FID Inception weights; `python -m boot_jax.fid_stats` statistics).
+  c.eval.inception = placeholder(str)
+  c.eval.reference = placeholder(str)
+  c.eval.inception_samples = 256
   return c
 
 

@@ -235,7 +235,8 @@ def run_in_workdir(
     items: `state -> {name: pytree}` saved in each checkpoint; must hold
       'state' (what resuming restores).
     evaluate: `(step, state) -> dict | None`, every `train.eval_every`
-      steps; a returned `{"images": {tag: uint8 grid}}` goes to TensorBoard.
+      steps; a returned `{"images": {tag: uint8 grid}}` goes to TensorBoard,
+      `{"scalars": {name: value}}` to metrics.jsonl and TensorBoard.
     printer: where progress lines go.
     sync: wait for each step (multi-device CPU meshes).
 
@@ -284,6 +285,14 @@ def run_in_workdir(
     out = evaluate(step, st)
     for tag, grid in (out or {}).get("images", {}).items():
       tb.image(tag, grid, step)
+    scalars = (out or {}).get("scalars")
+    if scalars:
+      writer.write(step, scalars)
+      tb.write(step, scalars)
+      printer(
+        f"evaluation at step {step}: "
+        + ", ".join(f"{k} {v:.4g}" for k, v in sorted(scalars.items()))
+      )
     return out
 
   skip_fraction = t.get("max_skipped_fraction")

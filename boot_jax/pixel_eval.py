@@ -68,17 +68,11 @@ def pixel_report(
     printer,
   )
   fake = np.concatenate(feats)
-  mu, sigma = fid.gaussian(fake)
   real = np.asarray(ref["features"], np.float64)
-  kid_mean, kid_std = feature_metrics.kid(real, fake)
-  precision, recall = feature_metrics.precision_recall(real, fake, k=3)
+  m = _metrics(fake, ref)
   return {
     "protocol": "pixel",
-    "fid_inception": fid.frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
-    "kid": kid_mean,
-    "kid_std": kid_std,
-    "precision": precision,
-    "recall": recall,
+    **m,
     "num_samples": num,
     "reference": reference,
     "reference_count": int(ref["count"]),
@@ -88,3 +82,44 @@ def pixel_report(
     "guidance": None if w is None else float(w),
     "images_per_s": rate,
   }
+
+
+def _metrics(fake, ref: dict) -> dict:
+  """FID, KID and precision/recall of feature rows against `ref`."""
+  real = np.asarray(ref["features"], np.float64)
+  kid_mean, kid_std = feature_metrics.kid(real, fake)
+  precision, recall = feature_metrics.precision_recall(real, fake, k=3)
+  mu, sigma = fid.gaussian(fake)
+  return {
+    "fid_inception": fid.frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
+    "kid": kid_mean,
+    "kid_std": kid_std,
+    "precision": precision,
+    "recall": recall,
+  }
+
+
+def scores(extractor, ref: dict, images) -> dict:
+  """`_metrics` of images in [-1, 1], named for metrics.jsonl."""
+  m = _metrics(extractor.features(images), ref)
+  return {f"eval/{k}": v for k, v in m.items()}
+
+
+def loop_scorer(config):
+  """`images -> scalars` for the training loop's evaluations, or None
+  unless `eval.inception` and `eval.reference` are both set (checked and
+  read once, at the start of training)."""
+  weights, reference = (
+    config.eval.get("inception"),
+    config.eval.get("reference"),
+  )
+  if not weights and not reference:
+    return None
+  if not (weights and reference):
+    raise fid_stats.StatsError(
+      "eval.inception and eval.reference go together (Inception weights "
+      "and fid_stats statistics)"
+    )
+  extractor = fid_stats.Extractor(weights)
+  ref = fid_stats.load(reference, extractor.identity)
+  return lambda images: scores(extractor, ref, images)

@@ -7,7 +7,8 @@ r"""Distil a teacher into a one-step student with BOOT.
 Writes the work-directory contract (README.md): config.json (the resolved
 config), checkpoints/ (orbax; every train.ckpt_every steps, at the end and
 on SIGTERM), metrics.jsonl, tb/ (TensorBoard), samples/ (a PNG grid of the
-student's one-step samples on fixed noise at every evaluation) and, when
+student's one-step samples on fixed noise at every evaluation, and the
+teacher's DDIM on the same noise once: teacher.png) and, when
 `eval.final` is set, eval.json. Rerunning the same command continues from
 the latest checkpoint.
 
@@ -36,6 +37,7 @@ from boot_jax import (
   lock,
   loop,
   paths,
+  pixel_eval,
   sharding,
   teachers,
 )
@@ -74,20 +76,58 @@ def sample_grid_fn(setup: loop.Setup, config, workdir: str):
     pad = batch - len(a)
     return jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
 
-  def hook(step, state):
-    params = driver.params_for_sampling(state)
-    out = np.concatenate(
+  def one_step(params, e, c, n):
+    return np.concatenate(
       [
-        np.asarray(generate(params, rows(eps, i), rows(cond, i)))
-        for i in range(0, num, batch)
+        np.asarray(generate(params, rows(e, i), rows(c, i)))
+        for i in range(0, n, batch)
       ]
-    )[:num]
+    )[:n]
+
+  scorer = pixel_eval.loop_scorer(config)
+  n_scored = int(config.eval.get("inception_samples") or 256)
+  scored = evaluate.eval_inputs(setup.teacher, n_scored, config.eval.seed + 1)
+  teacher_png = paths.join(workdir, "samples", "teacher.png")
+  teacher_fn = None
+  if not config.boot.get("guidance_range") and not paths.exists(teacher_png):
+    # The teacher's DDIM on the grid's noise, drawn once per work directory.
+    steps = max(tuple(config.eval.get("agreement_steps") or ()) or (25,))
+    ts = setup.teacher.ddim_timesteps(int(steps))
+    w = config.boot.get("guidance")
+    teacher_fn = jax.jit(
+      lambda p, e, c: setup.teacher.ddim(p, e, ts, c, w),
+      out_shardings=sharding.replicated(setup.mesh),
+    )
+
+  def hook(step, state):
+    nonlocal teacher_fn
+    params = driver.params_for_sampling(state)
+    out = one_step(params, eps, cond, num)
+    scalars = {}
+    if scorer is not None:
+      images = one_step(params, scored[0], scored[1], n_scored)
+      scalars = scorer(setup.teacher.pixels(images, batch))
+    teacher = None
+    if teacher_fn is not None:
+      tp = setup.teacher.params
+      teacher = np.concatenate(
+        [
+          np.asarray(teacher_fn(tp, rows(eps, i), rows(cond, i)))
+          for i in range(0, num, batch)
+        ]
+      )[:num]
+      teacher_fn = None
     if not sharding.is_lead():
       return
+    ncol = int(np.sqrt(num))
     out = setup.teacher.pixels(out, batch)
     path = paths.join(workdir, "samples", f"student_{step:07d}.png")
-    grid = workdir_lib.save_image_grid(out, path, ncol=int(np.sqrt(num)))
-    return {"images": {"samples/student": grid}}
+    images = {"samples/student": workdir_lib.save_image_grid(out, path, ncol)}
+    if teacher is not None:
+      images["samples/teacher"] = workdir_lib.save_image_grid(
+        setup.teacher.pixels(teacher, batch), teacher_png, ncol
+      )
+    return {"images": images, "scalars": scalars}
 
   return hook
 

@@ -2,7 +2,8 @@
 
     W/config.json     the resolved config
     W/checkpoints/    orbax checkpoints (see checkpoint.py)
-    W/metrics.jsonl   one JSON object per logged step
+    W/metrics.jsonl   one JSON object per logged step (and per evaluation
+                      with eval/* scores when eval.inception is set)
     W/samples/        PNG grids
     W/tb/             TensorBoard event files
 

@@ -70,13 +70,41 @@ def teacher_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory, teacher_dir):
+  """The digits run most tests read. Its evaluation also measures
+  Inception FID/KID/precision/recall on 16 samples (random Inception
+  weights; a reference of 40 digits) and draws the teacher's grid once."""
+  from test_inception import random_weights_file
+
+  from boot_jax import fid_stats
+
   path = tmp_path_factory.mktemp("student")
+  extra = tmp_path_factory.mktemp("inception")
+  weights = extra / "inception.safetensors"
+  random_weights_file(weights)
+  extractor = fid_stats.Extractor(str(weights))
+  real = data.load_digits().images[:40]
+  stats = fid_stats.make(extractor.features(real), extractor.identity, "d")
+  fid_stats.save(stats, str(extra / "ref.npz"))
   code, out, err = run_module(
-    "boot_jax.train", *_boot_args(teacher_dir), "--workdir", path
+    "boot_jax.train",
+    *_boot_args(teacher_dir),
+    f"--config.eval.inception={weights}",
+    f"--config.eval.reference={extra / 'ref.npz'}",
+    "--config.eval.inception_samples=16",
+    "--workdir",
+    path,
   )
   assert code == 0, err[-3000:]
   assert (path / "samples" / "student_0000010.png").exists()
-  assert ("samples/student", 10) in _tb_images(path)
+  assert (path / "samples" / "teacher.png").exists()
+  tb = _tb_images(path)
+  assert ("samples/student", 10) in tb and ("samples/teacher", 10) in tb
+  rows = (path / "metrics.jsonl").read_text().splitlines()
+  rows = [json.loads(r) for r in rows]
+  (row,) = [r for r in rows if "eval/fid_inception" in r]
+  assert row["step"] == 10 and row["eval/fid_inception"] > 0
+  assert 0 <= row["eval/precision"] <= 1 and 0 <= row["eval/recall"] <= 1
+  assert "evaluation at step 10: eval/fid_inception" in out
   return path
 
 
