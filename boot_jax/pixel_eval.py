@@ -52,6 +52,10 @@ def pixel_report(
       "--protocol pixel takes no prompts: use --protocol text for a "
       "text-to-image student"
     )
+  if num < 2:
+    raise fid_stats.StatsError(
+      f"--protocol pixel needs at least 2 samples, got --num_samples {num}"
+    )
   extractor = fid_stats.Extractor(weights)
   ref = fid_stats.load(reference, extractor.identity)  # before sampling
   feats = []

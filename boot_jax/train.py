@@ -85,8 +85,9 @@ def sample_grid_fn(setup: loop.Setup, config, workdir: str):
     )[:n]
 
   scorer = pixel_eval.loop_scorer(config)
-  n_scored = int(config.eval.get("inception_samples") or 256)
-  scored = evaluate.eval_inputs(setup.teacher, n_scored, config.eval.seed + 1)
+  if scorer is not None:
+    n_scored = int(config.eval.get("inception_samples") or 256)
+    scored = evaluate.eval_inputs(setup.teacher, n_scored, config.eval.seed + 1)
   teacher_png = paths.join(workdir, "samples", "teacher.png")
   teacher_fn = None
   if not config.boot.get("guidance_range") and not paths.exists(teacher_png):
@@ -103,10 +104,9 @@ def sample_grid_fn(setup: loop.Setup, config, workdir: str):
     nonlocal teacher_fn
     params = driver.params_for_sampling(state)
     out = one_step(params, eps, cond, num)
-    scalars = {}
-    if scorer is not None:
-      images = one_step(params, scored[0], scored[1], n_scored)
-      scalars = scorer(setup.teacher.pixels(images, batch))
+    scored_images = None
+    if scorer is not None:  # every process samples (the step is sharded)
+      scored_images = one_step(params, scored[0], scored[1], n_scored)
     teacher = None
     if teacher_fn is not None:
       tp = setup.teacher.params
@@ -127,6 +127,9 @@ def sample_grid_fn(setup: loop.Setup, config, workdir: str):
       images["samples/teacher"] = workdir_lib.save_image_grid(
         setup.teacher.pixels(teacher, batch), teacher_png, ncol
       )
+    scalars = {}
+    if scored_images is not None:  # Inception on the lead process only
+      scalars = scorer(setup.teacher.pixels(scored_images, batch))
     return {"images": images, "scalars": scalars}
 
   return hook
