@@ -144,6 +144,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.inception = placeholder(str)
   c.eval.reference = placeholder(str)
   c.eval.inception_samples = 256
+  # Draw the teacher's DDIM grid on the student grid's noise at the first
+  # evaluation of a work directory (costly for large teachers on a CPU).
+  c.eval.teacher_grid = True
   return c
 
 

@@ -90,7 +90,11 @@ def sample_grid_fn(setup: loop.Setup, config, workdir: str):
     scored = evaluate.eval_inputs(setup.teacher, n_scored, config.eval.seed + 1)
   teacher_png = paths.join(workdir, "samples", "teacher.png")
   teacher_fn = None
-  if not config.boot.get("guidance_range") and not paths.exists(teacher_png):
+  if (
+    config.eval.get("teacher_grid", True)
+    and not config.boot.get("guidance_range")
+    and not paths.exists(teacher_png)
+  ):
     # The teacher's DDIM on the grid's noise, drawn once per work directory.
     steps = max(tuple(config.eval.get("agreement_steps") or ()) or (25,))
     ts = setup.teacher.ddim_timesteps(int(steps))

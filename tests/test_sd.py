@@ -181,6 +181,7 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
     "--config.train.log_every=1",
     "--config.boot.num_steps=4",
     "--config.mesh.data=1",
+    "--config.eval.teacher_grid=false",  # checked in the digits run
     "--workdir",
     str(work),
   ]
@@ -586,6 +587,9 @@ def test_sd15_as_shipped_at_512_px(tmp_path):
     "--config.train.steps=2",
     "--config.train.batch_size=2",
     "--config.train.eval_every=2",
+    # The teacher's 25-step grid at 512 px would double this test's time;
+    # it is checked in the digits run (tests/test_pipeline.py).
+    "--config.eval.teacher_grid=false",
     "--workdir",
     work,
     cwd=root,
