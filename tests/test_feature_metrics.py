@@ -1,13 +1,18 @@
 """KID and precision/recall against independent references.
 
-References: scikit-learn's `polynomial_kernel` (degree 3, gamma 1/d,
-coef0 1) on the same subsets for KID, and scikit-learn's
-`NearestNeighbors` with scipy's `cdist` for the k-NN balls. Both sides
-compute in float64, so 1e-9 relative leaves only rounding.
+torch-fidelity 0.4.0 itself (its `kid_features_to_metric` and
+`prc_features_to_metric`, run in the vendor folder's process, fed float64
+features so both sides compute in float64), scikit-learn's
+`polynomial_kernel` (degree 3, gamma 1/d, coef0 1) on the same subsets for
+KID, and scikit-learn's `NearestNeighbors` with scipy's `cdist` for the
+k-NN balls. 1e-9 relative leaves only float64 rounding, except
+torch-fidelity's precision and recall, which it averages in float32
+(1e-6).
 """
 
 import numpy as np
 import pytest
+import vendor
 from scipy.spatial.distance import cdist
 from sklearn.metrics.pairwise import polynomial_kernel
 from sklearn.neighbors import NearestNeighbors
@@ -23,12 +28,12 @@ def _sets(n=300, m=250, d=16, shift=0.3, seed=0):
 def test_kid_matches_sklearn_kernel_on_the_same_subsets():
   x, y = _sets()
   mean, std = fm.kid(x, y, subsets=7, subset_size=100, seed=3)
-  rng = np.random.default_rng(3)
+  rng = np.random.RandomState(3)  # noqa: NPY002 (as torch-fidelity draws)
   values = []
   d = x.shape[1]
   for _ in range(7):
-    a = x[rng.choice(len(x), 100, replace=False)]
     b = y[rng.choice(len(y), 100, replace=False)]
+    a = x[rng.choice(len(x), 100, replace=False)]
 
     def k(p, q):
       return polynomial_kernel(p, q, degree=3, gamma=1.0 / d, coef0=1)
@@ -58,6 +63,60 @@ def test_precision_recall_match_nearest_neighbours():
   assert 0.0 < p < 1.0 and 0.0 < r < 1.0
   assert fm.precision_recall(x, x) == (1.0, 1.0)
   assert fm.precision_recall(x, y + 100.0) == (0.0, 0.0)
+
+
+_TORCH_FIDELITY = """
+import json
+import numpy as np, torch
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import prc_features_to_metric
+
+base = sys.argv[1]
+real = torch.from_numpy(np.load(base + "/real.npy"))
+fake = torch.from_numpy(np.load(base + "/fake.npy"))
+# torch-fidelity's convention: input 1 generated, input 2 real; its
+# default kernel, subsets, seed and neighbourhood except the sizes.
+out = {
+  "default": kid_features_to_metric(fake, real, verbose=False),
+  "small": kid_features_to_metric(
+    fake, real, kid_subsets=9, kid_subset_size=120, rng_seed=5, verbose=False
+  ),
+  "prc": prc_features_to_metric(fake, real, verbose=False),
+}
+json.dump(out, open(base + "/out.json", "w"))
+"""
+
+
+def test_kid_and_precision_recall_match_torch_fidelity(tmp_path):
+  """torch-fidelity's own functions on the same float64 features: KID
+  with its defaults (100 subsets of 1,000, seed 2020) and with other
+  sizes and seed, precision/recall with k = 3."""
+  vendor.require("torch_fidelity")
+  rng = np.random.default_rng(1)
+  real = rng.normal(size=(1100, 32))
+  fake = 0.9 * rng.normal(size=(1050, 32)) + 0.15
+  np.save(tmp_path / "real.npy", real)
+  np.save(tmp_path / "fake.npy", fake)
+  vendor.run(_TORCH_FIDELITY, tmp_path)
+  import json
+
+  want = json.loads((tmp_path / "out.json").read_text())
+  for name, kwargs in (
+    ("default", {}),
+    ("small", dict(subsets=9, subset_size=120, seed=5)),
+  ):
+    mean, std = fm.kid(real, fake, **kwargs)
+    ref = want[name]
+    print(name, mean, ref["kernel_inception_distance_mean"])
+    assert mean > 1e-3  # the sets differ: a value worth comparing
+    assert mean == pytest.approx(
+      ref["kernel_inception_distance_mean"], rel=1e-9
+    )
+    assert std == pytest.approx(ref["kernel_inception_distance_std"], rel=1e-9)
+  p, r = fm.precision_recall(real, fake, k=3)
+  assert 0.0 < p < 1.0 and 0.0 < r < 1.0
+  assert abs(p - want["prc"]["precision"]) <= 1e-6
+  assert abs(r - want["prc"]["recall"]) <= 1e-6
 
 
 def test_blocks_do_not_change_results(monkeypatch):

@@ -2,32 +2,17 @@
 weights saved as the .pth users download, converted by our command and
 loaded back; FID of two feature sets vs pytorch-fid's formula."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+import vendor
 
 from boot_jax import fid, inception
 
-VENDOR = os.environ.get(
-  "BOOT_JAX_TEST_VENDOR",
-  os.path.expanduser("~/.cache/boot_jax/test_vendor"),
-)
 SIZES = (64, 120)
 
-# Runs in a clean process with VENDOR on its path. torchvision 0.28's wheel
-# is built for CUDA torch: its compiled operators do not load with the CPU
-# torch, and its import then fails registering fake kernels for them (and
-# transformers, seeing torchvision installed, would fail the same way in
-# every other test: so it is never installed beside them). The Inception
-# network is plain PyTorch and needs none of those operators, so that one
-# registration module is stubbed out here.
+# Runs in a clean process with the vendor folder on its path (tests/vendor.py).
 _REFERENCE = """
-import sys, types
 import numpy as np, torch
-sys.modules["torchvision._meta_registrations"] = types.ModuleType("stub")
 import pytorch_fid.inception as pi
 
 out, sizes = sys.argv[1], [int(s) for s in sys.argv[2:]]
@@ -69,12 +54,14 @@ for size in sizes:
   with torch.no_grad():
     f = net(torch.from_numpy(images.transpose(0, 3, 1, 2)))[0]
   np.save(f"{out}/features_{size}.npy", f.numpy().reshape(len(images), -1))
-# The same network in float64 on 4 images: the port is exact up to
-# rounding, so the two must agree far below float32's differences.
-images = np.load(f"{out}/images_{sizes[0]}.npy")[:4].astype(np.float64)
-with torch.no_grad():
-  f = net.double()(torch.from_numpy(images.transpose(0, 3, 1, 2)))[0]
-np.save(f"{out}/features64.npy", f.numpy().reshape(len(images), -1))
+# The same network in float64: the port is exact up to rounding (the
+# float64 test), and these are what float32 rounding is measured against.
+net = net.double()
+for size in sizes:
+  images = np.load(f"{out}/images_{size}.npy").astype(np.float64)
+  with torch.no_grad():
+    f = net(torch.from_numpy(images.transpose(0, 3, 1, 2)))[0]
+  np.save(f"{out}/features64_{size}.npy", f.numpy().reshape(len(images), -1))
 from pytorch_fid.fid_score import calculate_frechet_distance
 a, b = np.load(out + "/a.npy"), np.load(out + "/b.npy")
 d = calculate_frechet_distance(
@@ -86,11 +73,7 @@ np.save(out + "/fid.npy", np.asarray(d, np.float64))
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-  if not os.path.isdir(os.path.join(VENDOR, "pytorch_fid")):
-    pytest.skip(
-      f"pytorch-fid is not in {VENDOR}: pip install --no-deps --target "
-      f"{VENDOR} torchvision==0.28.0 pytorch-fid==0.3.0 (README)"
-    )
+  vendor.require("pytorch_fid")
   base = tmp_path_factory.mktemp("inception")
   for size in SIZES:
     # Blocky images of 4x4 random colours: content that differs by image
@@ -102,15 +85,7 @@ def weights(tmp_path_factory):
   rng = np.random.default_rng(0)
   np.save(base / "a.npy", rng.standard_normal((300, 64)))
   np.save(base / "b.npy", 0.9 * rng.standard_normal((300, 64)) + 0.2)
-  proc = subprocess.run(
-    [sys.executable, "-c", _REFERENCE, str(base), *map(str, SIZES)],
-    capture_output=True,
-    text=True,
-    env=dict(os.environ, PYTHONPATH=VENDOR),
-    timeout=600,
-    check=False,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  vendor.run(_REFERENCE, base, *SIZES)
   assert (
     inception.main(
       ["--pth", str(base / "pt_inception.pth"), "--out", str(base / "w.st")]
@@ -123,23 +98,34 @@ def weights(tmp_path_factory):
 @pytest.mark.parametrize("size", SIZES)
 def test_features_match_pytorch_fid(weights, size):
   """16 images at two input sizes (resized to 299 inside): 2048-d pool
-  features within 1e-4 max abs of pytorch-fid's `InceptionV3` with the
-  same weights (saved as the .pth users download, converted by our
-  command, loaded from safetensors)."""
+  features of pytorch-fid's `InceptionV3` with the same weights (saved as
+  the .pth users download, converted by our command, loaded from
+  safetensors), both in float32, and the exact (float64) features."""
   params = inception.load(str(weights / "w.st"))
   images = np.load(weights / f"images_{size}.npy")
   want = np.load(weights / f"features_{size}.npy")
+  exact = np.load(weights / f"features64_{size}.npy")
   got = inception.features(params, images, batch_size=8)
   err = float(np.abs(got - want).max())
+  ours = float(np.abs(got - exact).max())
+  theirs = float(np.abs(want - exact).max())
   top = float(np.abs(want).max())
-  print(f"{size} px: max abs {err:.2e}, features up to {top:.2f}")
+  print(
+    f"{size} px: ours vs pytorch-fid {err:.2e} max abs, features up to "
+    f"{top:.2f}; vs float64: ours {ours:.2e}, pytorch-fid's {theirs:.2e}"
+  )
   assert got.shape == want.shape == (16, 2048)
   # Random weights that still carry the images: features differ by image.
   assert top > 0.1 and want.std(axis=0).mean() > 1e-2
-  # float32 through ~100 layers: measured 1.15e-4 (64 px, features up to
-  # 2.3) and 9.2e-5 (120 px, up to 13); bounded relative to the largest
-  # feature. The float64 test below shows the port itself is exact.
+  # The issue's bar is 1e-4 max abs. Measured: 1.15e-4 at 64 px (features
+  # up to 2.3) and 9.2e-5 at 120 px (up to 13); but pytorch-fid's own
+  # float32 features are 1.7e-4 / 3.0e-4 from its float64 ones (ours
+  # 1.8e-4 / 2.75e-4): the bar is below float32's own rounding through
+  # ~100 layers. So: within 1e-4 of the largest feature, and no further
+  # from the exact features than 1.5x pytorch-fid's own float32 (the
+  # float64 test below shows the port computes the same function).
   assert err <= 1e-4 * max(1.0, top)
+  assert ours <= 1.5 * theirs
 
 
 def test_features_match_pytorch_fid_in_float64(weights):
@@ -149,7 +135,7 @@ def test_features_match_pytorch_fid_in_float64(weights):
 
   params = inception.load(str(weights / "w.st"))
   images = np.load(weights / f"images_{SIZES[0]}.npy")[:4].astype(np.float64)
-  want = np.load(weights / "features64.npy")
+  want = np.load(weights / f"features64_{SIZES[0]}.npy")[:4]
   with jax.enable_x64(True):
     p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     got = np.asarray(
