@@ -84,13 +84,9 @@ def load_digits(image_size: int = 8) -> Dataset:
   return Dataset(images, digits.target.astype(np.int32), 10, "digits")
 
 
-def load_image_folder(path: str, image_size: int, channels: int = 3) -> Dataset:
-  """All PNG/JPEG images under `path`, resized; labels from sub-folders.
-
-  A `gs://` folder is downloaded once into the local cache (paths.py).
-  """
-  from PIL import Image, UnidentifiedImageError
-
+def image_files(path: str) -> tuple[str, list[str]]:
+  """`(local folder, sorted PNG/JPEG files under it)`; a `gs://` folder is
+  downloaded once into the local cache (paths.py)."""
   if paths.is_remote(path):
     if not paths.isdir(path):
       raise DataError(f"image folder {path!r} does not exist")
@@ -105,6 +101,17 @@ def load_image_folder(path: str, image_size: int, channels: int = 3) -> Dataset:
   )
   if not files:
     raise DataError(f"image folder {path!r} holds no PNG or JPEG files")
+  return path, files
+
+
+def load_image_folder(path: str, image_size: int, channels: int = 3) -> Dataset:
+  """All PNG/JPEG images under `path`, resized; labels from sub-folders.
+
+  A `gs://` folder is downloaded once into the local cache (paths.py).
+  """
+  from PIL import Image, UnidentifiedImageError
+
+  path, files = image_files(path)
   classes = sorted(
     {os.path.relpath(os.path.dirname(f), path) for f in files} - {"."}
   )

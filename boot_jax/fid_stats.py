@@ -10,6 +10,11 @@ made them: the extractor's identity, the weights file's SHA-256 and the
 preprocessing. `evaluate --protocol pixel` refuses a reference whose
 extractor, weights or preprocessing differ from its own.
 
+A folder's images (PNG/JPEG, sorted by path) are read `--batch` at a
+time (memory holds one batch of pixels and the 2048-d features): RGB, the
+largest centred square, resized to `--size` with PIL's bicubic filter, as
+text-to-image references (COCO) are usually made square.
+
 Preprocessing (`PREPROCESSING`), for references and samples alike: images
 in [-1, 1] are quantised to uint8 as a PNG would store them
 (`round((x + 1) * 127.5)`), read back in [0, 1], grey images repeated to
@@ -114,16 +119,62 @@ def load(path: str, identity: dict) -> dict:
   return stats
 
 
-def _images(args) -> tuple[np.ndarray, str]:
+def read_square(path: str, size: int) -> np.ndarray:
+  """An image file as `[size, size, 3]` in [-1, 1]: RGB, the largest
+  centred square cropped, resized with PIL's bicubic filter."""
+  from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+
+  try:
+    with Image.open(path) as img:
+      img = img.convert("RGB")
+      w, h = img.size
+      s = min(w, h)
+      left, top = (w - s) // 2, (h - s) // 2
+      img = img.crop((left, top, left + s, top + s))
+      img = img.resize((size, size), Image.BICUBIC)
+      arr = np.asarray(img, np.float32)
+  except (OSError, UnidentifiedImageError) as e:
+    raise StatsError(f"cannot read image {path!r}: {e}") from None
+  return arr / 127.5 - 1.0
+
+
+def folder_features(extractor, folder, size, batch, printer=print):
+  """Features of every image of `folder` (`read_square`), read and
+  scored `batch` images at a time: memory holds one batch of pixels."""
+  _, files = data.image_files(folder)
+  feats = []
+  for i in range(0, len(files), batch):
+    part = files[i : i + batch]
+    feats.append(
+      extractor.features(np.stack([read_square(f, size) for f in part]), batch)
+    )
+    done = i + len(part)
+    if done == len(files) or (i // batch) % 20 == 19:
+      printer(f"fid_stats: {done:,}/{len(files):,} images")
+  return np.concatenate(feats)
+
+
+def _features(args, extractor) -> tuple[np.ndarray, str]:
   if args.digits:
-    return data.load_digits(args.size or 8).images, "digits"
-  if not args.size:
+    images, source = data.load_digits(args.size or 8).images, "digits"
+  elif not args.size:
     raise StatsError("--size (pixels) is needed with --images and --idx")
-  if args.images:
-    ds = data.load_image_folder(paths.local_copy(args.images), args.size)
-    return ds.images, f"folder:{args.images}"
-  ds = data.load_idx(paths.local_copy(args.idx), None, args.size)
-  return ds.images, f"idx:{args.idx}"
+  elif args.images:
+    source = f"folder:{args.images} (centre square, bicubic to {args.size})"
+    print(f"fid_stats: images of {source}", flush=True)
+    feats = folder_features(
+      extractor,
+      args.images,
+      args.size,
+      args.batch,
+      lambda m: print(m, flush=True),
+    )
+    return feats, source
+  else:
+    ds = data.load_idx(paths.local_copy(args.idx), None, args.size)
+    images, source = ds.images, f"idx:{args.idx}"
+  print(f"fid_stats: {len(images):,} images of {source}", flush=True)
+  return extractor.features(images, args.batch), source
 
 
 def main(argv=None) -> int:
@@ -141,10 +192,12 @@ def main(argv=None) -> int:
   p.add_argument("--batch", type=int, default=50)
   args = p.parse_args(argv)
   try:
-    images, source = _images(args)
+    if args.size is not None and args.size < 1:
+      raise StatsError(f"--size must be >= 1, got {args.size}")
+    if args.batch < 1:
+      raise StatsError(f"--batch must be >= 1, got {args.batch}")
     extractor = Extractor(args.inception)
-    print(f"fid_stats: {len(images):,} images of {source}", flush=True)
-    feats = extractor.features(images, args.batch)
+    feats, source = _features(args, extractor)
     save(make(feats, extractor.identity, source, args.keep), args.out)
   except (ValueError, OSError) as e:
     print(f"error: {' '.join(str(e).split())[:300]}", file=sys.stderr)

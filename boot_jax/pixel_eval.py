@@ -73,7 +73,7 @@ def pixel_report(
   )
   fake = np.concatenate(feats)
   real = np.asarray(ref["features"], np.float64)
-  m = _metrics(fake, ref)
+  m = metrics(fake, ref)
   return {
     "protocol": "pixel",
     **m,
@@ -88,24 +88,26 @@ def pixel_report(
   }
 
 
-def _metrics(fake, ref: dict) -> dict:
-  """FID, KID and precision/recall of feature rows against `ref`."""
+def metrics(fake, ref: dict, k: int = 3) -> dict:
+  """FID, KID and precision/recall of feature rows against `ref`
+  (precision and recall only when both sets have more than k rows)."""
   real = np.asarray(ref["features"], np.float64)
   kid_mean, kid_std = feature_metrics.kid(real, fake)
-  precision, recall = feature_metrics.precision_recall(real, fake, k=3)
   mu, sigma = fid.gaussian(fake)
-  return {
+  out = {
     "fid_inception": fid.frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
     "kid": kid_mean,
     "kid_std": kid_std,
-    "precision": precision,
-    "recall": recall,
   }
+  if min(len(real), len(fake)) > k:
+    p, r = feature_metrics.precision_recall(real, fake, k=k)
+    out |= {"precision": p, "recall": r}
+  return out
 
 
 def scores(extractor, ref: dict, images) -> dict:
-  """`_metrics` of images in [-1, 1], named for metrics.jsonl."""
-  m = _metrics(extractor.features(images), ref)
+  """`metrics` of images in [-1, 1], named for metrics.jsonl."""
+  m = metrics(extractor.features(images), ref)
   return {f"eval/{k}": v for k, v in m.items()}
 
 

@@ -2,7 +2,8 @@
 
     python -m boot_jax.evaluate --workdir W --protocol text \
       --captions captions.txt --clip /models/clip-vit-large-patch14 \
-      [--num_captions 5000] [--seed 0] [--guidance W]
+      [--num_captions 5000] [--seed 0] [--guidance W] \
+      [--reference coco_ref.npz --inception inception_fid.safetensors]
 
 The protocol (docs/evaluation.md): the first `num_captions` distinct
 captions of the file in file order (a .txt, .jsonl, .csv or .parquet file,
@@ -11,8 +12,12 @@ the noise of `sample --seed` (image i uses noise row i) and the run's
 trained guidance unless `--guidance`; the images as `sample` writes them
 (clipped to [-1, 1]), scored by `clip_score.ClipScorer` (uint8
 quantisation, bicubic resize to CLIP's input, CLIP's normalisation):
-100 x the mean of max(cos(image, caption), 0). Image embeddings are taken
-batch by batch, so memory holds one batch of images, never all of them.
+100 x the mean of max(cos(image, caption), 0). With `--reference` (and
+`--inception`), the same images also get the pixel protocol's Inception
+metrics against that reference (FID, KID, precision/recall: COCO-30k FID
+is `--num_captions 30000` with COCO-2014 validation captions and a
+reference of its images). Image embeddings and features are taken batch
+by batch, so memory holds one batch of images, never all of them.
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ def clip_report(
   guidance: float | None = None,
   batch_size: int = 16,
   printer=print,
+  reference: str | None = None,
+  inception: str | None = None,
 ) -> dict:
   """Samples one image per caption and scores them (see the module doc)."""
   if model.student is None or model.teacher.condition.kind != "text":
@@ -84,9 +91,24 @@ def clip_report(
   # A bad folder fails here, before any sampling; a gs:// one is read
   # through the local cache.
   scorer = clip_score.ClipScorer(paths.local_copy(clip_dir))
-  embeddings = []
+  extractor = ref = None
+  if reference:
+    from boot_jax import fid_stats  # noqa: PLC0415
+
+    extractor = fid_stats.Extractor(inception)
+    ref = fid_stats.load(reference, extractor.identity)  # before sampling
+  embeddings, feats = [], []
   n = len(captions)
-  printer(f"evaluate: CLIP score of {n:,} captions")
+  if extractor is not None and n < 2:
+    raise TextEvalError(f"FID needs at least 2 captions, got {n}")
+
+  def consume(pix):
+    embeddings.append(scorer.image_embeddings(scorer.preprocess(pix)))
+    if extractor is not None:
+      feats.append(extractor.features(pix))
+
+  what = "CLIP score" + (" and Inception metrics" if ref else "")
+  printer(f"evaluate: {what} of {n:,} captions")
   w, rate = stream_student(
     model,
     params,
@@ -95,16 +117,25 @@ def clip_report(
     guidance,
     batch_size,
     sample.Conditions(model, texts=captions),
-    lambda pix: embeddings.append(
-      scorer.image_embeddings(scorer.preprocess(pix))
-    ),
+    consume,
     printer,
   )
   image_emb = np.concatenate(embeddings)
   score = clip_score.clip_score(image_emb, scorer.text_embeddings(captions))
+  extra = {}
+  if extractor is not None:
+    from boot_jax import pixel_eval  # noqa: PLC0415
+
+    extra = dict(
+      pixel_eval.metrics(np.concatenate(feats), ref),
+      reference=reference,
+      reference_count=int(ref["count"]),
+      inception=inception,
+    )
   return {
     "protocol": "text",
     "clip_score": score,
+    **extra,
     "num_captions": n,
     "captions": captions_file,
     "clip": clip_dir,
@@ -124,7 +155,8 @@ def define_flags() -> dict:
       "default",
       ["default", "text", "pixel"],
       "default: the report of the run's kind (digits, mixture, agreement); "
-      "text: the CLIP score over --captions (writes W/eval_text.json); "
+      "text: the CLIP score over --captions, and Inception metrics with "
+      "--reference (writes W/eval_text.json); "
       "pixel: Inception FID, KID and precision/recall against --reference "
       "(writes W/eval_pixel.json).",
     ),
@@ -138,10 +170,13 @@ def define_flags() -> dict:
       "num_captions", DEFAULT_CAPTIONS, "Captions scored (the first ones)."
     ),
     reference=flags.DEFINE_string(
-      "reference", None, "Statistics of --protocol pixel (fid_stats --out)."
+      "reference",
+      None,
+      "Reference statistics (fid_stats --out): needed by --protocol pixel, "
+      "optional for text (adds FID, KID, precision/recall).",
     ),
     inception=flags.DEFINE_string(
-      "inception", None, "FID Inception weights (.safetensors) for pixel."
+      "inception", None, "FID Inception weights (.safetensors)."
     ),
     seed=flags.DEFINE_integer("seed", 0, "Noise seed (as sample --seed)."),
     guidance=flags.DEFINE_float(
@@ -155,9 +190,13 @@ NEEDS = {"text": ("captions", "clip"), "pixel": ("reference", "inception")}
 
 def check_flags(f) -> None:
   """Refuses a protocol without its inputs, before loading anything."""
-  for name in NEEDS.get(f["protocol"].value, ()):
+  protocol = f["protocol"].value
+  needs = list(NEEDS.get(protocol, ()))
+  if protocol == "text" and (f["reference"].value or f["inception"].value):
+    needs += ["reference", "inception"]  # FID: both or neither
+  for name in needs:
     if not f[name].value:
-      raise TextEvalError(f"--protocol {f['protocol'].value} needs --{name}")
+      raise TextEvalError(f"--protocol {protocol} needs --{name}")
   if f["num_captions"].value < 1:
     raise TextEvalError(
       f"--num_captions must be >= 1, got {f['num_captions'].value}"
@@ -176,6 +215,8 @@ def protocol_report(f, model, params, printer=print) -> dict:
       f["seed"].value,
       f["guidance"].value,
       printer=printer,
+      reference=f["reference"].value,
+      inception=f["inception"].value,
     )
   from boot_jax import pixel_eval  # noqa: PLC0415
 

@@ -207,3 +207,35 @@ def random_weights_file(path, seed: int = 0) -> None:
         leaf.shape, "f4"
       ) + np.asarray(value, "f4")
   save_file(arrays, str(path))
+
+
+def test_fid_stats_reads_a_folder_in_centre_squares_batch_by_batch(tmp_path):
+  """A wide image keeps its centred square (side bands cropped, not
+  squeezed in); features read 2 images at a time equal those of the whole
+  folder at once (1e-5: float32, other batch shapes)."""
+  from PIL import Image
+
+  from boot_jax import fid_stats
+
+  wide = np.zeros((20, 30, 3), np.uint8)
+  wide[:, :5] = wide[:, 25:] = (255, 0, 0)  # red bands outside the square
+  wide[:, 5:25] = (0, 0, 255)
+  Image.fromarray(wide).save(tmp_path / "a_wide.png")
+  rng = np.random.default_rng(0)
+  for i in range(4):
+    noise = rng.integers(0, 256, (12 + 4 * i, 12, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / f"b{i}.jpg")
+  square = fid_stats.read_square(str(tmp_path / "a_wide.png"), 8)
+  assert square.shape == (8, 8, 3)
+  np.testing.assert_allclose(square[..., 2], 1.0, atol=1e-6)
+  np.testing.assert_allclose(square[..., :2], -1.0, atol=1e-6)
+  random_weights_file(tmp_path / "w.safetensors")
+  extractor = fid_stats.Extractor(str(tmp_path / "w.safetensors"))
+  lines = []
+  got = fid_stats.folder_features(extractor, str(tmp_path), 8, 2, lines.append)
+  files = sorted(tmp_path.glob("*.[pj][np]g"))
+  want = extractor.features(
+    np.stack([fid_stats.read_square(str(f), 8) for f in files])
+  )
+  assert got.shape == (5, 2048) and lines[-1] == "fid_stats: 5/5 images"
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

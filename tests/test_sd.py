@@ -242,13 +242,24 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
 
   # evaluate --protocol text: the CLIP score of one image per caption
   # equals the score of what `sample` writes for those captions and seed
-  # (1e-4: 100 x cosines; the two commands batch differently).
-  from boot_jax import clip_score
+  # (1e-4: 100 x cosines; the two commands batch differently); with a
+  # reference, the FID of the same images (random Inception weights, a
+  # reference of 6 random images) equals the Frechet distance of their
+  # features (1e-6 relative).
+  from test_inception import random_weights_file
+
+  from boot_jax import clip_score, fid, fid_stats
 
   clip_dir = tmp_path / "clip"
   sd_fixtures.clip_folder(clip_dir)
   captions = tmp_path / "captions.txt"
   captions.write_text("a red square\na blue circle\na red square\nsky\n")
+  inception_w = tmp_path / "inception.safetensors"
+  random_weights_file(inception_w)
+  extractor = fid_stats.Extractor(str(inception_w))
+  real = np.random.default_rng(0).uniform(-1, 1, (6, 16, 16, 3))
+  ref = fid_stats.make(extractor.features(real), extractor.identity, "r")
+  fid_stats.save(ref, str(tmp_path / "ref.npz"))
   code, out, err = run_module(
     "boot_jax.evaluate",
     "--workdir",
@@ -259,6 +270,10 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
     captions,
     "--clip",
     clip_dir,
+    "--reference",
+    tmp_path / "ref.npz",
+    "--inception",
+    inception_w,
     cwd=root,
   )
   assert code == 0, err[-3000:]
@@ -277,15 +292,25 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
     cwd=root,
   )
   assert code == 0, err[-3000:]
+  images = np.load(tmp_path / "c.npz")["images"]
   want = clip_score.ClipScorer(str(clip_dir)).score(
-    np.load(tmp_path / "c.npz")["images"],
-    ["a red square", "a blue circle", "sky"],
+    images, ["a red square", "a blue circle", "sky"]
   )
   assert abs(report["clip_score"] - want) <= 1e-4, (report, want)
+  mu, sigma = fid.gaussian(extractor.features(images))
+  want = fid.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
+  assert want > 0 and report["reference_count"] == 6
+  assert abs(report["fid_inception"] - want) <= 1e-6 * want, (report, want)
+  assert np.isfinite(report["kid"])
+  assert "precision" not in report  # 3 images: no 3rd-nearest neighbour
   (tmp_path / "empty.txt").write_text("\n  \n")
   for extra, expected in (
     (["--captions", tmp_path / "empty.txt", "--clip", clip_dir], "no prompts"),
     (["--captions", captions], "--protocol text needs --clip"),
+    (
+      ["--captions", captions, "--clip", clip_dir, "--reference", captions],
+      "--protocol text needs --inception",
+    ),
     (["--captions", captions, "--clip", tmp_path], "not a CLIP folder"),
   ):
     code, _, err = run_module(
