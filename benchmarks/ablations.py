@@ -23,7 +23,7 @@ import time
 
 import jax
 
-from boot_jax import evaluate, loop
+from boot_jax import loop, mixture_eval
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def run_one(preset: str, overrides: dict, steps: int | None) -> dict:
   state, _ = loop.run(setup)
   jax.block_until_ready(state.params)
   seconds = time.perf_counter() - t0
-  report = evaluate.gmm_report(
+  report = mixture_eval.gmm_report(
     setup.teacher, setup.student, state.params, setup.grid, config.boot.guidance
   )
   report["seconds"] = seconds

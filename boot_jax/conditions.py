@@ -79,3 +79,22 @@ def draw_batch(
       lambda k: jax.random.uniform(k, (), jnp.float32, lo, hi)
     )(k_w)
   return batch
+
+
+def eval_inputs(teacher, num: int, seed: int):
+  """Fixed evaluation noise (and uniform labels for conditional teachers)."""
+  key = jax.random.key(seed)
+  eps = draw_noise(key, 0, jnp.arange(num), tuple(teacher.sample_shape))
+  cond = None
+  if teacher.condition.kind == "class":
+    cond = jax.random.randint(
+      jax.random.fold_in(key, 1), (num,), 0, teacher.condition.num_classes
+    )
+  elif teacher.condition.kind == "text":
+    # The training prompts in file order, cycled.
+    prompt_set = teacher.prompts()
+    if prompt_set is None:
+      cond = teacher.null_condition(num)
+    else:
+      cond = jnp.asarray(prompt_set.cycled(num))
+  return eps, cond

@@ -16,7 +16,10 @@ teacher's samplers are evaluated.
   feature space of a small classifier trained on the same data (its
   held-out accuracy reported) from the real data to the student's one step,
   the teacher's DDIM 1, 2, 4, 10, 50 steps and the hybrid sampler; and
-  the images/s of each (same batch, after compilation).
+  the images/s of each (same batch, after compilation). With
+  `--inception F --reference R` (or the run's `eval.inception` and
+  `eval.reference` in its final evaluation) each sampler also gets the
+  Inception FID, KID and precision/recall of `--protocol pixel`.
 """
 
 from __future__ import annotations
@@ -25,167 +28,26 @@ import json
 import os
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
 from boot_jax import (
-  boot,
   checkpoint,
   cli,
   conditions,
   fid,
   inference,
+  mixture_eval,
   paths,
   sample,
   text_eval,
 )
 from boot_jax import workdir as workdir_lib
-from boot_jax.teachers import gmm
-
-# Kernel widths of the MMD, as fractions of the median squared pairwise
-# distance of the reference samples: one wide kernel sees the component
-# weights, the narrow ones the shape of each component.
-MMD_SCALES = (0.01, 0.1, 1.0)
 
 
-def eval_inputs(teacher, num: int, seed: int):
-  """Fixed evaluation noise (and uniform labels for conditional teachers)."""
-  key = jax.random.key(seed)
-  eps = conditions.draw_noise(
-    key, 0, jnp.arange(num), tuple(teacher.sample_shape)
-  )
-  cond = None
-  if teacher.condition.kind == "class":
-    cond = jax.random.randint(
-      jax.random.fold_in(key, 1), (num,), 0, teacher.condition.num_classes
-    )
-  elif teacher.condition.kind == "text":
-    # The training prompts in file order, cycled.
-    prompt_set = teacher.prompts()
-    if prompt_set is None:
-      cond = teacher.null_condition(num)
-    else:
-      cond = jnp.asarray(prompt_set.cycled(num))
-  return eps, cond
-
-
-def teacher_ddim(teacher, grid: boot.Grid, eps, cond, guidance, batch_size):
-  """The teacher's DDIM-N on the grid's model-call times from `eps`."""
-  ts = grid.ddim_timesteps()
-  fn = jax.jit(lambda e, c: teacher.ddim(teacher.params, e, ts, c, guidance))
-  return sample.run_sampler(fn, eps, cond, batch_size)[0]
-
-
-def student_one_step(student, params, eps, cond, batch_size, guidance=None):
-  """The student's one step; `guidance` is read by guided students only."""
-  w = guidance if student.guided else None
-  fn = jax.jit(lambda e, c: student.generate(params, e, c, w))
-  return sample.run_sampler(fn, eps, cond, batch_size)[0]
-
-
-def mmd(x, y, scales=MMD_SCALES, bandwidth=None):
-  """Biased (V-statistic) kernel MMD with a sum of Gaussian kernels.
-
-  The biased estimator is always >= 0 and its sampling floor is positive,
-  so ratios of MMDs stay meaningful for two good samplers.
-
-  Args:
-    x, y: `[n, D]`, `[m, D]` samples.
-    scales: kernel variances as fractions of `bandwidth`.
-    bandwidth: reference squared distance (default: median over `y`).
-
-  Returns:
-    `(mmd, bandwidth)`; mmd is the square root of the MMD^2 estimate.
-  """
-  x = jnp.asarray(x, jnp.float32)
-  y = jnp.asarray(y, jnp.float32)
-  if bandwidth is None:
-    d = _sqdist(y[:1000], y[:1000])
-    bandwidth = float(jnp.median(d[jnp.triu_indices(d.shape[0], 1)]))
-  val = _mmd2(x, y, jnp.asarray(scales) * bandwidth)
-  return float(jnp.sqrt(jnp.maximum(val, 0.0))), bandwidth
-
-
-def _sqdist(a, b):
-  return (
-    jnp.sum(a**2, -1)[:, None] + jnp.sum(b**2, -1)[None, :] - 2 * a @ b.T
-  ).clip(0.0)
-
-
-@jax.jit
-def _mmd2(x, y, widths):
-  def k(a, b):
-    d = _sqdist(a, b)
-    return jnp.mean(jnp.sum(jnp.exp(-d[..., None] / widths), -1))
-
-  return k(x, x) + k(y, y) - 2 * k(x, y)
-
-
-def gmm_report(
-  teacher,
-  student,
-  params,
-  grid: boot.Grid,
-  guidance=None,
-  num: int = 4000,
-  seed: int = 12345,
-  batch_size: int = 1000,
-):
-  """Student one-step vs teacher DDIM-N on `num` fresh eps, and vs data.
-
-  Returns a dict with:
-    agreement: fraction of eps whose two outputs share a component.
-    mse: mean squared error per coordinate between the two outputs.
-    mse_over_var: mse over the data's per-coordinate variance.
-    weight_error: max |student component frequency - mixture weight|
-      (unconditional teachers).
-    mmd_student, mmd_teacher: MMD of each to exact mixture samples, and
-    mmd_ratio: their ratio (unconditional teachers).
-  """
-  eps, cond = eval_inputs(teacher, num, seed)
-  ref = teacher_ddim(teacher, grid, eps, cond, guidance, batch_size)
-  out = student_one_step(student, params, eps, cond, batch_size, guidance)
-  p = teacher.params
-  comp_ref = np.asarray(gmm.assign(p, jnp.asarray(ref)))
-  comp_out = np.asarray(gmm.assign(p, jnp.asarray(out)))
-  data_var = _data_variance(p)
-  mse = float(np.mean((out - ref) ** 2))
-  report = dict(
-    agreement=float(np.mean(comp_ref == comp_out)),
-    mse=mse,
-    mse_over_var=mse / data_var,
-    num_eval=int(num),
-    num_grid_steps=int(grid.num_steps),
-  )
-  if teacher.condition.kind == "none":
-    weights = np.exp(np.asarray(p["log_weights"], np.float64))
-    freq = np.bincount(comp_out, minlength=len(weights)) / num
-    true, _ = gmm.sample(p, jax.random.key(seed + 1), num)
-    m_student, bw = mmd(out, true)
-    m_teacher, _ = mmd(ref, true, bandwidth=bw)
-    report.update(
-      weight_error=float(np.max(np.abs(freq - weights))),
-      mmd_student=m_student,
-      mmd_teacher=m_teacher,
-      mmd_ratio=m_student / m_teacher,
-    )
-  return report
-
-
-def _data_variance(params) -> float:
-  """Per-coordinate variance of the mixture, averaged over coordinates."""
-  mu = np.asarray(params["means"], np.float64)
-  s = np.asarray(params["stds"], np.float64)
-  w = np.exp(np.asarray(params["log_weights"], np.float64))
-  mean = w @ mu
-  second = w @ (mu**2) + w @ (s**2)
-  return float(np.mean(second - mean**2))
-
-
-def image_report(model, params, printer=print) -> dict:
-  """Agreement, Frechet distances and speed for a pixel teacher."""
+def image_report(model, params, printer=print, scorer=None) -> dict:
+  """Agreement, Frechet distances and speed for a pixel teacher;
+  `scorer(images) -> dict` adds its entries to each sampler's."""
   config = model.config
   ev = config.eval
   num = int(ev.num_samples)
@@ -193,7 +55,7 @@ def image_report(model, params, printer=print) -> dict:
   teacher = model.teacher
   kind = "student" if model.student is not None else "teacher"
   guidance = sample.resolve_guidance(model, ev.get("guidance"), kind)
-  eps, cond = eval_inputs(teacher, num, ev.seed)
+  eps, cond = conditions.eval_inputs(teacher, num, ev.seed)
 
   def run(kind, steps=0):
     what = kind if kind == "student" else f"{kind} ({steps} steps)"
@@ -250,20 +112,25 @@ def image_report(model, params, printer=print) -> dict:
         entry["class_accuracy"] = float(
           np.mean(np.argmax(logits, -1) == np.asarray(cond))
         )
+    if scorer is not None:
+      printer(f"evaluate: Inception metrics of {name}")
+      entry.update(scorer(out))
     report["samplers"][name] = entry
   return report
 
 
-def mixture_report(model, params, printer=print) -> dict:
+def mixture_report(model, params, printer=print, scorer=None) -> dict:
   """`gmm_report` at the run's guidance (or at each of several w)."""
   config = model.config
   ev = config.eval
+  if scorer is not None:
+    raise ValueError("Inception metrics need images, not a mixture run")
   if model.student is None:
     raise ValueError("the mixture evaluation needs a student")
 
   def report(w):
     printer(f"evaluate: mixture agreement and MMD on {ev.num_samples} samples")
-    return gmm_report(
+    return mixture_eval.gmm_report(
       model.teacher,
       model.student,
       params,
@@ -288,9 +155,10 @@ def mixture_report(model, params, printer=print) -> dict:
 REPORTS = {"images": image_report, "mixture": mixture_report}
 
 
-def evaluate(model, params, printer=print) -> dict:
-  """The evaluation the teacher's family asks for (`Teacher.evaluation`)."""
-  return REPORTS[model.teacher.evaluation](model, params, printer)
+def evaluate(model, params, printer=print, scorer=None) -> dict:
+  """The evaluation the teacher's family asks for (`Teacher.evaluation`);
+  `scorer` (`pixel_eval.loop_scorer`) adds Inception metrics to images."""
+  return REPORTS[model.teacher.evaluation](model, params, printer, scorer)
 
 
 def guidance_scales(config) -> tuple[float, ...]:
@@ -325,14 +193,19 @@ def format_report(report: dict) -> str:
     )
   header = f"{'sampler':<38} {'FID':>9} {'images/s':>11}"
   has_cls = any("class_accuracy" in e for e in report["samplers"].values())
+  has_inc = any("fid_inception" in e for e in report["samplers"].values())
   if has_cls:
     header += f" {'class acc':>10}"
+  if has_inc:
+    header += f" {'Inc. FID':>10}"
   lines += [header, "-" * len(header)]
   for name, e in report["samplers"].items():
     row = f"{name:<38} {e.get('fid', float('nan')):>9.3f} "
     row += f"{e['images_per_s']:>11.1f}"
     if has_cls:
       row += f" {e.get('class_accuracy', float('nan')):>10.3f}"
+    if has_inc:
+      row += f" {e.get('fid_inception', float('nan')):>10.3f}"
     lines.append(row)
   return "\n".join(lines)
 
@@ -375,7 +248,7 @@ def main(argv, f):
     if protocol != "default":
       report = text_eval.protocol_report(f, model, params, cli.printer)
     else:
-      report = evaluate(model, params, printer=cli.printer)
+      report = evaluate(model, params, cli.printer, text_eval.default_scorer(f))
     report["checkpoint_step"] = step
     workdir_lib.atomic_write(path, json.dumps(report, indent=2, sort_keys=True))
     cli.printer(format_report(report))

@@ -192,8 +192,8 @@ def check_flags(f) -> None:
   """Refuses a protocol without its inputs, before loading anything."""
   protocol = f["protocol"].value
   needs = list(NEEDS.get(protocol, ()))
-  if protocol == "text" and (f["reference"].value or f["inception"].value):
-    needs += ["reference", "inception"]  # FID: both or neither
+  if f["reference"].value or f["inception"].value:
+    needs += ["reference", "inception"]  # Inception metrics: both or neither
   for name in needs:
     if not f[name].value:
       raise TextEvalError(f"--protocol {protocol} needs --{name}")
@@ -201,6 +201,18 @@ def check_flags(f) -> None:
     raise TextEvalError(
       f"--num_captions must be >= 1, got {f['num_captions'].value}"
     )
+
+
+def default_scorer(f):
+  """Inception metrics for each sampler of `--protocol default`, or None
+  without `--inception`/`--reference`."""
+  if not f["reference"].value:
+    return None
+  from boot_jax import fid_stats, pixel_eval  # noqa: PLC0415
+
+  extractor = fid_stats.Extractor(f["inception"].value)
+  ref = fid_stats.load(f["reference"].value, extractor.identity)
+  return lambda images: pixel_eval.metrics(extractor.features(images), ref)
 
 
 def protocol_report(f, model, params, printer=print) -> dict:

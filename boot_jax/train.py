@@ -30,6 +30,7 @@ from ml_collections import config_flags
 from boot_jax import (
   checkpoint,
   cli,
+  conditions,
   config_lib,
   driver,
   evaluate,
@@ -59,7 +60,7 @@ def sample_grid_fn(setup: loop.Setup, config, workdir: str):
   if not setup.teacher.is_image:
     return None
   num = int(config.eval.get("grid_size", 64))
-  eps, cond = evaluate.eval_inputs(setup.teacher, num, config.eval.seed)
+  eps, cond = conditions.eval_inputs(setup.teacher, num, config.eval.seed)
   # Every process runs the (sharded) step; the replicated result lets
   # process 0 alone write the picture.
   generate = jax.jit(
@@ -87,7 +88,9 @@ def sample_grid_fn(setup: loop.Setup, config, workdir: str):
   scorer = pixel_eval.loop_scorer(config)
   if scorer is not None:
     n_scored = int(config.eval.get("inception_samples") or 256)
-    scored = evaluate.eval_inputs(setup.teacher, n_scored, config.eval.seed + 1)
+    scored = conditions.eval_inputs(
+      setup.teacher, n_scored, config.eval.seed + 1
+    )
   teacher_png = paths.join(workdir, "samples", "teacher.png")
   teacher_fn = None
   if (
@@ -188,7 +191,10 @@ def _train_locked(config, workdir: str, printer) -> dict:
     printer("final evaluation: networks in float32 (the run computes in bf16)")
     model = inference.build(config, setup.mesh)
   report = evaluate.evaluate(
-    model, driver.params_for_sampling(state), printer=printer
+    model,
+    driver.params_for_sampling(state),
+    printer,
+    pixel_eval.loop_scorer(config),
   )
   path = paths.join(workdir, "eval.json")
   workdir_lib.atomic_write(path, json.dumps(report, indent=2, sort_keys=True))

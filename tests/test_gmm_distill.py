@@ -13,7 +13,7 @@ import pathlib
 
 import pytest
 
-from boot_jax import evaluate, loop, train
+from boot_jax import conditions, evaluate, loop, mixture_eval, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def _distil(preset):
   setup = loop.setup(config)
   state, history = loop.run(setup)
   assert history[-1]["step"] == config.train.steps
-  report = evaluate.gmm_report(
+  report = mixture_eval.gmm_report(
     setup.teacher,
     setup.student,
     state.params,
@@ -82,9 +82,9 @@ def test_guidance_conditioned_student():
   # Here every w picks the same component, so agreement alone cannot tell
   # a student that ignores w: the teacher's own outputs at w = 1 and w = 4
   # differ by far more than the student's error at either.
-  eps, cond = evaluate.eval_inputs(setup.teacher, 4000, config.eval.seed)
+  eps, cond = conditions.eval_inputs(setup.teacher, 4000, config.eval.seed)
   ref = {
-    w: evaluate.teacher_ddim(setup.teacher, setup.grid, eps, cond, w, 1000)
+    w: mixture_eval.teacher_ddim(setup.teacher, setup.grid, eps, cond, w, 1000)
     for w in (1.0, 4.0)
   }
   spread = float(((ref[1.0] - ref[4.0]) ** 2).mean())

@@ -5,6 +5,7 @@ The teacher and student here are deliberately tiny and barely trained: these
 tests check plumbing and contracts, not quality (benchmarks/demo.py does).
 """
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -217,14 +218,21 @@ def test_evaluate_cli_writes_eval_json(student_dir, tmp_path):
   # Small and quick: the contract, not the numbers.
   cfg = json.loads((work / "config.json").read_text())
   cfg["eval"].update(
-    num_samples=64,
-    batch_size=32,
+    num_samples=16,
+    batch_size=16,
     ddim_steps=[1, 2, 10],
     agreement_steps=[10],
     hybrid_steps=[1],
   )
   (work / "config.json").write_text(json.dumps(cfg))
-  code, out, err = run_module("boot_jax.evaluate", "--workdir", work)
+  # With the run's Inception weights (random) and reference: every
+  # sampler also gets Inception FID, KID and precision/recall (the column
+  # docs/BENCHMARKS.md reports with the release weights).
+  code, out, err = run_module(
+    "boot_jax.evaluate", "--workdir", work,
+    "--inception", cfg["eval"]["inception"],
+    "--reference", cfg["eval"]["reference"],
+  )  # fmt: skip
   assert code == 0, err[-3000:]
   report = json.loads((work / "eval.json").read_text())
   assert report["checkpoint_step"] == 10
@@ -233,8 +241,26 @@ def test_evaluate_cli_writes_eval_json(student_dir, tmp_path):
   assert {"student 1 step", "teacher DDIM 1", "teacher DDIM 10"} <= names
   for entry in report["samplers"].values():
     assert entry["fid"] >= 0 and entry["images_per_s"] > 0
+    assert entry["fid_inception"] > 0 and np.isfinite(entry["kid"])
+    assert 0 <= entry["precision"] <= 1 and 0 <= entry["recall"] <= 1
   assert set(report["agreement"]) == {"10"}
-  assert "FID" in out
+  assert "FID" in out and "Inc. FID" in out
+  # benchmarks/demo.py's table: the Inception column holds these numbers,
+  # or says it needs the weights when the report has none.
+  spec = importlib.util.spec_from_file_location(
+    "demo_benchmark", ROOT / "benchmarks" / "demo.py"
+  )
+  demo = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(demo)
+  row = report["samplers"]["teacher DDIM 10"]
+  table = demo.markdown(report, 60.0, "cmd", [])
+  assert f"| teacher DDIM 10 | {row['fid']:.2f} | " in table
+  assert f" | {row['fid_inception']:.2f} | " in table
+  assert "needs weights" not in table
+  for entry in report["samplers"].values():
+    del entry["fid_inception"]
+  table = demo.markdown(report, 60.0, "cmd", [])
+  assert "| needs weights |" in table and "--inception" in table
 
 
 def test_teacher_shape_mismatch_is_one_line(teacher_dir, tmp_path):

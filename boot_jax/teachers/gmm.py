@@ -182,7 +182,7 @@ def assign(params, x):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class MixtureTeacher(base.Teacher):
-  """The analytic mixture: evaluated exactly (`evaluate.gmm_report`)."""
+  """The analytic mixture: evaluated exactly (`mixture_eval.gmm_report`)."""
 
   evaluation: ClassVar[str] = "mixture"
 
