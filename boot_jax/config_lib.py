@@ -70,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Coarse-to-fine grids: stage k of `curriculum_stages` trains on
   # N / 2^(stages - 1 - k) steps, for an equal share of the run.
   c.boot.curriculum_stages = 1
+  # After BOOT's train.steps, refine.steps of data-free score identity
+  # distillation (boot_jax/refine.py, docs/method.md).
+  c.boot.refine = False
+  c.refine = ml_collections.ConfigDict(dict(REFINE_DEFAULTS))
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-4
@@ -150,10 +154,35 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# The refinement phase's settings (`refine.*`; boot_jax/refine.py): SiD's
+# alpha and noise levels (EDM sigma_min/max, rho, the fraction t_max of
+# the range drawn), the fake network's log-normal levels and sigma_data,
+# Adam (b1, b2) with lr for the student and fake_lr for the fake network,
+# and fake_warmup steps in which only the fake network trains.
+REFINE_DEFAULTS = dict(
+  steps=1000,
+  alpha=1.2,
+  lr=1e-5,
+  fake_lr=1e-5,
+  b1=0.0,
+  b2=0.999,
+  sigma_min=0.002,
+  sigma_max=80.0,
+  rho=7.0,
+  t_max=0.8,
+  fake_p_mean=-1.2,
+  fake_p_std=1.2,
+  sigma_data=0.5,
+  fake_warmup=0,
+  seed=1,
+)
+
+
 # Keys that may change between runs in one work directory (longer training,
 # other logging or evaluation); everything else must match config.json.
 RESUMABLE_CHANGES = (
   "train.steps",
+  "refine.steps",
   "train.log_every",
   "train.ckpt_every",
   "train.eval_every",

@@ -218,6 +218,7 @@ def run_in_workdir(
   evaluate: Callable | None = None,
   printer: Callable = print,
   sync: bool = False,
+  total_steps: int | None = None,
 ):
   """Runs a trainer under the work-directory contract, resuming if it can.
 
@@ -239,6 +240,7 @@ def run_in_workdir(
       `{"scalars": {name: value}}` to metrics.jsonl and TensorBoard.
     printer: where progress lines go.
     sync: wait for each step (multi-device CPU meshes).
+    total_steps: run until this step (default `train.steps`).
 
   Returns:
     `(state, history)`.
@@ -272,6 +274,7 @@ def run_in_workdir(
   writer = metrics.MetricWriter(workdir, enabled=lead)
   tb = metrics.TensorBoard(workdir, enabled=lead)
   t = config.train
+  total = t.steps if total_steps is None else int(total_steps)
 
   def save(step, st):
     nonlocal pending
@@ -297,20 +300,18 @@ def run_in_workdir(
 
   skip_fraction = t.get("max_skipped_fraction")
   driver = Driver(
-    total_steps=t.steps,
+    total_steps=total,
     step_fn=step_fn,
     log_every=t.log_every,
     ckpt_every=t.ckpt_every,
     eval_every=t.eval_every,
     save=save,
     wait=ckpt.wait,
-    log=progress_logger(t.steps, writer, tb, printer if lead else _quiet),
+    log=progress_logger(total, writer, tb, printer if lead else _quiet),
     evaluate=None if evaluate is None else evaluate_and_show,
     sync=sync,
     stop_on_nonfinite=t.get("nan_policy", "stop") == "stop",
-    max_skipped=(
-      None if skip_fraction is None else int(skip_fraction * t.steps)
-    ),
+    max_skipped=(None if skip_fraction is None else int(skip_fraction * total)),
   )
   try:
     state, history = drive(state, driver, last_saved=last)

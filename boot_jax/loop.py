@@ -25,8 +25,10 @@ from boot_jax import (
   config_lib,
   driver,
   inference,
+  models,
   optim,
   prompts,
+  refine,
   sharding,
   teachers,
 )
@@ -70,6 +72,7 @@ class Setup:
   mesh: Any = None
   traces: list = dataclasses.field(default_factory=list)
   model: inference.Model | None = None
+  refine_step: Callable | None = None  # jitted, like train_step
 
   @property
   def grid(self) -> boot.Grid:
@@ -96,8 +99,12 @@ class Setup:
     )
 
   def step_fn(self, state, step: int):
+    """BOOT's step, or the refinement's after `train.steps`."""
     batch = self.draw(step, self.stage(step))
-    return self.train_step(state, self.teacher.params, batch)
+    fn = self.train_step
+    if self.refine_step is not None and step >= self.config.train.steps:
+      fn = self.refine_step
+    return fn(state, self.teacher.params, batch)
 
 
 def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
@@ -124,15 +131,38 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
   optimizer = optim.make_optimizer(config.optim, config.train.steps)
   ema = config.optim.ema_decay is not None
 
+  rcfg = fake = fake_params_fn = fake_boxed = None
+  if refine.enabled(config):
+    why = refine.refused(config, model.guided)
+    if why:
+      raise ValueError(why)
+    rcfg = refine.settings(config)
+    fake, fake_params_fn = refine.build_fake(
+      teacher,
+      config.student,
+      jax.random.fold_in(jax.random.key(config.train.seed), 7),
+      dtype=compute_dtype(config),
+      remat=bool(config.train.get("remat", False)),
+      attention=config_lib.attention(config),
+    )
+    fake_boxed = jax.eval_shape(fake_params_fn, teacher.params)
+    if fake.module is not None:
+      fake_boxed = models.boxed_abstract_params(
+        fake.module, teacher.sample_shape, teacher.null_condition(1)
+      )
+
+  def create_from(params, fake_params):
+    r = None if rcfg is None else refine.init_refine(params, fake_params, rcfg)
+    return state_lib.create(params, optimizer, ema, r)
+
   def create(teacher_params):
-    return state_lib.create(params_fn(teacher_params), optimizer, ema)
+    fake_params = None if rcfg is None else fake_params_fn(teacher_params)
+    return create_from(params_fn(teacher_params), fake_params)
 
   # Logical names ride along in the parameters' boxes through the
   # optimizer's init, so moments and EMA get their parameter's spec.
   boxed = model.boxed_params
-  specs = sharding.logical_specs(
-    jax.eval_shape(lambda p: state_lib.create(p, optimizer, ema), boxed)
-  )
+  specs = sharding.logical_specs(jax.eval_shape(create_from, boxed, fake_boxed))
   abstract = jax.eval_shape(create, teacher.params)
   section = config.get("sharding") or {}
   state_shardings = sharding.tree_shardings(
@@ -168,6 +198,26 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
     ),
     out_shardings=(state_shardings, replicated),
   )
+  refine_step = None
+  if rcfg is not None:
+    refine_step = step_lib.jit_train_step(
+      refine.make_refine_step(
+        student,
+        fake,
+        teacher,
+        rcfg,
+        config.boot.get("guidance"),
+        config.optim.ema_decay,
+        config.train.nan_policy,
+        config.train.steps,
+      ),
+      in_shardings=(
+        state_shardings,
+        jax.tree.map(lambda x: x.sharding, teacher.params),
+        batch_sharding,
+      ),
+      out_shardings=(state_shardings, replicated),
+    )
   batch_size = config.train.batch_size
   local_np = sharding.local_indices(batch_sharding, batch_size)
   indices = jnp.asarray(local_np)
@@ -251,6 +301,7 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
     mesh=mesh,
     traces=traces,
     model=model,
+    refine_step=refine_step,
   )
 
 
@@ -262,7 +313,7 @@ def run(s: Setup, state=None, until: int | None = None, on_log=None):
   """
   if state is None:
     state = s.init_state()
-  total = s.config.train.steps if until is None else until
+  total = refine.total_steps(s.config) if until is None else until
   d = driver.Driver(
     total_steps=total,
     step_fn=s.step_fn,

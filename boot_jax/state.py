@@ -23,6 +23,8 @@ class TrainState:
     ema_params: an exponential moving average of params, or None.
     skipped: how many steps had a non-finite loss or gradient.
     first_bad_step: the first such step (1-based), or -1.
+    refine: the refinement phase's fake network and the two optimizer
+      states (`boot_jax.refine`), or None without `boot.refine`.
   """
 
   step: jax.Array
@@ -31,9 +33,12 @@ class TrainState:
   ema_params: Any = None
   skipped: jax.Array = None
   first_bad_step: jax.Array = None
+  refine: Any = None
 
 
-def create(params, optimizer: optax.GradientTransformation, ema: bool):
+def create(
+  params, optimizer: optax.GradientTransformation, ema: bool, refine=None
+):
   """A fresh state (jit it with out_shardings to build it sharded)."""
   return TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -42,6 +47,7 @@ def create(params, optimizer: optax.GradientTransformation, ema: bool):
     ema_params=jax.tree.map(jnp.array, params) if ema else None,
     skipped=jnp.zeros((), jnp.int32),
     first_bad_step=jnp.full((), -1, jnp.int32),
+    refine=refine,
   )
 
 
@@ -73,13 +79,23 @@ def apply_gradients(
     )
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  step = state.step + 1
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = state.ema_params
   if ema is not None:
     ema = ema_update(ema, params, ema_decay)
   proposed = state.replace(params=params, opt_state=opt_state, ema_params=ema)
+  return guard(state, proposed, finite, nan_policy), grad_norm
+
+
+def guard(state: TrainState, proposed: TrainState, finite, nan_policy: str):
+  """`proposed` with the step counted, or `state` (counters updated) when
+  the step was not finite or an earlier one was (`nan_policy='stop'`)."""
+  if nan_policy not in NAN_POLICIES:
+    raise ValueError(
+      f"unknown train.nan_policy {nan_policy!r}; expected {NAN_POLICIES}"
+    )
+  step = state.step + 1
   keep = finite
   if nan_policy == "stop":
     keep = finite & (state.first_bad_step < 0)
@@ -87,9 +103,8 @@ def apply_gradients(
   first_bad = jnp.where(
     (state.first_bad_step < 0) & ~finite, step, state.first_bad_step
   )
-  new = new.replace(
+  return new.replace(
     step=step,
     skipped=state.skipped + (~finite).astype(jnp.int32),
     first_bad_step=first_bad,
   )
-  return new, grad_norm

@@ -39,6 +39,7 @@ from boot_jax import (
   loop,
   paths,
   pixel_eval,
+  refine,
   sharding,
   teachers,
 )
@@ -164,6 +165,11 @@ def _train_locked(config, workdir: str, printer) -> dict:
     f"teacher {setup.teacher.name} ({setup.teacher.prediction}-prediction), "
     f"student {setup.num_params:,} parameters, "
     f"grid N={setup.grid.num_steps}"
+    + (
+      f"; then {refine.settings(config)['steps']:,} refinement steps"
+      if refine.enabled(config)
+      else ""
+    )
   )
   state, _ = driver.run_in_workdir(
     workdir,
@@ -175,6 +181,7 @@ def _train_locked(config, workdir: str, printer) -> dict:
     evaluate=sample_grid_fn(setup, config, workdir),
     printer=printer,
     sync=sharding.needs_step_sync(setup.mesh),
+    total_steps=refine.total_steps(config),
   )
   if not config.eval.get("final", True):
     return {}

@@ -60,8 +60,13 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def config_differences(old: dict, new: dict) -> list[str]:
   """Keys whose values differ, ignoring `config_lib.RESUMABLE_CHANGES`."""
   a, b = _flatten(old), _flatten(new)
+  # A key added to the defaults after the run was made is no difference
+  # while it keeps its default (e.g. boot.refine=False).
+  defaults = _flatten(config_lib.base_config().to_dict())
   diffs = []
   for key in sorted(set(a) | set(b)):
+    if key not in a and key in defaults and b.get(key) == defaults[key]:
+      continue
     if any(
       key == r or (r.endswith(".") and key.startswith(r))
       for r in config_lib.RESUMABLE_CHANGES

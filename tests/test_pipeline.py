@@ -131,12 +131,20 @@ def test_distillation_never_reads_data(teacher_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(data, name, forbidden)
   from boot_jax import workdir as workdir_lib
 
-  config = _config_from_args(_boot_args(teacher_dir, steps=6))
-  train.train_and_evaluate(config, str(tmp_path / "w"), printer=lambda s: None)
+  # 6 BOOT steps, then 2 of the refinement phase (the teacher's UNet as
+  # the fake network): neither reads data.
+  args = [*_boot_args(teacher_dir, steps=6), "--config.boot.refine=true"]
+  config = _config_from_args([*args, "--config.refine.steps=2"])
+  lines = []
+  train.train_and_evaluate(config, str(tmp_path / "w"), printer=lines.append)
   assert not calls
+  assert any("then 2 refinement steps" in line for line in lines)
   assert workdir_lib.load_config(str(tmp_path / "w")).teacher.path
-  assert (tmp_path / "w" / "checkpoints" / "6").is_dir()
-  assert (tmp_path / "w" / "samples" / "student_0000006.png").exists()
+  assert (tmp_path / "w" / "checkpoints" / "8").is_dir()
+  assert (tmp_path / "w" / "samples" / "student_0000008.png").exists()
+  rows = (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()
+  last = json.loads(rows[-1])
+  assert last["step"] == 8 and np.isfinite(last["loss_fake"])
 
 
 def _config_from_args(args):

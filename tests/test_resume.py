@@ -2,7 +2,9 @@
 
 Runs the train CLI in subprocesses on the small mixture config, because a
 kill must hit a real process. The uninterrupted run is a subprocess too, so
-both use the same compiled program on the same machine and mesh.
+both use the same compiled program on the same machine and mesh. The run
+is 300 BOOT steps and then 100 of the refinement phase (boot.refine): the
+kill after step 370 resumes from the refinement's checkpoint of step 350.
 """
 
 import json
@@ -21,11 +23,16 @@ from boot_jax import checkpoint, loop
 from boot_jax import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-STEPS = 400
+STEPS = 400  # BOOT_STEPS, then the refinement's
+BOOT_STEPS = 300
 ARGS = [
   "--config",
   str(ROOT / "configs" / "gmm.py"),
-  f"--config.train.steps={STEPS}",
+  f"--config.train.steps={BOOT_STEPS}",
+  "--config.boot.refine=true",
+  f"--config.refine.steps={STEPS - BOOT_STEPS}",
+  "--config.refine.lr=1e-4",
+  "--config.refine.fake_lr=1e-3",
   "--config.train.ckpt_every=50",
   "--config.train.log_every=10",
   "--config.train.batch_size=64",
@@ -94,7 +101,7 @@ def reference(tmp_path_factory):
   return _final_state(workdir)
 
 
-@pytest.mark.parametrize("kill_after_step", [0, 120, 260])
+@pytest.mark.parametrize("kill_after_step", [0, 120, 370])
 def test_sigkill_then_resume_is_bitwise_identical(
   tmp_path, reference, kill_after_step
 ):
