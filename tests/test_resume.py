@@ -3,8 +3,8 @@
 Runs the train CLI in subprocesses on the small mixture config, because a
 kill must hit a real process. The uninterrupted run is a subprocess too, so
 both use the same compiled program on the same machine and mesh. The run
-is 300 BOOT steps and then 100 of the refinement phase (boot.refine): the
-kill after step 370 resumes from the refinement's checkpoint of step 350.
+is 200 BOOT steps and then 100 of the refinement phase (boot.refine): the
+kill after step 270 resumes from the refinement's checkpoint of step 250.
 """
 
 import json
@@ -23,8 +23,8 @@ from boot_jax import checkpoint, loop
 from boot_jax import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-STEPS = 400  # BOOT_STEPS, then the refinement's
-BOOT_STEPS = 300
+STEPS = 300  # BOOT_STEPS, then the refinement's
+BOOT_STEPS = 200
 ARGS = [
   "--config",
   str(ROOT / "configs" / "gmm.py"),
@@ -101,7 +101,7 @@ def reference(tmp_path_factory):
   return _final_state(workdir)
 
 
-@pytest.mark.parametrize("kill_after_step", [0, 120, 370])
+@pytest.mark.parametrize("kill_after_step", [0, 120, 270])
 def test_sigkill_then_resume_is_bitwise_identical(
   tmp_path, reference, kill_after_step
 ):
