@@ -30,15 +30,18 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SECTION_BEGIN = "<!-- demo: begin -->"
 SECTION_END = "<!-- demo: end -->"
+# `--refine`: configs/digits.py:refine (BOOT, then the refinement phase).
+REFINE_BEGIN = "<!-- demo-refine: begin -->"
+REFINE_END = "<!-- demo-refine: end -->"
 
 
-def run_demo(workdir: str) -> float:
+def run_demo(workdir: str, config: str = "configs/digits.py") -> float:
   cmd = [
     sys.executable,
     "-m",
     "boot_jax.train",
     "--config",
-    "configs/digits.py",
+    config,
     "--workdir",
     workdir,
   ]
@@ -61,13 +64,28 @@ def inception_evaluation(workdir: str, weights: str) -> float:
   return time.perf_counter() - t0
 
 
-def bars(report: dict) -> list[tuple[str, bool, str]]:
+def bars(report: dict, refine: bool = False) -> list[tuple[str, bool, str]]:
   s = report["samplers"]
   student = s["student 1 step"]
   ddim50, ddim4 = s["teacher DDIM 50"], s["teacher DDIM 4"]
   ratio = student["fid"] / ddim50["fid"]
   speed = student["images_per_s"] / ddim50["images_per_s"]
-  return [
+  extra = []
+  if refine:  # issue 15's bars for the refined student
+    ddim25 = s["teacher DDIM 25"]
+    extra = [
+      (
+        "refined student FID <= 1.1 x teacher DDIM-50 FID",
+        ratio <= 1.1,
+        f"{student['fid']:.2f} vs {ddim50['fid']:.2f} ({ratio:.2f}x)",
+      ),
+      (
+        "refined student FID < teacher DDIM-25 FID",
+        student["fid"] < ddim25["fid"],
+        f"{student['fid']:.2f} vs {ddim25['fid']:.2f}",
+      ),
+    ]
+  return extra + [
     (
       "student FID <= 1.5 x teacher DDIM-50 FID",
       ratio <= 1.5,
@@ -98,10 +116,12 @@ def ordered(names) -> list[str]:
   return sorted(names, key=key)
 
 
-def markdown(report, seconds, command, bar_rows) -> str:
+def markdown(report, seconds, command, bar_rows, refine=False) -> str:
   lines = [
-    SECTION_BEGIN,
-    "## The demo: BOOT on 8x8 digits",
+    REFINE_BEGIN if refine else SECTION_BEGIN,
+    "## The demo with the refinement phase (configs/digits.py:refine)"
+    if refine
+    else "## The demo: BOOT on 8x8 digits",
     "",
     f"Command: `{command}` (fresh work directory, teacher training included)",
     "",
@@ -143,7 +163,7 @@ def markdown(report, seconds, command, bar_rows) -> str:
   lines += ["", "| bar | met | measured |", "|---|---|---|"]
   for name, ok, measured in bar_rows:
     lines.append(f"| {name} | {'yes' if ok else '**no**'} | {measured} |")
-  lines += ["", SECTION_END]
+  lines += ["", REFINE_END if refine else SECTION_END]
   return "\n".join(lines) + "\n"
 
 
@@ -205,13 +225,21 @@ def main():
     default=None,
     help="FID Inception weights (.safetensors): fills the Inception column",
   )
+  parser.add_argument(
+    "--refine",
+    action="store_true",
+    help="run configs/digits.py:refine (BOOT, then the refinement phase)",
+  )
   args = parser.parse_args()
   if args.inception and not os.path.isfile(args.inception):
     parser.error(f"--inception {args.inception} does not exist")
   if args.rerender is None:
     if os.path.exists(args.workdir):
       shutil.rmtree(args.workdir)
-    seconds = run_demo(args.workdir)
+    seconds = run_demo(
+      args.workdir,
+      "configs/digits.py:refine" if args.refine else "configs/digits.py",
+    )
   else:
     seconds = args.rerender
   if args.inception:
@@ -221,14 +249,17 @@ def main():
     report = json.load(f)
   grids = sorted(glob.glob(os.path.join(args.workdir, "samples", "student_*")))
   if grids:
-    shutil.copy(grids[-1], ROOT / "docs" / "demo_samples.png")
+    name = "demo_refine_samples.png" if args.refine else "demo_samples.png"
+    shutil.copy(grids[-1], ROOT / "docs" / name)
+  config = "configs/digits.py" + (":refine" if args.refine else "")
   command = (
-    "python -m boot_jax.train --config configs/digits.py --workdir "
-    "/tmp/boot_digits"
+    f"python -m boot_jax.train --config {config} --workdir /tmp/boot_digits"
   )
-  rows = bars(report)
+  rows = bars(report, args.refine)
   write_section(
-    pathlib.Path(args.out), markdown(report, seconds, command, rows)
+    pathlib.Path(args.out),
+    markdown(report, seconds, command, rows, args.refine),
+    *((REFINE_BEGIN, REFINE_END) if args.refine else ()),
   )
   for name, ok, measured in rows:
     print(f"{'PASS' if ok else 'MISS'}  {name}: {measured}")

@@ -74,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
   # distillation (boot_jax/refine.py, docs/method.md).
   c.boot.refine = False
   c.refine = ml_collections.ConfigDict(dict(REFINE_DEFAULTS))
+  # A BOOT work directory whose latest student (EMA when kept) starts this
+  # run's student, for refining a finished BOOT run in a new directory.
+  c.refine.init_from = placeholder(str)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-4
@@ -158,7 +161,9 @@ def base_config() -> ml_collections.ConfigDict:
 # alpha and noise levels (EDM sigma_min/max, rho, the fraction t_max of
 # the range drawn), the fake network's log-normal levels and sigma_data,
 # Adam (b1, b2) with lr for the student and fake_lr for the fake network,
-# and fake_warmup steps in which only the fake network trains.
+# fake_warmup steps in which only the fake network trains, and the seed
+# of the phase's noise; `init_from` (base_config) names a BOOT run to start
+# from.
 REFINE_DEFAULTS = dict(
   steps=1000,
   alpha=1.2,

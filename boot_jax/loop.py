@@ -21,12 +21,14 @@ from jax.sharding import PartitionSpec as P
 
 from boot_jax import (
   boot,
+  checkpoint,
   conditions,
   config_lib,
   driver,
   inference,
   models,
   optim,
+  paths,
   prompts,
   refine,
   sharding,
@@ -73,6 +75,7 @@ class Setup:
   traces: list = dataclasses.field(default_factory=list)
   model: inference.Model | None = None
   refine_step: Callable | None = None  # jitted, like train_step
+  source_step: int | None = None  # refine.init_from's checkpoint step
 
   @property
   def grid(self) -> boot.Grid:
@@ -85,8 +88,19 @@ class Setup:
     return min(int(step) * n // max(self.config.train.steps, 1), n - 1)
 
   def init_state(self) -> state_lib.TrainState:
+    """The fresh state; with `refine.init_from`, its student (and EMA)
+    from that BOOT run's latest checkpoint."""
+    source = refine.init_from(self.config)
+    if source is None:
+      return jax.jit(self.create, out_shardings=self.state_shardings)(
+        self.teacher.params
+      )
+    params, step = checkpoint.read_params(
+      paths.join(source, "checkpoints"), self.model.abstract_params
+    )
+    self.source_step = int(step)
     return jax.jit(self.create, out_shardings=self.state_shardings)(
-      self.teacher.params
+      self.teacher.params, params
     )
 
   def abstract_state(self):
@@ -132,11 +146,17 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
   ema = config.optim.ema_decay is not None
 
   rcfg = fake = fake_params_fn = fake_boxed = None
+  refine.init_from(config)  # refused without boot.refine
   if refine.enabled(config):
     why = refine.refused(config, model.guided)
     if why:
       raise ValueError(why)
     rcfg = refine.settings(config)
+    source = refine.init_from(config)
+    if source and not paths.isdir(paths.join(source, "checkpoints")):
+      raise ValueError(
+        f"refine.init_from {source} holds no checkpoints/: not a BOOT run"
+      )
     fake, fake_params_fn = refine.build_fake(
       teacher,
       config.student,
@@ -155,9 +175,11 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
     r = None if rcfg is None else refine.init_refine(params, fake_params, rcfg)
     return state_lib.create(params, optimizer, ema, r)
 
-  def create(teacher_params):
+  def create(teacher_params, params=None):
     fake_params = None if rcfg is None else fake_params_fn(teacher_params)
-    return create_from(params_fn(teacher_params), fake_params)
+    if params is None:
+      params = params_fn(teacher_params)
+    return create_from(params, fake_params)
 
   # Logical names ride along in the parameters' boxes through the
   # optimizer's init, so moments and EMA get their parameter's spec.

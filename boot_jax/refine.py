@@ -59,6 +59,7 @@ DEFAULTS = config_lib.REFINE_DEFAULTS
 def settings(config) -> dict:
   """`config.refine` over `DEFAULTS` (unknown keys refused)."""
   section = dict(config.get("refine") or {})
+  section.pop("init_from", None)
   unknown = sorted(set(section) - set(DEFAULTS))
   if unknown:
     raise ValueError(
@@ -82,6 +83,14 @@ def settings(config) -> dict:
 
 def enabled(config) -> bool:
   return bool(config.boot.get("refine", False))
+
+
+def init_from(config) -> str | None:
+  """The BOOT work directory the student starts from, or None."""
+  source = (config.get("refine") or {}).get("init_from")
+  if source and not enabled(config):
+    raise ValueError("refine.init_from needs boot.refine=true")
+  return source or None
 
 
 def total_steps(config) -> int:

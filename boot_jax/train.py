@@ -183,6 +183,11 @@ def _train_locked(config, workdir: str, printer) -> dict:
     sync=sharding.needs_step_sync(setup.mesh),
     total_steps=refine.total_steps(config),
   )
+  if setup.source_step is not None:
+    printer(
+      f"the student started from {refine.init_from(config)} (checkpoint "
+      f"step {setup.source_step})"
+    )
   if not config.eval.get("final", True):
     return {}
   if jax.process_count() > 1:

@@ -12,11 +12,22 @@ student against the teacher's DDIM, Frechet distances in a digits
 classifier's feature space, and images/s.
 
 Use an existing teacher:  --config.teacher.path=/path/to/teacher_workdir
+
+`configs/digits.py:refine` adds 600 steps of the refinement phase after
+BOOT (boot.refine; docs/method.md), about a minute more on 2 CPU cores.
 """
 
 from boot_jax import config_lib
 
+ARGS = ("", "refine")
+REFINE_STEPS = 600
+
 
 def get_config(arg: str = ""):
-  del arg
-  return config_lib.digits_boot_config("digits")
+  if arg not in ARGS:
+    raise ValueError(f"unknown digits variant {arg!r}; expected {ARGS}")
+  c = config_lib.digits_boot_config("digits")
+  if arg == "refine":
+    c.boot.refine = True
+    c.refine.steps = REFINE_STEPS
+  return c

@@ -14,12 +14,14 @@ guides every step with w = 2; the evaluation reports, next to FID, how
 often the evaluation classifier sees the requested class.
 
 `configs/digits_cond.py:guided` trains one guidance-conditioned student
-for every w in [0, 4] instead (`sample --guidance w`).
+for every w in [0, 4] instead (`sample --guidance w`);
+`configs/digits_cond.py:refine` adds 600 steps of the refinement phase
+after BOOT (boot.refine; docs/method.md).
 """
 
 from boot_jax import config_lib
 
-ARGS = ("", "guided")
+ARGS = ("", "guided", "refine")
 
 
 def get_config(arg: str = ""):
@@ -31,4 +33,7 @@ def get_config(arg: str = ""):
     c.eval.guidance = 2.0
   else:
     c.boot.guidance = 2.0
+  if arg == "refine":
+    c.boot.refine = True
+    c.refine.steps = 600
   return c

@@ -629,3 +629,59 @@ def test_fid_stats_then_evaluate_pixel_protocol(student_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_refine_a_finished_boot_run(student_dir, teacher_dir, tmp_path):
+  """refine.init_from: a new work directory starts its student from a BOOT
+  run's latest checkpoint (exactly; 0 steps saves that state), then
+  refines it when resumed with more steps; bad sources are one line."""
+  from boot_jax import checkpoint, loop
+
+  work = tmp_path / "refined"
+  args = [
+    *_boot_args(teacher_dir, steps=0),
+    "--config.boot.refine=true",
+    f"--config.refine.init_from={student_dir}",
+    "--workdir",
+    work,
+  ]
+  steps0 = "--config.refine.steps=0"
+  code, out, err = run_module("boot_jax.train", *args, steps0)
+  assert code == 0, err[-3000:]
+  assert f"the student started from {student_dir} (checkpoint step 10)" in out
+  config = _config_from_args(args)
+  config.refine.init_from = str(student_dir)
+  model = loop.setup(config).model
+  source, _ = checkpoint.read_params(
+    str(student_dir / "checkpoints"), model.abstract_params
+  )
+  start, step = checkpoint.read_params(
+    str(work / "checkpoints"), model.abstract_params
+  )
+  assert step == 0
+  import jax
+
+  pairs = zip(jax.tree.leaves(source), jax.tree.leaves(start), strict=True)
+  for a, b in pairs:
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  steps2 = "--config.refine.steps=2"
+  code, out, err = run_module("boot_jax.train", *args, steps2)
+  assert code == 0, err[-3000:]
+  assert "resuming from the checkpoint of step 0" in out
+  assert (work / "checkpoints" / "2").is_dir()
+  for extra, expected in (
+    ([f"--config.refine.init_from={tmp_path}"], "holds no checkpoints/"),
+    (
+      [
+        "--config.boot.refine=false",
+        f"--config.refine.init_from={student_dir}",
+      ],
+      "needs boot.refine=true",
+    ),
+  ):
+    code, _, err = run_module(
+      "boot_jax.train", *_boot_args(teacher_dir, steps=0), "--workdir",
+      tmp_path / "bad", "--config.boot.refine=true", *extra,
+    )  # fmt: skip
+    lines = error_lines(err)
+    assert code != 0 and len(lines) == 1 and expected in lines[0], err[-2000:]
