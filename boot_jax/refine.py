@@ -6,9 +6,10 @@ sampler's error. The refinement instead matches the distribution of the
 student's one-step samples `x_g = g(eps)` to the teacher's, reading only
 noise (and conditions), like BOOT:
 
-* a fake score network `f_psi` (the teacher's network and weights; for the
-  analytic mixture a fresh network of `student.model`) learns the
-  denoising x0-prediction of the student's own samples,
+* a fake score network `f_psi` (a copy of the teacher: its network and
+  weights; for the analytic mixture the mixture family plus a gated
+  `student.model` network, see `build_fake`) learns the denoising
+  x0-prediction of the student's own samples,
 
       L_psi = E[ w_f(s) || f_psi(x_s, s) - sg(x_g) ||^2 ],
       x_s = alpha_s x_g + sigma_s n,

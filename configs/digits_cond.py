@@ -16,7 +16,9 @@ often the evaluation classifier sees the requested class.
 `configs/digits_cond.py:guided` trains one guidance-conditioned student
 for every w in [0, 4] instead (`sample --guidance w`);
 `configs/digits_cond.py:refine` adds 600 steps of the refinement phase
-after BOOT (boot.refine; docs/method.md).
+after BOOT (boot.refine; docs/method.md); with guidance inside it keeps
+the classes but makes FID-digits worse (8.6 -> 55.1, docs/BENCHMARKS.md):
+not recommended until the fake network is guided too.
 """
 
 from boot_jax import config_lib
