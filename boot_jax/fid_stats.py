@@ -119,6 +119,14 @@ def load(path: str, identity: dict) -> dict:
   return stats
 
 
+def open_reference(weights: str, reference: str) -> tuple[Extractor, dict]:
+  """The extractor of `weights` and the statistics of `reference`, refused
+  in one line when made with another extractor, weights or preprocessing
+  (before any sampling is spent on them)."""
+  extractor = Extractor(weights)
+  return extractor, load(reference, extractor.identity)
+
+
 def read_square(path: str, size: int) -> np.ndarray:
   """An image file as `[size, size, 3]` in [-1, 1]: RGB, the largest
   centred square cropped, resized with PIL's bicubic filter."""

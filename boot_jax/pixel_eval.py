@@ -56,8 +56,7 @@ def pixel_report(
     raise fid_stats.StatsError(
       f"--protocol pixel needs at least 2 samples, got --num_samples {num}"
     )
-  extractor = fid_stats.Extractor(weights)
-  ref = fid_stats.load(reference, extractor.identity)  # before sampling
+  extractor, ref = fid_stats.open_reference(weights, reference)
   feats = []
   printer(f"evaluate: Inception features of {num:,} samples")
   w, rate = text_eval.stream_student(
@@ -105,10 +104,10 @@ def metrics(fake, ref: dict, k: int = 3) -> dict:
   return out
 
 
-def scores(extractor, ref: dict, images) -> dict:
-  """`metrics` of images in [-1, 1], named for metrics.jsonl."""
-  m = metrics(extractor.features(images), ref)
-  return {f"eval/{k}": v for k, v in m.items()}
+def scorer(weights: str, reference: str):
+  """`images -> metrics` of images in [-1, 1] against `reference`."""
+  extractor, ref = fid_stats.open_reference(weights, reference)
+  return lambda images: metrics(extractor.features(images), ref)
 
 
 def loop_scorer(config):
@@ -126,6 +125,6 @@ def loop_scorer(config):
       "eval.inception and eval.reference go together (Inception weights "
       "and fid_stats statistics)"
     )
-  extractor = fid_stats.Extractor(weights)
-  ref = fid_stats.load(reference, extractor.identity)
-  return lambda images: scores(extractor, ref, images)
+  score = scorer(weights, reference)
+  # Named for metrics.jsonl and TensorBoard.
+  return lambda images: {f"eval/{k}": v for k, v in score(images).items()}

@@ -286,28 +286,23 @@ def make_refine_step(student, fake, teacher, cfg, guidance, ema_decay,
     g_updates, student_opt = s_opt.update(
       g_grads, r["student_opt"], state.params
     )
-    # The fake network's warm-up: the student waits (its optimizer too).
+    # The fake network's warm-up: the student waits (its optimizer and EMA
+    # too).
     train_student = (state.step - boot_steps) >= warmup
-    params = jax.tree.map(
-      lambda new, old: jnp.where(train_student, new, old),
-      optax.apply_updates(state.params, g_updates),
-      state.params,
+
+    def unless_warming_up(new, old):
+      return jax.tree.map(lambda n, o: jnp.where(train_student, n, o), new, old)
+
+    params = unless_warming_up(
+      optax.apply_updates(state.params, g_updates), state.params
     )
-    student_opt = jax.tree.map(
-      lambda new, old: jnp.where(train_student, new, old),
-      student_opt,
-      r["student_opt"],
-    )
+    student_opt = unless_warming_up(student_opt, r["student_opt"])
     f_norm, g_norm = optax.tree.norm(f_grads), optax.tree.norm(g_grads)
     finite = jnp.isfinite(f_value) & jnp.isfinite(g_value)
     finite &= jnp.isfinite(f_norm) & jnp.isfinite(g_norm)
     ema = state.ema_params
     if ema is not None:
-      ema = jax.tree.map(
-        lambda new, old: jnp.where(train_student, new, old),
-        state_lib.ema_update(ema, params, ema_decay),
-        ema,
-      )
+      ema = unless_warming_up(state_lib.ema_update(ema, params, ema_decay), ema)
     proposed = state.replace(
       params=params,
       ema_params=ema,

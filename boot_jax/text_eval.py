@@ -95,8 +95,7 @@ def clip_report(
   if reference:
     from boot_jax import fid_stats  # noqa: PLC0415
 
-    extractor = fid_stats.Extractor(inception)
-    ref = fid_stats.load(reference, extractor.identity)  # before sampling
+    extractor, ref = fid_stats.open_reference(inception, reference)
   embeddings, feats = [], []
   n = len(captions)
   if extractor is not None and n < 2:
@@ -208,11 +207,9 @@ def default_scorer(f):
   without `--inception`/`--reference`."""
   if not f["reference"].value:
     return None
-  from boot_jax import fid_stats, pixel_eval  # noqa: PLC0415
+  from boot_jax import pixel_eval  # noqa: PLC0415
 
-  extractor = fid_stats.Extractor(f["inception"].value)
-  ref = fid_stats.load(f["reference"].value, extractor.identity)
-  return lambda images: pixel_eval.metrics(extractor.features(images), ref)
+  return pixel_eval.scorer(f["inception"].value, f["reference"].value)
 
 
 def protocol_report(f, model, params, printer=print) -> dict:
