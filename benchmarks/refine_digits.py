@@ -12,7 +12,9 @@ weights (`train.steps=0`). Each run is timed without its evaluation, then
 evaluated by `python -m boot_jax.evaluate` (FID-digits of 2,000 samples,
 the teacher's DDIM on the same noise). `--write` puts the table into
 docs/BENCHMARKS.md. `--config configs/digits_cond.py` runs the
-class-conditional teacher (w = 2) and adds class accuracy.
+class-conditional teacher (w = 2) and adds class accuracy;
+`--refine-guidance 1.5 1` adds (2) with those teacher w inside the
+refinement (refine.guidance).
 """
 
 from __future__ import annotations
@@ -68,6 +70,14 @@ def main():
   p.add_argument(
     "--quick", action="store_true", help="only (1) and (2): no equal-time runs"
   )
+  p.add_argument(
+    "--refine-guidance",
+    type=float,
+    nargs="*",
+    default=(),
+    help="more (2)s, each with this teacher w inside the refinement "
+    "(refine.guidance; class-conditional configs)",
+  )
   args = p.parse_args()
   base, cfg, teacher = args.base, args.config, os.path.abspath(args.teacher)
   runs = {}
@@ -87,6 +97,18 @@ def main():
     os.path.join(base, "boot_refine"), args.boot_steps, args.refine_steps,
     total,
   )  # fmt: skip
+  for w in args.refine_guidance:
+    d = os.path.join(base, f"boot_refine_w{w:g}")
+    seconds = train(
+      d, cfg, teacher,
+      "--config.train.steps=0", "--config.boot.refine=true",
+      f"--config.refine.steps={args.refine_steps}",
+      f"--config.refine.init_from={boot_dir}",
+      f"--config.refine.guidance={w}",
+    )  # fmt: skip
+    runs[f"BOOT, then refinement with refine.guidance={w:g}"] = (
+      d, args.boot_steps, args.refine_steps, t_boot + seconds
+    )  # fmt: skip
   more = round(args.boot_steps * total / t_boot)
   if args.quick:
     more = None
@@ -112,13 +134,18 @@ def main():
     floor = report["fid_real_holdout_vs_train"]
     print(rows[-1], flush=True)
   cond = rows[0][5] is not None
+  variants = ""
+  if args.refine_guidance:
+    ws = " ".join(f"{w:g}" for w in args.refine_guidance)
+    variants = f"--refine-guidance {ws} "
   lines = [
     f"<!-- refine-digits{'-cond' if cond else ''}: begin -->",
     f"## BOOT and the refinement at equal wall time ({cfg})",
     "",
     f"Command: `python benchmarks/refine_digits.py --teacher T --config {cfg}"
     f" --boot-steps {args.boot_steps} --refine-steps {args.refine_steps} "
-    f"{'--quick ' if args.quick else ''}--write` on a trained teacher; "
+    f"{'--quick ' if args.quick else ''}{variants}"
+    + "--write` on a trained teacher; "
     f"machine: {platform.platform()}, "
     f"{os.cpu_count()} CPU cores; date {datetime.date.today().isoformat()}. "
     "Wall time: training only (the runs' own evaluation is off), "
@@ -144,6 +171,13 @@ def main():
       f"| {name} | {b} | {r} | {seconds:.0f} | {fid:.2f} |"
       + (f" {acc:.4f} |" if cond else "")
     )
+  if cond:
+    lines += [
+      "",
+      "Without refine.guidance the refinement guides with BOOT's w; "
+      "the fake network is guided with the same w as the teacher "
+      "(refine.guide_fake, on by default).",
+    ]
   lines += ["", f"<!-- refine-digits{'-cond' if cond else ''}: end -->"]
   text = "\n".join(lines) + "\n"
   print(text)

@@ -31,7 +31,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from boot_jax import loop, mixture_eval, recipes  # noqa: E402
 
-BEGIN, END = "<!-- refine-mixture: begin -->", "<!-- refine-mixture: end -->"
+
+def markers(preset: str) -> tuple[str, str]:
+  return (
+    f"<!-- refine-mixture {preset}: begin -->",
+    f"<!-- refine-mixture {preset}: end -->",
+  )
+
+
 SEEDS = (12345, 1, 2)
 # (name, refine settings): SiD's own optimiser settings, then faster ones.
 VARIANTS = (
@@ -92,8 +99,9 @@ def main():
       )
     )
     print(rows[-1], flush=True)
+  begin, end = markers(args.preset)
   lines = [
-    BEGIN,
+    begin,
     f"## Refinement on the mixture ({args.preset})",
     "",
     f"Command: `python benchmarks/refine_mixture.py --preset {args.preset} "
@@ -112,13 +120,13 @@ def main():
       f"| {name} | {steps} | {seconds:.0f} | {r['mmd_ratio']:.3f} | "
       f"{r['weight_error']:.4f} | {r['agreement']:.4f} |"
     )
-  lines += ["", END]
+  lines += ["", end]
   text = "\n".join(lines) + "\n"
   print(text)
   if args.write:
     import demo  # noqa: PLC0415
 
-    demo.write_section(ROOT / "docs" / "BENCHMARKS.md", text, BEGIN, END)
+    demo.write_section(ROOT / "docs" / "BENCHMARKS.md", text, begin, end)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ Compiles are slow on a CPU (minutes each); results are cached in
 `--cache` (a JSON file) so reruns resume. Per-device batches left out of
 `--batches` are interpolated linearly in the batch (marked in the table).
 `--write` replaces the tables in docs/text_to_image.md; `--quick` compiles
-one row (a smoke test).
+one row (a smoke test). `--refine` compiles the refinement phase's step
+(boot.refine) next to BOOT's for SD 1.5 at fsdp 1 and 8 and writes its
+own table.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402
+import datetime  # noqa: E402
 import functools  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
@@ -68,6 +71,8 @@ BEGIN = "<!-- sd memory: begin -->"
 END = "<!-- sd memory: end -->"
 XLA_BEGIN = "<!-- sd memory xla: begin -->"
 XLA_END = "<!-- sd memory xla: end -->"
+REFINE_BEGIN = "<!-- sd refine memory: begin -->"
+REFINE_END = "<!-- sd refine memory: end -->"
 DATE = "2026-11-26"
 MACHINE = "a 2-core CPU"
 CACHE = "/tmp/boot_jax_sd_memory.json"
@@ -239,10 +244,14 @@ def _abstract_family(unet_config: dict, width: int):
   return types.SimpleNamespace(build=build)
 
 
-def step_config(model: str, resolution: int, fsdp: int, batch: int, attn):
-  """`sd_boot_config` as shipped; only the batch, mesh and shapes set."""
+def step_config(
+  model: str, resolution: int, fsdp: int, batch: int, attn, refine=False
+):
+  """`sd_boot_config` as shipped; only the batch, mesh and shapes set
+  (and, with `refine`, `boot.refine` on with its defaults)."""
   _, _, _, prediction = MODELS[model]
   c = config_lib.sd_boot_config(resolution=resolution, prediction=prediction)
+  c.boot.refine = refine
   c.teacher.name = "sd_abstract"
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, fsdp, 1
   c.train.batch_size = batch * fsdp
@@ -271,11 +280,17 @@ def _flops(compiled) -> float:
 
 
 def compile_step(
-  model: str, resolution: int, fsdp: int, batch: int, attn: str = "auto"
+  model: str,
+  resolution: int,
+  fsdp: int,
+  batch: int,
+  attn: str = "auto",
+  refine: bool = False,
 ) -> dict:
-  """Lowers and compiles the BOOT step; XLA's bytes per device."""
+  """Lowers and compiles the BOOT step (with `refine`, the refinement
+  phase's step); XLA's bytes per device."""
   cfg, _, width, _ = MODELS[model]
-  c = step_config(model, resolution, fsdp, batch, attn)
+  c = step_config(model, resolution, fsdp, batch, attn, refine)
   family = _abstract_family(cfg, width)
   with mock.patch.dict(teachers.TEACHERS, {"sd_abstract": family}):
     s = loop.setup(c)
@@ -286,7 +301,8 @@ def compile_step(
   )
   del drawn
   t0 = time.perf_counter()
-  lowered = s.train_step.lower(s.abstract_state(), s.teacher.params, batch_in)
+  step = s.refine_step if refine else s.train_step
+  lowered = step.lower(s.abstract_state(), s.teacher.params, batch_in)
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
@@ -374,6 +390,47 @@ class Cache:
 
 def step_key(model, resolution, fsdp, batch, attn="auto") -> str:
   return f"step|{model}|{resolution}px|fsdp={fsdp}|b={batch}|{attn}"
+
+
+def refine_section(cache: Cache) -> str:
+  """The refinement step's bytes per device next to BOOT's (SD 1.5)."""
+  gib = lambda b: f"{b / GIB:.2f}"  # noqa: E731
+  lines = [
+    REFINE_BEGIN,
+    "Command: `python benchmarks/sd_memory.py --refine --write` "
+    f"({MACHINE}, 8 fake CPU devices, jax {jax.__version__}, "
+    f"{datetime.date.today().isoformat()}). As the table above, for the "
+    "refinement phase's step (`configs/sd15.py` with `boot.refine=true` "
+    "and its defaults: teacher and fake network both guided at 7.5) next "
+    "to BOOT's step on the same mesh and batch, GiB per device.",
+    "",
+    "| step | fsdp | batch / device | arguments | outputs | temporaries | "
+    "aliased | total | compile s |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for fsdp in (1, 8):
+    for refine in (False, True):
+      key = step_key(SD15, 512, fsdp, 4) + ("|refine" if refine else "")
+      r = cache.get(
+        key, compile_step, SD15, 512, fsdp, 4, "auto", refine=refine
+      )
+      lines.append(
+        f"| {'refinement' if refine else 'BOOT'} | {fsdp} | 4 | "
+        f"{gib(r['argument'])} | {gib(r['output'])} | {gib(r['temp'])} | "
+        f"{gib(r['alias'])} | **{gib(r['total'])}** | {r['compile_s']} |"
+      )
+  lines += [
+    "",
+    "The refinement's state adds the fake network (the teacher's size, "
+    "float32) and two Adams to BOOT's; its step runs the student twice "
+    "(once without gradient, for the fake network's batch), the fake "
+    "network on 2 inputs per example (conditional and null) for its own "
+    "loss and on 2 for the student's, and the teacher on 2; the student's "
+    "loss is backpropagated through both networks to their inputs. CPU "
+    "buffer assignment, as above: an estimate for the cards.",
+    REFINE_END,
+  ]
+  return "\n".join(lines) + "\n"
 
 
 def _interpolate(measured: dict, batch: int) -> dict:
@@ -575,8 +632,22 @@ def main():
     help="per-device batches to compile (the others are interpolated)",
   )
   p.add_argument("--cache", default=CACHE, help="JSON file of results")
+  p.add_argument(
+    "--refine",
+    action="store_true",
+    help="only the refinement phase's step next to BOOT's (SD 1.5)",
+  )
   args = p.parse_args()
   cache = Cache(args.cache)
+  if args.refine:
+    text = refine_section(cache)
+    print(text)
+    if args.write:
+      doc = DOC.read_text()
+      if REFINE_BEGIN not in doc:  # its place: after the XLA section
+        DOC.write_text(doc.replace(XLA_END + "\n", XLA_END + "\n\n" + text))
+      demo.write_section(DOC, text, REFINE_BEGIN, REFINE_END)
+    return
   if args.quick:
     cache.get(step_key(SD15, 512, 1, 4), compile_step, SD15, 512, 1, 4)
     return

@@ -77,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
   # A BOOT work directory whose latest student (EMA when kept) starts this
   # run's student, for refining a finished BOOT run in a new directory.
   c.refine.init_from = placeholder(str)
+  # The teacher's guidance inside the phase (None: boot.guidance; 1: the
+  # conditional teacher unguided, as SiD distils class-conditional models).
+  c.refine.guidance = placeholder(float)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-4
@@ -161,7 +164,8 @@ def base_config() -> ml_collections.ConfigDict:
 # alpha and noise levels (EDM sigma_min/max, rho, the fraction t_max of
 # the range drawn), the fake network's log-normal levels and sigma_data,
 # Adam (b1, b2) with lr for the student and fake_lr for the fake network,
-# fake_warmup steps in which only the fake network trains, and the seed
+# fake_warmup steps in which only the fake network trains, guide_fake
+# (guide the fake network with the teacher's w, as SiD-LSG), and the seed
 # of the phase's noise; `init_from` (base_config) names a BOOT run to start
 # from.
 REFINE_DEFAULTS = dict(
@@ -179,6 +183,7 @@ REFINE_DEFAULTS = dict(
   fake_p_std=1.2,
   sigma_data=0.5,
   fake_warmup=0,
+  guide_fake=True,
   seed=1,
 )
 

@@ -228,7 +228,7 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
         fake,
         teacher,
         rcfg,
-        config.boot.get("guidance"),
+        refine.guidance(config),
         config.optim.ema_decay,
         config.train.nan_policy,
         config.train.steps,

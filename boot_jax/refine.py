@@ -61,6 +61,7 @@ def settings(config) -> dict:
   """`config.refine` over `DEFAULTS` (unknown keys refused)."""
   section = dict(config.get("refine") or {})
   section.pop("init_from", None)
+  section.pop("guidance", None)
   unknown = sorted(set(section) - set(DEFAULTS))
   if unknown:
     raise ValueError(
@@ -84,6 +85,17 @@ def settings(config) -> dict:
 
 def enabled(config) -> bool:
   return bool(config.boot.get("refine", False))
+
+
+def guidance(config):
+  """The teacher's guidance in the phase: `refine.guidance`, else
+  `boot.guidance` (None for w = 1: the conditional output is exact)."""
+  w = (config.get("refine") or {}).get("guidance")
+  if w is None:
+    w = config.boot.get("guidance")
+  if w is not None and float(w) < 0:
+    raise ValueError(f"refine.guidance must be >= 0, got {w}")
+  return None if w is None or float(w) == 1.0 else float(w)
 
 
 def init_from(config) -> str | None:
@@ -132,8 +144,9 @@ def karras_ratio(u, cfg):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Fake:
-  """The fake score network: `x0(params, x_t, t, cond)`, and the module
-  whose logical names shard its parameters (None: replicated)."""
+  """The fake score network: `x0(params, x_t, t, cond, guidance=None)`
+  (guided as the teacher guides), and the module whose logical names shard
+  its parameters (None: replicated)."""
 
   x0: Any
   module: Any = None
@@ -155,9 +168,13 @@ def build_fake(teacher, student_config, key, dtype=None, remat=False,
       teacher, student_config, key, dtype=dtype
     )
 
-    def x0(params, x_t, t, cond=None):
+    def branch(params, x_t, t, cond):
       exact = teacher.x0(params["mixture"], x_t, t, cond, None)
       return exact + params["gate"] * net.raw(params["net"], x_t, t, cond)
+
+    def x0(params, x_t, t, cond=None, guidance=None):
+      fn = lambda x, s, c: branch(params, x, s, c)  # noqa: E731
+      return teacher.guide(fn, x_t, t, cond, guidance)
 
     def params_fn(tp):
       return dict(
@@ -176,8 +193,9 @@ def build_fake(teacher, student_config, key, dtype=None, remat=False,
     attention=attention,
   )
 
-  def x0(params, x_t, t, cond=None):
-    out = net.raw(params, x_t, t, cond)
+  def x0(params, x_t, t, cond=None, guidance=None):
+    fn = lambda x, s, c: net.raw(params, x, s, c)  # noqa: E731
+    out = teacher.guide(fn, x_t, t, cond, guidance)
     alpha, sigma = teacher.schedule.alpha_sigma(t)
     return diffusion.to_x0(out, x_t, alpha, sigma, teacher.prediction)
 
@@ -195,8 +213,10 @@ def _noised(schedule, table, x, r, noise):
   return t, alpha.reshape(b) * x + sigma.reshape(b) * noise, alpha, sigma
 
 
-def fake_loss(fake, fake_params, schedule, table, x_g, cond, key, cfg):
-  """`L_psi` on the student's samples `x_g` (held fixed)."""
+def fake_loss(fake, fake_params, schedule, table, x_g, cond, key, cfg,
+              guidance=None):  # fmt: skip
+  """`L_psi` on the student's samples `x_g` (held fixed); with `guidance`
+  the fake network's guided prediction is the one fitted (SiD-LSG)."""
   k_r, k_n = jax.random.split(key)
   n = x_g.shape[0]
   r = jnp.exp(
@@ -208,7 +228,7 @@ def fake_loss(fake, fake_params, schedule, table, x_g, cond, key, cfg):
   ratio = sigma / alpha  # the time's actual level, after rounding
   sd = float(cfg["sigma_data"])
   weight = (ratio**2 + sd**2) / (ratio * sd) ** 2
-  err = _per_example(fake.x0(fake_params, x_s, t, cond) - x_g)
+  err = _per_example(fake.x0(fake_params, x_s, t, cond, guidance) - x_g)
   return jnp.mean(weight * jnp.sum(err.astype(jnp.float32) ** 2, -1))
 
 
@@ -224,7 +244,13 @@ def generator_loss(params, fake_params, teacher_params, batch, key, parts):
     student.schedule, table, x_g, karras_ratio(u, cfg), noise
   )
   real = teacher.x0(teacher_params, x_t, t, cond, guidance)
-  fake_x0 = fake.x0(jax.lax.stop_gradient(fake_params), x_t, t, cond)
+  fake_x0 = fake.x0(
+    jax.lax.stop_gradient(fake_params),
+    x_t,
+    t,
+    cond,
+    fake_guidance(cfg, guidance),
+  )
   real, fake_x0, x_g32 = (
     _per_example(a).astype(jnp.float32) for a in (real, fake_x0, x_g)
   )
@@ -236,6 +262,12 @@ def generator_loss(params, fake_params, teacher_params, batch, key, parts):
   per = jnp.sum(diff * ((real - x_g32) - alpha * diff), -1) / scale
   loss = jnp.mean(per)
   return loss, {"loss_sid": loss, "score_gap": jnp.mean(diff**2)}
+
+
+def fake_guidance(cfg, guidance):
+  """The w the fake network is guided with: the teacher's, with
+  `refine.guide_fake` (SiD-LSG's choice), else none."""
+  return guidance if bool(cfg["guide_fake"]) else None
 
 
 def optimizers(cfg):
@@ -276,8 +308,9 @@ def make_refine_step(student, fake, teacher, cfg, guidance, ema_decay,
       student.generate(state.params, batch["eps"], cond)
     )
     f_value, f_grads = jax.value_and_grad(fake_loss, argnums=1)(
-      fake, r["fake"], student.schedule, table, x_g, cond, k_f, cfg
-    )
+      fake, r["fake"], student.schedule, table, x_g, cond, k_f, cfg,
+      fake_guidance(cfg, guidance),
+    )  # fmt: skip
     f_updates, fake_opt = f_opt.update(f_grads, r["fake_opt"], r["fake"])
     fake_params = optax.apply_updates(r["fake"], f_updates)
     (g_value, metrics), g_grads = jax.value_and_grad(

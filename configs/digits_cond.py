@@ -16,9 +16,9 @@ often the evaluation classifier sees the requested class.
 `configs/digits_cond.py:guided` trains one guidance-conditioned student
 for every w in [0, 4] instead (`sample --guidance w`);
 `configs/digits_cond.py:refine` adds 600 steps of the refinement phase
-after BOOT (boot.refine; docs/method.md); with guidance inside it keeps
-the classes but makes FID-digits worse (8.6 -> 55.1, docs/BENCHMARKS.md):
-not recommended until the fake network is guided too.
+after BOOT (boot.refine; docs/method.md) with teacher and fake network
+guided at w = 1.5 (refine.guidance): FID-digits and class accuracy in
+docs/BENCHMARKS.md.
 """
 
 from boot_jax import config_lib
@@ -38,4 +38,7 @@ def get_config(arg: str = ""):
   if arg == "refine":
     c.boot.refine = True
     c.refine.steps = 600
+    # SiD-LSG's choice: teacher and fake network both guided, with a
+    # smaller w than BOOT's (docs/method.md, "Refinement").
+    c.refine.guidance = 1.5
   return c

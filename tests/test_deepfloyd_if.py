@@ -370,6 +370,37 @@ def test_train_resume_sample_export_end_to_end(folder, tmp_path, monkeypatch):
   assert "not divisible by 4" in lines[0]
 
 
+def test_refinement_on_if(folder, tmp_path):
+  """boot.refine on the IF teacher as configs/if_i_m.py ships it (64 px,
+  bf16, remat, guidance 7 in the teacher and the fake network, online T5)
+  on one device as on a laptop (the phase on FSDP meshes is checked on our
+  UNet in test_sharding.py and on SD in test_sd.py; compiling it on 8
+  devices here takes twice as long): a refinement step from the teacher's
+  weights (train.steps=0: one compile) is finite and the fake network
+  starts as the teacher's UNet."""
+  from boot_jax import loop
+
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("\n".join(if_fixtures.SENTENCES) + "\n")
+  config = _if_config(folder[0], prompts, tmp_path / "cache")
+  config.train.steps = 0
+  config.train.batch_size = 2
+  config.mesh.data = config.mesh.fsdp = 1
+  config.boot.refine = True
+  config.refine.steps = 1
+  s = loop.setup(config)
+  state = s.init_state()
+  fake = jax.tree.leaves(jax.device_get(state.refine["fake"]))
+  for a, b in zip(
+    fake, jax.tree.leaves(jax.device_get(s.teacher.params)), strict=True
+  ):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), b)
+  state, history = loop.run(s, state)
+  assert int(state.step) == 1
+  assert all(np.isfinite(row["loss"]) for row in history)
+  assert all(np.isfinite(row["loss_fake"]) for row in history)
+
+
 def test_every_unet_parameter_carries_logical_names():
   """Every parameter of the port is named, and the shipped rules (FSDP
   fallback off) put all but a few small leaves' bytes over fsdp: at fsdp 8

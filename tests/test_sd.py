@@ -14,6 +14,7 @@ modules as they ship, 9.6e-5 (the test asserts the fix gains > 10x).
 import pathlib
 
 import flax.linen as nn
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -585,6 +586,56 @@ def test_online_and_cached_text_encoding_give_the_same_batches(
     ref = np.asarray(teacher.encode_text(texts))
     assert np.abs(online - ref).max() <= 1e-5
     assert np.abs(cached - ref).max() <= 2**-8 * np.abs(ref).max()
+
+
+def test_refinement_on_sd(folder, tmp_path):
+  """boot.refine on the SD teacher with sd15's settings (bf16, remat,
+  guidance 7.5 in the teacher and the fake network, online text
+  encoding) on a data=2, fsdp=4 mesh: the fake network starts as the
+  teacher's UNet, its parameters and both Adams are split over fsdp, and 2
+  refinement steps (from the teacher's weights: train.steps=0, one
+  compile) are finite and move the student."""
+  from boot_jax import config_lib, loop, refine, sharding
+
+  path, _, prediction = folder
+  if prediction != "epsilon":
+    pytest.skip("one run is enough")
+  src = tmp_path / "p.txt"
+  src.write_text("a red square\na blue circle\na green dot\n")
+  c = config_lib.sd_boot_config(resolution=16, prediction="eps")
+  c.teacher.path = str(path)
+  c.teacher.prompts = str(src)
+  c.teacher.prompt_cache = str(tmp_path / "cache")
+  c.train.batch_size = 8
+  c.train.steps = 0
+  c.boot.refine = True
+  c.refine.steps = 2
+  c.mesh.data, c.mesh.fsdp = 2, 4
+  s = loop.setup(c)
+  assert refine.guidance(c) == 7.5
+  state = s.init_state()
+  start = jax.device_get(state.params)
+  fake = state.refine["fake"]
+  teacher = jax.device_get(s.teacher.params)
+  for a, b in zip(
+    jax.tree.leaves(jax.device_get(fake)), jax.tree.leaves(teacher), strict=True
+  ):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), b)
+  for name in ("fake", "fake_opt", "student_opt"):
+    tree = state.refine[name]
+    counts = sharding.bytes_per_device(tree).values()
+    assert max(counts) <= 0.3 * sharding.tree_bytes(tree), name
+  state, history = loop.run(s, state)
+  assert int(state.step) == 2
+  leaves = jax.tree.leaves(jax.device_get(state.params))
+  assert all(np.all(np.isfinite(x)) for x in leaves)
+  moved = max(
+    float(np.max(np.abs(a - b)))
+    for a, b in zip(leaves, jax.tree.leaves(start), strict=True)
+  )
+  assert moved > 0.0
+  assert history and all(np.isfinite(row["loss"]) for row in history)
+  assert all(np.isfinite(row["loss_fake"]) for row in history)
 
 
 def test_sd15_as_shipped_at_512_px(tmp_path):

@@ -198,13 +198,21 @@ class Teacher:
     of batch 2B. Guidance is linear in the output at fixed `(x_t, t)`, so
     guiding the native output equals guiding the x0-prediction.
     """
+    fn = lambda x, s, c: self.apply(params, x, s, c)  # noqa: E731
+    return self.guide(fn, x_t, t, cond, guidance)
+
+  def guide(self, fn, x_t, t, cond=None, guidance=None):
+    """`fn(x_t, t, c)` under this teacher's classifier-free guidance:
+    `fn(null) + w * (fn(c) - fn(null))`, or `fn(c)` without guidance.
+
+    `fn` is any network laid out like the teacher's (the teacher itself,
+    the refinement's fake network); `t` a scalar or `[B]`.
+    """
     t = jnp.broadcast_to(jnp.asarray(t), x_t.shape[:1])
     if guidance is None or self.condition.kind == "none":
-      return self.apply(params, x_t, t, cond)
+      return fn(x_t, t, cond)
     null = self.null_condition(x_t.shape[0])
-    both = self.apply(
-      params, interleave(x_t, x_t), interleave(t, t), interleave(cond, null)
-    )
+    both = fn(interleave(x_t, x_t), interleave(t, t), interleave(cond, null))
     out_c, out_null = deinterleave(both)
     w = jnp.asarray(guidance, out_c.dtype)
     w = w.reshape(w.shape + (1,) * (out_c.ndim - w.ndim))
