@@ -7,8 +7,9 @@ Trains configs/gmm.py's preset as shipped (BOOT), then runs the
 refinement phase (boot.refine) from that student with several settings,
 and reports for each the student's MMD to 4,000 exact mixture samples
 over the teacher DDIM-N's (mean over 3 evaluation seeds), the component
-weight error and the agreement with DDIM-N, with wall times. `--write`
-puts the table into docs/BENCHMARKS.md.
+weight error, the agreement with DDIM-N and the shape of the student's
+components (core width, samples outside every component), with wall
+times. `--write` puts the table into docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from boot_jax import loop, mixture_eval, recipes  # noqa: E402
+import scipy.stats  # noqa: E402
+
+from boot_jax import conditions, loop, mixture_eval, recipes  # noqa: E402
+from boot_jax.teachers import gmm  # noqa: E402
 
 
 def markers(preset: str) -> tuple[str, str]:
@@ -45,7 +49,41 @@ VARIANTS = (
   ("SiD defaults (lr 1e-5, fake lr 1e-5)", {}),
   ("lr 1e-5, fake lr 1e-3", dict(fake_lr=1e-3)),
   ("lr 3e-6, fake lr 1e-3", dict(lr=3e-6, fake_lr=1e-3)),
+  (
+    "lr 3e-6, fake lr 1e-3, 2000 fake-only warm-up steps first",
+    dict(lr=3e-6, fake_lr=1e-3, fake_warmup=2000),
+  ),
 )
+SHAPE_NUM = 20000  # samples for the component shape columns
+
+
+def shape(teacher, x) -> dict:
+  """How each sample sits in its nearest component: the per-coordinate
+  std of the samples inside the component's 99% radius (`core_std`), and
+  the fraction outside every component's 99% radius (`outside`; about 1%
+  for exact samples, a little more where components overlap)."""
+  p = teacher.params
+  mu, std = np.asarray(p["means"]), np.asarray(p["stds"])
+  x = np.asarray(x, np.float64)
+  d = np.sqrt(((x[:, None] - mu[None]) ** 2).sum(-1))
+  k = d.argmin(1)
+  radius = std * np.sqrt(scipy.stats.chi2.ppf(0.99, x.shape[1]))
+  inside = d[np.arange(len(x)), k] <= radius[k]
+  core = np.sqrt(np.mean((x - mu[k])[inside] ** 2))
+  return {"core_std": float(core), "outside": float(1 - inside.mean())}
+
+
+def references(setup) -> dict:
+  """`shape` of exact samples and of the teacher's DDIM-N."""
+  eps, cond = conditions.eval_inputs(setup.teacher, SHAPE_NUM, 7)
+  true, _ = gmm.sample(setup.teacher.params, jax.random.key(8), SHAPE_NUM)
+  ddim = mixture_eval.teacher_ddim(
+    setup.teacher, setup.grid, eps, cond, None, 1000
+  )
+  return {
+    "exact": shape(setup.teacher, true),
+    "ddim": shape(setup.teacher, ddim),
+  }
 
 
 def report(setup, params, guidance) -> dict:
@@ -56,7 +94,10 @@ def report(setup, params, guidance) -> dict:
     for seed in SEEDS
   ]
   keys = ("mmd_ratio", "weight_error", "agreement")
-  return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+  out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+  eps, cond = conditions.eval_inputs(setup.teacher, SHAPE_NUM, 7)
+  x = mixture_eval.student_one_step(setup.student, params, eps, cond, 1000)
+  return {**out, **shape(setup.teacher, x)}
 
 
 def main():
@@ -85,6 +126,9 @@ def main():
   for name, overrides in VARIANTS:
     variant = config.copy_and_resolve_references()
     variant.refine.update(overrides)
+    # Warm-up steps come on top: the student still takes `--steps`.
+    steps = args.steps + int(overrides.get("fake_warmup", 0))
+    variant.refine.steps = steps
     s = loop.setup(variant)
     t0 = time.perf_counter()
     # The step donates its input state: each variant gets a copy.
@@ -93,13 +137,14 @@ def main():
     rows.append(
       (
         f"BOOT + refine: {name}",
-        args.steps,
+        steps,
         seconds,
         report(s, refined.params, guidance),
       )
     )
     print(rows[-1], flush=True)
   begin, end = markers(args.preset)
+  refs = references(setup)
   lines = [
     begin,
     f"## Refinement on the mixture ({args.preset})",
@@ -110,15 +155,26 @@ def main():
     "",
     "MMD ratio: the student's one-step MMD to 4,000 exact mixture samples "
     "over the teacher DDIM-N's (N = the training grid), mean over 3 "
-    "evaluation seeds; weight error: max |component frequency - weight|.",
+    "evaluation seeds; weight error: max |component frequency - weight|; "
+    "agreement: same component as DDIM-N from the same noise. Core std: "
+    "per-coordinate std of the samples inside their nearest component's "
+    "99% radius (the components' std is "
+    f"{float(np.asarray(setup.teacher.params['stds'])[0]):g}); outside: the "
+    f"fraction outside every component's 99% radius ({SHAPE_NUM:,} "
+    "samples each). Exact samples: core std "
+    f"{refs['exact']['core_std']:.3f}, outside {refs['exact']['outside']:.4f}; "
+    f"the teacher's DDIM-N: {refs['ddim']['core_std']:.3f}, "
+    f"{refs['ddim']['outside']:.4f}.",
     "",
-    "| run | steps | wall s | MMD ratio | weight error | agreement |",
-    "|---|---|---|---|---|---|",
+    "| run | steps | wall s | MMD ratio | weight error | agreement | "
+    "core std | outside |",
+    "|---|---|---|---|---|---|---|---|",
   ]
   for name, steps, seconds, r in rows:
     lines.append(
       f"| {name} | {steps} | {seconds:.0f} | {r['mmd_ratio']:.3f} | "
-      f"{r['weight_error']:.4f} | {r['agreement']:.4f} |"
+      f"{r['weight_error']:.4f} | {r['agreement']:.4f} | "
+      f"{r['core_std']:.3f} | {r['outside']:.4f} |"
     )
   lines += ["", end]
   text = "\n".join(lines) + "\n"

@@ -405,8 +405,8 @@ def refine_section(cache: Cache) -> str:
     "to BOOT's step on the same mesh and batch, GiB per device.",
     "",
     "| step | fsdp | batch / device | arguments | outputs | temporaries | "
-    "aliased | total | compile s |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "aliased | total |",
+    "|---|---|---|---|---|---|---|---|",
   ]
   for fsdp in (1, 8):
     for refine in (False, True):
@@ -417,7 +417,7 @@ def refine_section(cache: Cache) -> str:
       lines.append(
         f"| {'refinement' if refine else 'BOOT'} | {fsdp} | 4 | "
         f"{gib(r['argument'])} | {gib(r['output'])} | {gib(r['temp'])} | "
-        f"{gib(r['alias'])} | **{gib(r['total'])}** | {r['compile_s']} |"
+        f"{gib(r['alias'])} | **{gib(r['total'])}** |"
       )
   lines += [
     "",
