@@ -23,7 +23,9 @@ noise (and conditions), like BOOT:
                / sg(mean |x_g - f_phi|) ],
 
   both evaluated at `x_t = alpha_t x_g + sigma_t n` (gradients reach the
-  student through `x_g` and `x_t`, never the two networks' weights), and
+  student through `x_g` and `x_t`, never the two networks' weights; with
+  `refine.guide_fake` the fake network is guided with the teacher's `w`
+  in both losses, as SiD-LSG; `refine.guidance` sets that `w`), and
   `r = sigma_t / alpha_t` drawn as SiD draws its EDM noise levels:
   `r = (r_max^(1/rho) + (1 - u) (r_min^(1/rho) - r_max^(1/rho)))^rho`,
   `u ~ U[0, t_max]`.
