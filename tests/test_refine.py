@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from boot_jax import config_lib, recipes, refine, schedules
+from boot_jax import student as student_lib
 from boot_jax.teachers import gmm
 
 
@@ -131,8 +132,6 @@ def test_fake_starts_as_the_guided_teacher():
       fake.x0(fake_params, x, t, c, w), teacher.x0(teacher.params, x, t, c, w)
     )
   # A student from the BOOT config, and SiD's generator loss at w = 2.
-  from boot_jax import student as student_lib  # noqa: PLC0415
-
   student, init_fn = student_lib.build_student(
     teacher, config.student, jax.random.key(2)
   )
