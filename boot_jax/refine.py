@@ -45,6 +45,7 @@ checkpoints, resume, FSDP and the NaN policy cover them.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -95,8 +96,8 @@ def guidance(config):
   w = (config.get("refine") or {}).get("guidance")
   if w is None:
     w = config.boot.get("guidance")
-  if w is not None and float(w) < 0:
-    raise ValueError(f"refine.guidance must be >= 0, got {w}")
+  if w is not None and not (math.isfinite(float(w)) and float(w) >= 0):
+    raise ValueError(f"refine.guidance must be finite and >= 0, got {w}")
   return None if w is None or float(w) == 1.0 else float(w)
 
 

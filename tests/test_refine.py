@@ -163,6 +163,7 @@ def test_refine_guidance_setting():
   assert refine.guidance(config) == 1.5
   config.refine.guidance = 1.0  # the conditional output: no null branch
   assert refine.guidance(config) is None
-  config.refine.guidance = -1.0
-  with pytest.raises(ValueError, match="refine.guidance must be >= 0"):
-    refine.guidance(config)
+  for bad in (-1.0, float("nan"), float("inf")):
+    config.refine.guidance = bad
+    with pytest.raises(ValueError, match="must be finite and >= 0"):
+      refine.guidance(config)
