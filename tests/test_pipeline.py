@@ -635,6 +635,8 @@ def test_refine_a_finished_boot_run(student_dir, teacher_dir, tmp_path):
   """refine.init_from: a new work directory starts its student from a BOOT
   run's latest checkpoint (exactly; 0 steps saves that state), then
   refines it when resumed with more steps; bad sources are one line."""
+  import jax
+
   from boot_jax import checkpoint, loop
 
   work = tmp_path / "refined"
@@ -659,8 +661,6 @@ def test_refine_a_finished_boot_run(student_dir, teacher_dir, tmp_path):
     str(work / "checkpoints"), model.abstract_params
   )
   assert step == 0
-  import jax
-
   pairs = zip(jax.tree.leaves(source), jax.tree.leaves(start), strict=True)
   for a, b in pairs:
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
