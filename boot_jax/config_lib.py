@@ -165,9 +165,11 @@ def base_config() -> ml_collections.ConfigDict:
 # the range drawn), the fake network's log-normal levels and sigma_data,
 # Adam (b1, b2) with lr for the student and fake_lr for the fake network,
 # fake_warmup steps in which only the fake network trains, guide_fake
-# (guide the fake network with the teacher's w, as SiD-LSG), and the seed
-# of the phase's noise; `init_from` (base_config) names a BOOT run to start
-# from.
+# (guide the fake network with the teacher's w, as SiD-LSG), boot_weight
+# (BOOT's own loss on the phase's batch, times this, added to the
+# student's: it keeps the student near the teacher's DDIM-N map), and the
+# seed of the phase's noise; `init_from` (base_config) names a BOOT run to
+# start from.
 REFINE_DEFAULTS = dict(
   steps=1000,
   alpha=1.2,
@@ -184,6 +186,7 @@ REFINE_DEFAULTS = dict(
   sigma_data=0.5,
   fake_warmup=0,
   guide_fake=True,
+  boot_weight=0.0,
   seed=1,
 )
 

@@ -232,6 +232,7 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
         config.optim.ema_decay,
         config.train.nan_policy,
         config.train.steps,
+        step_lib.make_loss_fn(student, teacher, config.boot),
       ),
       in_shardings=(
         state_shardings,

@@ -7,8 +7,9 @@ student's one-step samples `x_g = g(eps)` to the teacher's, reading only
 noise (and conditions), like BOOT:
 
 * a fake score network `f_psi` (a copy of the teacher: its network and
-  weights; for the analytic mixture the mixture family plus a gated
-  `student.model` network, see `build_fake`) learns the denoising
+  weights; for the analytic mixture a mixture of 8 copies of each
+  component plus a gated `student.model` network, see `build_fake`)
+  learns the denoising
   x0-prediction of the student's own samples,
 
       L_psi = E[ w_f(s) || f_psi(x_s, s) - sg(x_g) ||^2 ],
@@ -56,6 +57,7 @@ import optax
 from boot_jax import config_lib, diffusion
 from boot_jax import state as state_lib
 from boot_jax import student as student_lib
+from boot_jax.teachers import gmm
 
 DEFAULTS = config_lib.REFINE_DEFAULTS
 
@@ -79,6 +81,8 @@ def settings(config) -> dict:
     (float(out["lr"]) > 0 and float(out["fake_lr"]) > 0,
      "refine.lr and refine.fake_lr must be > 0"),
     (int(out["fake_warmup"]) >= 0, "refine.fake_warmup must be >= 0"),
+    (0.0 <= float(out["boot_weight"]) < math.inf,
+     "refine.boot_weight must be finite and >= 0"),
   )  # fmt: skip
   for ok, message in checks:
     if not ok:
@@ -145,6 +149,12 @@ def karras_ratio(u, cfg):
   return (hi + (1.0 - u) * (lo - hi)) ** rho
 
 
+# The mixture's fake network: each teacher component as this many copies,
+# means moved apart by this fraction of its std (docs/method.md).
+MIXTURE_COPIES = 8
+MIXTURE_JITTER = 0.01
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Fake:
   """The fake score network: `x0(params, x_t, t, cond, guidance=None)`
@@ -161,18 +171,24 @@ def build_fake(teacher, student_config, key, dtype=None, remat=False,
 
   A network teacher's fake network is the teacher's network (with the
   student's computation dtype, remat and attention) from its weights. The
-  analytic mixture has no network: its fake is the mixture's exact
-  x0-prediction (its parameters trainable) plus a `student.model` network
-  whose output is multiplied by a gate that starts at zero. In both cases
-  the phase starts with `f_psi = f_phi` exactly, as SiD's does.
+  analytic mixture has no network: its fake is the exact x0-prediction of
+  a richer mixture, each teacher component split into `MIXTURE_COPIES`
+  trainable copies (`gmm.split_params`), plus a `student.model` network
+  whose output is multiplied by a gate that starts at zero. A network
+  fake starts with `f_psi = f_phi` exactly, as SiD's does; the mixture's
+  within the copies' jitter (second order in `MIXTURE_JITTER`).
   """
   if teacher.module is None:
+    k_net, k_split = jax.random.split(key)
     net, init_fn = student_lib.build_student(
-      teacher, student_config, key, dtype=dtype
+      teacher, student_config, k_net, dtype=dtype
+    )
+    mixture = gmm.make_split_apply(
+      teacher.schedule, teacher.condition.kind == "class"
     )
 
     def branch(params, x_t, t, cond):
-      exact = teacher.x0(params["mixture"], x_t, t, cond, None)
+      exact = mixture(params["mixture"], x_t, t, cond)
       return exact + params["gate"] * net.raw(params["net"], x_t, t, cond)
 
     def x0(params, x_t, t, cond=None, guidance=None):
@@ -181,7 +197,7 @@ def build_fake(teacher, student_config, key, dtype=None, remat=False,
 
     def params_fn(tp):
       return dict(
-        mixture=jax.tree.map(jnp.copy, tp),
+        mixture=gmm.split_params(tp, MIXTURE_COPIES, MIXTURE_JITTER, k_split),
         net=init_fn(tp),
         gate=jnp.zeros(teacher.sample_shape, jnp.float32),
       )
@@ -293,9 +309,25 @@ def init_refine(student_params, fake_params, cfg) -> dict:
 
 
 def make_refine_step(student, fake, teacher, cfg, guidance, ema_decay,
-                     nan_policy, boot_steps: int):  # fmt: skip
+                     nan_policy, boot_steps, boot_loss_fn=None):  # fmt: skip
   """The un-jitted step `(state, teacher_params, batch) -> (state,
-  metrics)` of the refinement phase (its randomness folds in the step)."""
+  metrics)` of the refinement phase (its randomness folds in the step);
+  `boot_loss_fn` (`step.make_loss_fn`'s) x `refine.boot_weight` joins the
+  student's loss on the same batch."""
+  boot_weight = float(cfg["boot_weight"])
+  if boot_weight and boot_loss_fn is None:
+    raise ValueError("refine.boot_weight > 0 needs BOOT's loss function")
+
+  def student_loss(params, fake_params, teacher_params, batch, key):
+    loss, metrics = generator_loss(
+      params, fake_params, teacher_params, batch, key, parts
+    )
+    if boot_weight:
+      boot_value, _ = boot_loss_fn(params, teacher_params, batch)
+      metrics["loss_boot"] = boot_value
+      loss = loss + boot_weight * boot_value
+    return loss, metrics
+
   table = time_table(student.schedule)
   s_opt, f_opt = optimizers(cfg)
   parts = (student, fake, teacher, cfg, guidance, table)
@@ -317,13 +349,12 @@ def make_refine_step(student, fake, teacher, cfg, guidance, ema_decay,
     f_updates, fake_opt = f_opt.update(f_grads, r["fake_opt"], r["fake"])
     fake_params = optax.apply_updates(r["fake"], f_updates)
     (g_value, metrics), g_grads = jax.value_and_grad(
-      generator_loss, has_aux=True
-    )(state.params, fake_params, teacher_params, batch, k_g, parts)
+      student_loss, has_aux=True
+    )(state.params, fake_params, teacher_params, batch, k_g)
     g_updates, student_opt = s_opt.update(
       g_grads, r["student_opt"], state.params
     )
-    # The fake network's warm-up: the student waits (its optimizer and EMA
-    # too).
+    # The fake network's warm-up: the student, its Adam and EMA wait.
     train_student = (state.step - boot_steps) >= warmup
 
     def unless_warming_up(new, old):

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from boot_jax import config_lib, recipes, refine, schedules
+from boot_jax import config_lib, loop, recipes, refine, schedules
+from boot_jax import step as step_lib
 from boot_jax import student as student_lib
 from boot_jax.teachers import gmm
 
@@ -114,10 +115,10 @@ def _circle_cond():
 
 
 def test_fake_starts_as_the_guided_teacher():
-  """The mixture's fake network starts equal to the teacher, guided or
-  not, so the first generator gradient (before the fake network's first
-  update) is zero: with the fake unguided against a guided teacher
-  (`refine.guide_fake=false`) it is not."""
+  """The mixture's fake network starts at the teacher, guided or not (up
+  to its copies' jitter), so the first generator gradient (before the
+  fake network's first update) is all but zero: with the fake unguided
+  against a guided teacher (`refine.guide_fake=false`) it is not."""
   config, teacher = _circle_cond()
   fake, params_fn = refine.build_fake(
     teacher, config.student, jax.random.key(0)
@@ -127,10 +128,18 @@ def test_fake_starts_as_the_guided_teacher():
   x = jax.random.normal(jax.random.key(1), (n, 2)) * 2.0
   t = jnp.linspace(1.0, 999.0, n).round()
   c = jnp.arange(n) % 8
+  # The copies' means sit within a few x MIXTURE_JITTER x std (0.0015
+  # here) of their component's, centred, so the prediction moves by at
+  # most that much (near the boundaries between components, where the
+  # responsibilities switch) and by second order elsewhere (measured: max
+  # 2.3e-4 / 4.1e-4 unguided / w = 2, mean 5e-6 / 1e-5).
+  bound = 3 * refine.MIXTURE_JITTER * float(jnp.max(teacher.params["stds"]))
   for w in (None, 2.0):
-    np.testing.assert_array_equal(
-      fake.x0(fake_params, x, t, c, w), teacher.x0(teacher.params, x, t, c, w)
+    diff = jnp.abs(
+      fake.x0(fake_params, x, t, c, w) - teacher.x0(teacher.params, x, t, c, w)
     )
+    assert float(jnp.max(diff)) <= bound, (w, float(jnp.max(diff)))
+    assert float(jnp.mean(diff)) <= 1e-2 * bound, (w, float(jnp.mean(diff)))
   # A student from the BOOT config, and SiD's generator loss at w = 2.
   student, init_fn = student_lib.build_student(
     teacher, config.student, jax.random.key(2)
@@ -147,11 +156,11 @@ def test_fake_starts_as_the_guided_teacher():
     )
     norm = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))))
     norms[guide_fake] = (float(loss), norm)
-  # Guided alike, the loss is exactly 0 (equal values) and the gradient 0
-  # up to float32 rounding of two differently fused backward graphs
-  # (measured 7e-8); the unguided fake network against the guided
-  # teacher gives a real gradient (measured 3.8).
-  assert norms[True][0] == 0.0 and norms[True][1] <= 1e-6, norms
+  # Guided alike, the loss and its gradient are what the copies' jitter
+  # leaves (measured 2.5e-5 and 5.1e-4; bounded at 1e-3 and 1e-2, below
+  # one percent of the next case); the unguided fake network against the
+  # guided teacher gives a real gradient (measured 0.86 and 3.8).
+  assert abs(norms[True][0]) <= 1e-3 and norms[True][1] <= 1e-2, norms
   assert norms[False][0] != 0.0 and norms[False][1] > 0.1, norms
 
 
@@ -167,3 +176,31 @@ def test_refine_guidance_setting():
     config.refine.guidance = bad
     with pytest.raises(ValueError, match="must be finite and >= 0"):
       refine.guidance(config)
+
+
+def test_boot_weight_adds_boots_loss():
+  """refine.boot_weight: the student's loss in the phase is SiD's plus the
+  weight times BOOT's own loss on the same batch (the one BOOT's step
+  computes there, to float32 rounding of two compilations); negative,
+  NaN and infinite weights are refused in one line."""
+  config = recipes.gmm_config("circle")
+  config.boot.refine = True
+  config.train.steps = 0
+  config.train.batch_size = 32
+  config.refine.boot_weight = 2.5
+  s = loop.setup(config)
+  state = s.init_state()
+  batch = s.draw(0, s.stage(0))
+  direct, _ = step_lib.make_loss_fn(s.student, s.teacher, config.boot)(
+    state.params, s.teacher.params, batch
+  )
+  _, m = s.step_fn(state, 0)
+  assert float(m["loss_boot"]) > 0
+  np.testing.assert_allclose(m["loss_boot"], direct, rtol=1e-5)
+  np.testing.assert_allclose(
+    m["loss"], m["loss_sid"] + 2.5 * m["loss_boot"], rtol=1e-6
+  )
+  for bad in (-1.0, float("nan"), float("inf")):
+    config.refine.boot_weight = bad
+    with pytest.raises(ValueError, match="boot_weight must be finite"):
+      refine.settings(config)

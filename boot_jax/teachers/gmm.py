@@ -113,7 +113,7 @@ def make_params(means, stds, weights):
   }
 
 
-def _component_log_prior(params, cond, batch: int, conditional: bool):
+def component_log_prior(params, cond, batch: int, conditional: bool):
   """log w_k per example `[B, K]`; a label selects its component."""
   log_w = jnp.broadcast_to(
     params["log_weights"], (batch,) + params["log_weights"].shape
@@ -153,9 +153,47 @@ def posterior_mean(params, x_t, alpha, sigma, log_prior):
 def make_apply(schedule: diffusion.Schedule, conditional: bool):
   def apply(params, x_t, t, cond=None):
     alpha, sigma = schedule.alpha_sigma(t)
-    log_prior = _component_log_prior(params, cond, x_t.shape[0], conditional)
+    log_prior = component_log_prior(params, cond, x_t.shape[0], conditional)
     x0, _ = posterior_mean(params, x_t, alpha, sigma, log_prior)
     return x0
+
+  return apply
+
+
+def split_params(params, copies: int, jitter: float, key):
+  """The mixture with each component as `copies` equal-weight copies whose
+  means are moved by `jitter` x the component's std (offsets centred per
+  component, so the density changes only at second order: its covariance
+  grows by about `(jitter s_k)^2`). Shapes `means [K, C, D]`, `stds [K,
+  C]`, `log_weights [K, C]`: a family of `K C` components that can take
+  shapes one component cannot (a heavier tail, a skew), starting at the
+  mixture itself; the copies differ so that their gradients do."""
+  mu, s, lw = params["means"], params["stds"], params["log_weights"]
+  k, d = mu.shape
+  offsets = jax.random.normal(key, (k, copies, d))
+  offsets = offsets - jnp.mean(offsets, axis=1, keepdims=True)
+  return {
+    "means": mu[:, None] + jitter * s[:, None, None] * offsets,
+    "stds": jnp.broadcast_to(s[:, None], (k, copies)),
+    "log_weights": jnp.broadcast_to(lw[:, None], (k, copies))
+    - math.log(copies),
+  }
+
+
+def make_split_apply(schedule: diffusion.Schedule, conditional: bool):
+  """The exact x0-prediction of a `split_params` mixture; a label selects
+  its component's copies (renormalised among themselves)."""
+
+  def apply(params, x_t, t, cond=None):
+    alpha, sigma = schedule.alpha_sigma(t)
+    mu, lw = params["means"], params["log_weights"]
+    k, c, d = mu.shape
+    per_class = {"log_weights": jax.nn.logsumexp(lw, axis=-1)}
+    prior = component_log_prior(per_class, cond, x_t.shape[0], conditional)
+    within = lw - per_class["log_weights"][:, None]
+    log_prior = (prior[:, :, None] + within[None]).reshape(-1, k * c)
+    flat = {"means": mu.reshape(k * c, d), "stds": params["stds"].reshape(-1)}
+    return posterior_mean(flat, x_t, alpha, sigma, log_prior)[0]
 
   return apply
 
