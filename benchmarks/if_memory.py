@@ -1,6 +1,6 @@
 r"""Bytes per device of BOOT on DeepFloyd IF-I-XL: state, teacher, T5-XXL.
 
-    python benchmarks/if_memory.py [--write] [--unet-config FILE]
+    python benchmarks/if_memory.py [--write] [--unet-config FILE] [--refine]
 
 Shape-based (nothing is allocated): traces our Flax IF UNet
 (`models.if_unet`) at IF-I-XL's shapes and transformers' Flax T5 encoder
@@ -16,6 +16,12 @@ residual blocks a level, 64-wide heads, 4096-wide T5 states: 4.4B
 parameters, which DeepFloyd rounds to 4.3B). Pass your folder's
 `--unet-config /models/if_i_xl/unet/config.json` to measure the real one.
 `--write` replaces the table in docs/text_to_image.md.
+
+`--refine` instead lowers and compiles BOOT's step and the refinement
+phase's step (boot.refine) as configs/if_i_xl.py ships them (global batch
+64, bf16, remat, guidance 7, fsdp over all 16 devices) on an IF teacher
+that holds no weights, and writes XLA's bytes per device (CPU buffer
+assignment: an estimate for the cards) next to each other.
 """
 
 from __future__ import annotations
@@ -29,10 +35,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import pathlib  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
+import types  # noqa: E402
+from unittest import mock  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -44,12 +54,15 @@ import optax  # noqa: E402
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import demo  # noqa: E402
 
-from boot_jax import sharding  # noqa: E402
+from boot_jax import diffusion, loop, recipes, sharding, teachers  # noqa: E402
 from boot_jax import state as state_lib  # noqa: E402
 from boot_jax.models import if_unet  # noqa: E402
+from boot_jax.teachers import base, deepfloyd_if  # noqa: E402
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "text_to_image.md"
 BEGIN, END = "<!-- if memory: begin -->", "<!-- if memory: end -->"
+REFINE_BEGIN = "<!-- if refine memory: begin -->"
+REFINE_END = "<!-- if refine memory: end -->"
 GIB = 2**30
 FSDPS = (4, 8, 16)
 TOKENS = 77
@@ -190,10 +203,156 @@ def section(cfg: dict, source: str) -> str:
   )
 
 
+class _NoPrompts:
+  """Zero prompt embeddings of the right shape, as from a prompt cache:
+  only shapes reach the compiled step."""
+
+  encoding = "cache"
+  source_sha256 = ""
+
+  def __init__(self, width: int):
+    self.shape = (TOKENS, width)
+
+  def __len__(self) -> int:
+    return 1000
+
+  def rows(self, indices) -> np.ndarray:
+    return np.zeros((len(indices),) + self.shape, np.float32)
+
+
+def _abstract_family(cfg: dict):
+  """A teacher family like `teachers.deepfloyd_if` whose `build` reads no
+  folder: `deepfloyd_if.build`'s teacher, field by field, with parameters
+  as ShapeDtypeStructs carrying the placement's shardings, IF's noise
+  table (squaredcos_cap_v2) and cached zero prompt embeddings."""
+
+  def build(config, placement=None, dtype=None, attention="auto"):
+    del config
+    res = int(cfg.get("sample_size", 64))
+    width = int(cfg.get("encoder_hid_dim") or cfg["cross_attention_dim"])
+    sample_shape = (res, res, 3)
+    condition = base.ConditionSpec("text", shape=(TOKENS, width))
+    module = if_unet.IFUNet(cfg, dtype=dtype, attention=attention)
+    boxed = jax.eval_shape(
+      module.init,
+      jax.random.key(0),
+      jax.ShapeDtypeStruct((1,) + sample_shape, jnp.float32),
+      jax.ShapeDtypeStruct((1,), jnp.float32),
+      jax.ShapeDtypeStruct((1,) + condition.shape, jnp.float32),
+    )["params"]
+    abstract = nn.meta.unbox(boxed)
+    params = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract,
+      placement(abstract, sharding.logical_specs(boxed)),
+    )
+    table = dict(
+      type="discrete",
+      beta_schedule="squaredcos_cap_v2",
+      num_train_steps=1000,
+      beta_start=0.0001,
+      beta_end=0.02,
+      set_alpha_to_one=True,
+      name="",
+    )
+
+    def apply(params, x_t, t, cond=None):
+      return module.apply({"params": params}, x_t, t, cond)
+
+    return deepfloyd_if.IFTeacher(
+      name="if",
+      apply=apply,
+      params=params,
+      schedule=diffusion.make_schedule(ml_collections.ConfigDict(table)),
+      prediction="eps",
+      sample_shape=sample_shape,
+      condition=condition,
+      module=module,
+      null_embedding=jnp.zeros(condition.shape, jnp.float32),
+      ddim_spacing=("leading", 0),
+      prompt_loader=lambda: _NoPrompts(width),
+    )
+
+  return types.SimpleNamespace(build=build)
+
+
+def compile_step(cfg: dict, refine: bool) -> dict:
+  """configs/if_i_xl.py's BOOT step (with `refine`, the refinement
+  phase's step, its settings as shipped) lowered and compiled on the 16
+  devices; XLA's bytes per device."""
+  c = recipes.if_boot_config("xl")
+  c.teacher.name = "if_abstract"
+  c.teacher.text_encoding = "cache"  # the step reads embeddings either way
+  c.boot.refine = refine
+  with mock.patch.dict(
+    teachers.TEACHERS, {"if_abstract": _abstract_family(cfg)}
+  ):
+    s = loop.setup(c)
+  drawn = s.draw(0, 0)
+  batch = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+    drawn,
+  )
+  del drawn
+  step = s.refine_step if refine else s.train_step
+  t0 = time.perf_counter()
+  compiled = step.lower(s.abstract_state(), s.teacher.params, batch).compile()
+  m = compiled.memory_analysis()
+  out = dict(
+    argument=int(m.argument_size_in_bytes),
+    output=int(m.output_size_in_bytes),
+    temp=int(m.temp_size_in_bytes),
+    alias=int(m.alias_size_in_bytes),
+    seconds=round(time.perf_counter() - t0, 1),
+    fsdp=int(s.mesh.shape["fsdp"]),
+    batch=int(c.train.batch_size),
+  )
+  out["total"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+  print(json.dumps(out), flush=True)
+  del compiled, s
+  jax.clear_caches()
+  gc.collect()
+  return out
+
+
+def refine_section(cfg: dict, source: str) -> str:
+  gib = lambda b: f"{b / GIB:.2f}"  # noqa: E731
+  lines = [
+    REFINE_BEGIN,
+    "Command: `python benchmarks/if_memory.py --refine --write` (16 fake "
+    f"CPU devices, jax {jax.__version__}, "
+    f"{datetime.date.today().isoformat()}). UNet: {source}. "
+    "configs/if_i_xl.py as shipped (global batch 64, fsdp over the 16 "
+    "devices, bf16, remat, guidance 7; with `boot.refine=true` and its "
+    "defaults: teacher and fake network both guided at 7), prompt "
+    "embeddings from a cache; XLA's buffer assignment on the CPU, GiB "
+    "per device: an estimate for the cards.",
+    "",
+    "| step | fsdp | batch / device | arguments | outputs | temporaries | "
+    "aliased | total | compile s |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for refine in (False, True):
+    r = compile_step(cfg, refine)
+    lines.append(
+      f"| {'refinement' if refine else 'BOOT'} | {r['fsdp']} | "
+      f"{r['batch'] // 16} | {gib(r['argument'])} | {gib(r['output'])} | "
+      f"{gib(r['temp'])} | {gib(r['alias'])} | **{gib(r['total'])}** | "
+      f"{r['seconds']:.0f} |"
+    )
+  lines.append(REFINE_END)
+  return "\n".join(lines) + "\n"
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--write", action="store_true", help="update the doc")
   p.add_argument("--unet-config", help="a unet/config.json to measure")
+  p.add_argument(
+    "--refine",
+    action="store_true",
+    help="compile BOOT's and the refinement's step (XLA's bytes per device)",
+  )
   args = p.parse_args()
   if args.unet_config:
     cfg = json.loads(pathlib.Path(args.unet_config).read_text())
@@ -204,10 +363,13 @@ def main():
       "IF-I-XL's assumed shapes (see the script: 704 base channels x "
       "(1, 2, 3, 4), 3 blocks a level)"
     )
-  text = section(cfg, source)
+  if args.refine:
+    text, begin, end = refine_section(cfg, source), REFINE_BEGIN, REFINE_END
+  else:
+    text, begin, end = section(cfg, source), BEGIN, END
   print(text)
   if args.write:
-    demo.write_section(DOC, text, BEGIN, END)
+    demo.write_section(DOC, text, begin, end)
 
 
 if __name__ == "__main__":
