@@ -53,6 +53,7 @@ import optax  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import demo  # noqa: E402
+import xla_memory  # noqa: E402
 
 from boot_jax import diffusion, loop, recipes, sharding, teachers  # noqa: E402
 from boot_jax import state as state_lib  # noqa: E402
@@ -65,7 +66,7 @@ REFINE_BEGIN = "<!-- if refine memory: begin -->"
 REFINE_END = "<!-- if refine memory: end -->"
 GIB = 2**30
 FSDPS = (4, 8, 16)
-TOKENS = 77
+TOKENS = xla_memory.TOKENS
 XL = dict(
   sample_size=64,
   in_channels=3,
@@ -109,8 +110,10 @@ def per_device(tree, shardings) -> float:
   )
 
 
-def unet_abstract(cfg: dict):
-  module = if_unet.IFUNet(cfg)
+def unet_abstract(cfg: dict, module=None):
+  """The UNet's boxed parameter shapes (`module`: an `IFUNet` of `cfg`
+  with other dtype or attention)."""
+  module = module or if_unet.IFUNet(cfg)
   res = int(cfg.get("sample_size", 64))
   width = int(cfg.get("encoder_hid_dim") or cfg["cross_attention_dim"])
   return jax.eval_shape(
@@ -203,23 +206,6 @@ def section(cfg: dict, source: str) -> str:
   )
 
 
-class _NoPrompts:
-  """Zero prompt embeddings of the right shape, as from a prompt cache:
-  only shapes reach the compiled step."""
-
-  encoding = "cache"
-  source_sha256 = ""
-
-  def __init__(self, width: int):
-    self.shape = (TOKENS, width)
-
-  def __len__(self) -> int:
-    return 1000
-
-  def rows(self, indices) -> np.ndarray:
-    return np.zeros((len(indices),) + self.shape, np.float32)
-
-
 def _abstract_family(cfg: dict):
   """A teacher family like `teachers.deepfloyd_if` whose `build` reads no
   folder: `deepfloyd_if.build`'s teacher, field by field, with parameters
@@ -233,18 +219,10 @@ def _abstract_family(cfg: dict):
     sample_shape = (res, res, 3)
     condition = base.ConditionSpec("text", shape=(TOKENS, width))
     module = if_unet.IFUNet(cfg, dtype=dtype, attention=attention)
-    boxed = jax.eval_shape(
-      module.init,
-      jax.random.key(0),
-      jax.ShapeDtypeStruct((1,) + sample_shape, jnp.float32),
-      jax.ShapeDtypeStruct((1,), jnp.float32),
-      jax.ShapeDtypeStruct((1,) + condition.shape, jnp.float32),
-    )["params"]
+    boxed = unet_abstract(cfg, module)
     abstract = nn.meta.unbox(boxed)
-    params = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract,
-      placement(abstract, sharding.logical_specs(boxed)),
+    params = xla_memory.placed_abstract(
+      abstract, placement(abstract, sharding.logical_specs(boxed))
     )
     table = dict(
       type="discrete",
@@ -270,7 +248,7 @@ def _abstract_family(cfg: dict):
       module=module,
       null_embedding=jnp.zeros(condition.shape, jnp.float32),
       ddim_spacing=("leading", 0),
-      prompt_loader=lambda: _NoPrompts(width),
+      prompt_loader=lambda: xla_memory.NoPrompts(width),
     )
 
   return types.SimpleNamespace(build=build)
@@ -288,26 +266,16 @@ def compile_step(cfg: dict, refine: bool) -> dict:
     teachers.TEACHERS, {"if_abstract": _abstract_family(cfg)}
   ):
     s = loop.setup(c)
-  drawn = s.draw(0, 0)
-  batch = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-    drawn,
-  )
-  del drawn
+  batch = xla_memory.abstract_batch(s)
   step = s.refine_step if refine else s.train_step
   t0 = time.perf_counter()
   compiled = step.lower(s.abstract_state(), s.teacher.params, batch).compile()
-  m = compiled.memory_analysis()
   out = dict(
-    argument=int(m.argument_size_in_bytes),
-    output=int(m.output_size_in_bytes),
-    temp=int(m.temp_size_in_bytes),
-    alias=int(m.alias_size_in_bytes),
+    xla_memory.memory(compiled),
     seconds=round(time.perf_counter() - t0, 1),
     fsdp=int(s.mesh.shape["fsdp"]),
     batch=int(c.train.batch_size),
   )
-  out["total"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
   print(json.dumps(out), flush=True)
   del compiled, s
   jax.clear_caches()

@@ -65,6 +65,7 @@ from boot_jax.teachers import sd  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import demo  # noqa: E402
+import xla_memory  # noqa: E402
 
 DOC = ROOT / "docs" / "text_to_image.md"
 BEGIN = "<!-- sd memory: begin -->"
@@ -112,7 +113,7 @@ SD15, SD21 = MODELS
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 8, 1)]
 BATCHES = (4, 8, 16, 32)  # per device
 FSDPS = (1, 4, 8)
-TOKENS = 77  # CLIP's context
+TOKENS = xla_memory.TOKENS  # CLIP's context
 # Card memory in bytes (as sold: GB = 1e9) and the share a run may plan
 # for; the rest is headroom (the runtime, fragmentation, compiler
 # differences).
@@ -177,24 +178,6 @@ def rows() -> list[str]:
 # XLA's accounting of the compiled BOOT step.
 
 
-class _NoPrompts:
-  """Stands in for the prompt cache: zero embeddings of the right shape
-  (only shapes reach the compiled step). Embeddings come as from the
-  cache: the step reads the same `cond` however prompts were encoded."""
-
-  encoding = "cache"
-  source_sha256 = ""
-
-  def __init__(self, width: int):
-    self.shape = (TOKENS, width)
-
-  def __len__(self) -> int:
-    return 1000
-
-  def rows(self, indices) -> np.ndarray:
-    return np.zeros((len(indices),) + self.shape, np.float32)
-
-
 def _abstract_family(unet_config: dict, width: int):
   """A teacher family like `teachers.sd` whose `build` makes no weights.
 
@@ -215,11 +198,7 @@ def _abstract_family(unet_config: dict, width: int):
       ]
     }
     specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)
-    params = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      params,
-      placement(params, specs),
-    )
+    params = xla_memory.placed_abstract(params, placement(params, specs))
     schedule = config_lib.discrete_schedule(
       "scaled_linear", 1000, 0.00085, 0.012, set_alpha_to_one=False
     )
@@ -238,7 +217,7 @@ def _abstract_family(unet_config: dict, width: int):
       module=module,
       null_embedding=jnp.zeros((TOKENS, width), jnp.float32),
       ddim_spacing=("leading", 1),
-      prompt_loader=functools.partial(_NoPrompts, width),
+      prompt_loader=functools.partial(xla_memory.NoPrompts, width),
     )
 
   return types.SimpleNamespace(build=build)
@@ -257,19 +236,6 @@ def step_config(
   c.train.batch_size = batch * fsdp
   c.model.attention = attn
   return c
-
-
-def _memory(compiled) -> dict:
-  m = compiled.memory_analysis()
-  out = dict(
-    argument=int(m.argument_size_in_bytes),
-    output=int(m.output_size_in_bytes),
-    temp=int(m.temp_size_in_bytes),
-    alias=int(m.alias_size_in_bytes),
-    code=int(m.generated_code_size_in_bytes),
-  )
-  out["total"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
-  return out
 
 
 def _flops(compiled) -> float:
@@ -294,12 +260,7 @@ def compile_step(
   family = _abstract_family(cfg, width)
   with mock.patch.dict(teachers.TEACHERS, {"sd_abstract": family}):
     s = loop.setup(c)
-  drawn = s.draw(0, 0)
-  batch_in = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-    drawn,
-  )
-  del drawn
+  batch_in = xla_memory.abstract_batch(s)
   t0 = time.perf_counter()
   step = s.refine_step if refine else s.train_step
   lowered = step.lower(s.abstract_state(), s.teacher.params, batch_in)
@@ -307,7 +268,7 @@ def compile_step(
   compiled = lowered.compile()
   t2 = time.perf_counter()
   out = dict(
-    _memory(compiled),
+    xla_memory.memory(compiled),
     flops=_flops(compiled),
     lower_s=round(t1 - t0, 1),
     compile_s=round(t2 - t1, 1),
@@ -354,7 +315,7 @@ def compile_clip(batch: int) -> dict:
     .compile()
   )
   out = dict(
-    _memory(compiled),
+    xla_memory.memory(compiled),
     flops=_flops(compiled),
     compile_s=round(time.perf_counter() - t0, 1),
     num_params=int(sum(math.prod(p.shape) for p in jax.tree.leaves(params))),

@@ -109,13 +109,11 @@ def gmm_report(
     num_grid_steps=int(grid.num_steps),
   )
   if teacher.condition.kind == "none":
-    weights = np.exp(np.asarray(p["log_weights"], np.float64))
-    freq = np.bincount(comp_out, minlength=len(weights)) / num
     true, _ = gmm.sample(p, jax.random.key(seed + 1), num)
     m_student, bw = mmd(out, true)
     m_teacher, _ = mmd(ref, true, bandwidth=bw)
     report.update(
-      weight_error=float(np.max(np.abs(freq - weights))),
+      weight_error=_weight_error(p, comp_out),
       mmd_student=m_student,
       mmd_teacher=m_teacher,
       mmd_ratio=m_student / m_teacher,
@@ -137,9 +135,13 @@ def weight_error(
   eps, cond = conditions.eval_inputs(teacher, num, seed)
   out = student_one_step(student, params, eps, cond, batch_size)
   p = teacher.params
-  weights = np.exp(np.asarray(p["log_weights"], np.float64))
-  comp = np.asarray(gmm.assign(p, jnp.asarray(out)))
-  freq = np.bincount(comp, minlength=len(weights)) / num
+  return _weight_error(p, np.asarray(gmm.assign(p, jnp.asarray(out))))
+
+
+def _weight_error(params, components) -> float:
+  """max |frequency of each component in `components` - its weight|."""
+  weights = np.exp(np.asarray(params["log_weights"], np.float64))
+  freq = np.bincount(components, minlength=len(weights)) / len(components)
   return float(np.max(np.abs(freq - weights)))
 
 

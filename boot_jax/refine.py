@@ -317,6 +317,9 @@ def make_refine_step(student, fake, teacher, cfg, guidance, ema_decay,
   boot_weight = float(cfg["boot_weight"])
   if boot_weight and boot_loss_fn is None:
     raise ValueError("refine.boot_weight > 0 needs BOOT's loss function")
+  table = time_table(student.schedule)
+  s_opt, f_opt = optimizers(cfg)
+  parts = (student, fake, teacher, cfg, guidance, table)
 
   def student_loss(params, fake_params, teacher_params, batch, key):
     loss, metrics = generator_loss(
@@ -328,9 +331,6 @@ def make_refine_step(student, fake, teacher, cfg, guidance, ema_decay,
       loss = loss + boot_weight * boot_value
     return loss, metrics
 
-  table = time_table(student.schedule)
-  s_opt, f_opt = optimizers(cfg)
-  parts = (student, fake, teacher, cfg, guidance, table)
   base_key = jax.random.key(int(cfg["seed"]))
   warmup = int(cfg["fake_warmup"])
 

@@ -1,0 +1,62 @@
+"""What benchmarks/sd_memory.py and benchmarks/if_memory.py share: a
+train step built around a teacher without weights, lowered on abstract
+inputs, and XLA's bytes per device of the compiled program.
+
+Importing this module sets nothing (the two scripts choose their own
+number of fake CPU devices before jax starts).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+TOKENS = 77  # CLIP's and IF's T5 prompt length
+
+
+class NoPrompts:
+  """Stands in for the prompt cache: zero embeddings of the right shape
+  (only shapes reach the compiled step). Embeddings come as from the
+  cache: the step reads the same `cond` however prompts were encoded."""
+
+  encoding = "cache"
+  source_sha256 = ""
+
+  def __init__(self, width: int):
+    self.shape = (TOKENS, width)
+
+  def __len__(self) -> int:
+    return 1000
+
+  def rows(self, indices) -> np.ndarray:
+    return np.zeros((len(indices),) + self.shape, np.float32)
+
+
+def placed_abstract(tree, shardings):
+  """ShapeDtypeStructs of `tree`'s leaves carrying `shardings`."""
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    tree,
+    shardings,
+  )
+
+
+def abstract_batch(setup) -> dict:
+  """The step's first batch as ShapeDtypeStructs with its shardings."""
+  drawn = setup.draw(0, 0)
+  return placed_abstract(drawn, jax.tree.map(lambda x: x.sharding, drawn))
+
+
+def memory(compiled) -> dict:
+  """`compiled.memory_analysis()` in bytes per device, and their total
+  (arguments + outputs + temporaries - aliased)."""
+  m = compiled.memory_analysis()
+  out = dict(
+    argument=int(m.argument_size_in_bytes),
+    output=int(m.output_size_in_bytes),
+    temp=int(m.temp_size_in_bytes),
+    alias=int(m.alias_size_in_bytes),
+    code=int(m.generated_code_size_in_bytes),
+  )
+  out["total"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+  return out
