@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 
+from boot_jax import guards
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SECTION_BEGIN = "<!-- demo: begin -->"
 SECTION_END = "<!-- demo: end -->"
@@ -235,6 +237,7 @@ def main():
     parser.error(f"--inception {args.inception} does not exist")
   if args.rerender is None:
     if os.path.exists(args.workdir):
+      guards.check_workdir(args.workdir)  # only a work directory is removed
       shutil.rmtree(args.workdir)
     seconds = run_demo(
       args.workdir,

@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+from boot_jax import guards
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -37,6 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def train(workdir, config, teacher, *overrides) -> float:
   """Trains (no final evaluation); returns the wall seconds."""
   if os.path.exists(workdir):
+    guards.check_workdir(workdir)  # only a work directory is removed
     shutil.rmtree(workdir)
   cmd = [
     sys.executable, "-m", "boot_jax.train", "--config", config,

@@ -18,8 +18,10 @@ Writes into DIR:
   (`diffusers/`, see `boot_jax.teachers.sd_export`).
 
 DIR is written in a temporary directory beside it and renamed into place:
-a failed export leaves nothing, and an existing non-empty DIR is replaced
-only with `--overwrite`.
+a failed export leaves nothing. An existing DIR is replaced only when it
+is an earlier export (its `signature.json`, nothing else in it) and with
+`--overwrite`; never the work directory, a folder above or inside it, the
+current or a home directory (`boot_jax.guards`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from boot_jax import checkpoint, cli, inference, paths
+from boot_jax import checkpoint, cli, guards, inference, paths
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 # One artifact for a laptop, a GPU and a TPU (lowering needs no device).
@@ -169,26 +171,25 @@ def _readme(model, inputs, workdir, step, platforms, batch) -> str:
   )
 
 
-def check_out(out: str, overwrite: bool) -> None:
-  """Refuses a file path, or a non-empty directory without --overwrite."""
-  if paths.is_remote(out):
-    if paths.isfile(out):
-      raise ExportError(f"--out {out!r} is an object; give a folder")
-    if paths.isdir(out) and paths.listdir(out) and not overwrite:
-      raise ExportError(
-        f"--out {out!r} is not empty; pass --overwrite to replace it"
-      )
-    paths.check_writable(out)
-    return
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise ExportError(f"--out {out!r} is a file; give a directory")
-  if os.path.isdir(out) and os.listdir(out) and not overwrite:
+def check_out(out: str, overwrite: bool, workdir: str | None = None) -> bool:
+  """Refuses an `--out` the export may not write; True when it replaces.
+
+  Only an earlier export folder (its signature.json, nothing else in it)
+  is replaced, and only with `--overwrite`; never the work directory, a
+  folder above or inside it, the current or a home directory (guards.py).
+  """
+  existed = guards.check_replace_dir(out, guards.EXPORT, workdir=workdir)
+  if existed and not overwrite:
     raise ExportError(
-      f"--out {out!r} is not empty; pass --overwrite to replace it"
+      f"--out {out} holds an earlier export; pass --overwrite to replace it"
     )
+  if paths.is_remote(out):
+    paths.check_writable(out)
+    return existed
   parent = os.path.dirname(os.path.abspath(out))
   if os.path.exists(parent) and not os.access(parent, os.W_OK):
     raise ExportError(f"cannot write into {parent}")
+  return existed
 
 
 def export(
@@ -201,7 +202,7 @@ def export(
   printer=print,
 ) -> list[str]:
   """Exports `workdir`'s student into `out`; returns the files written."""
-  check_out(out, overwrite)
+  existed = check_out(out, overwrite, workdir)
   if batch is not None and batch < 1:
     raise ExportError(f"--batch must be >= 1, got {batch}")
   platforms = tuple(platforms or DEFAULT_PLATFORMS)
@@ -229,22 +230,23 @@ def export(
       os.path.join(tmp, "params.npz"),
       **{f"p{i:05d}": p for i, p in enumerate(flat)},
     )
-    sig = _signature(model, inputs, step, platforms)
-    with open(os.path.join(tmp, "signature.json"), "w") as f:
-      json.dump(sig, f, indent=2)
     with open(os.path.join(tmp, "README.md"), "w") as f:
       f.write(_readme(model, inputs, workdir, step, platforms, batch))
-    files = ["sampler.jax", "params.npz", "signature.json", "README.md"]
+    files = ["sampler.jax", "params.npz", "README.md"]
     files += model.teacher.export_extras(tmp, model.student, params)
+    files.append("signature.json")
+    # The marker last: it lists what the export wrote (guards.py).
+    sig = _signature(model, inputs, step, platforms)
+    sig["files"] = files
+    with open(os.path.join(tmp, "signature.json"), "w") as f:
+      json.dump(sig, f, indent=2)
     if remote:
-      _upload(tmp, out)
+      _upload(tmp, out, existed)
       return files
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private
-    if os.path.isdir(out):
-      shutil.rmtree(out)
-    os.replace(tmp, out)
+    guards.replace_dir(tmp, out, existed)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -254,7 +256,7 @@ def export(
   return files
 
 
-def _upload(local_dir: str, out: str) -> None:
+def _upload(local_dir: str, out: str, existed: bool) -> None:
   """Uploads an export folder; `signature.json` goes last.
 
   An object store has no atomic folder rename: readers look for
@@ -267,7 +269,7 @@ def _upload(local_dir: str, out: str) -> None:
       rel = os.path.relpath(os.path.join(root, name), local_dir)
       names.append(rel.replace(os.sep, "/"))
   names.sort(key=lambda n: (n == "signature.json", n))
-  if paths.isdir(out):
+  if existed:  # an earlier export, checked by guards.check_replace_dir
     paths.rmtree(out)
   try:
     for rel in names:
@@ -292,7 +294,7 @@ def define_flags():
     ),
     **inference.define_flags(mesh=False),
     overwrite=flags.DEFINE_bool(
-      "overwrite", False, "Replace a non-empty --out."
+      "overwrite", False, "Replace an earlier export folder at --out."
     ),
   )
 

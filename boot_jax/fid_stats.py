@@ -28,7 +28,7 @@ import sys
 
 import numpy as np
 
-from boot_jax import data, fid, inception, paths
+from boot_jax import data, fid, guards, inception, paths
 
 PREPROCESSING = (
   "uint8 quantisation round((x+1)*127.5)/255, grey to RGB, bilinear resize "
@@ -88,6 +88,15 @@ def make(
     source=source,
     **identity,
   )
+
+
+def is_stats(path: str) -> bool:
+  """Whether `path` is reference statistics written by `save`."""
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return {"mu", "sigma", "count"} <= set(z.files)
+  except (OSError, ValueError, AttributeError):
+    return False
 
 
 def save(stats: dict, out: str) -> None:
@@ -204,6 +213,7 @@ def main(argv=None) -> int:
       raise StatsError(f"--size must be >= 1, got {args.size}")
     if args.batch < 1:
       raise StatsError(f"--batch must be >= 1, got {args.batch}")
+    guards.check_replace_file(args.out, is_stats, "a reference statistics file")
     extractor = Extractor(args.inception)
     feats, source = _features(args, extractor)
     save(make(feats, extractor.identity, source, args.keep), args.out)

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from boot_jax import guards
+
 FEATURES = 2048
 SIZE = 299
 IDENTITY = "pytorch-fid FID Inception-v3 (pt_inception-2015-12-05), pool3"
@@ -270,11 +272,23 @@ def features(params, images, batch_size: int = 50) -> np.ndarray:
   return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 2048))
 
 
+def is_converted(path: str) -> bool:
+  """Whether `path` is a safetensors file of the FID Inception's weights."""
+  try:
+    from safetensors import safe_open  # noqa: PLC0415
+
+    with safe_open(path, "np") as f:
+      return "Conv2d_1a_3x3.conv.weight" in set(f.keys())
+  except Exception:  # noqa: BLE001 (any unreadable file is not ours)
+    return False
+
+
 def convert(pth: str, out: str) -> None:
   """The .pth state dict (read with weights_only=True) -> safetensors."""
   import torch  # noqa: PLC0415
   from safetensors.numpy import save_file  # noqa: PLC0415
 
+  guards.check_replace_file(out, is_converted, "converted Inception weights")
   state = torch.load(pth, map_location="cpu", weights_only=True)
   arrays = {k: v.numpy() for k, v in state.items()}
   from_pytorch(arrays)  # refuse anything that is not the FID Inception
@@ -294,7 +308,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   try:
     convert(args.pth, args.out)
-  except (InceptionError, OSError, RuntimeError) as e:
+  except (InceptionError, guards.RefusedError, OSError, RuntimeError) as e:
     print(f"error: {' '.join(str(e).split())[:300]}", file=sys.stderr)
     return 1
   print(f"wrote {args.out}")

@@ -169,6 +169,21 @@ def write_atomic(path: str, data: bytes | str) -> None:
   _replace_locally(path, write)
 
 
+def _umask() -> int:
+  """The process's umask, read without changing it where the system can
+  (setting it, even briefly, races with other threads' files)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def _replace_locally(path: str, write) -> None:
   """`write(tmp)` fills a temporary file beside `path`, renamed over it."""
   directory = os.path.dirname(os.path.abspath(path))
@@ -176,6 +191,9 @@ def _replace_locally(path: str, write) -> None:
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
   os.close(fd)
   try:
+    # mkstemp makes the file private (0600); the result honours the umask
+    # as a plain open() would.
+    os.chmod(tmp, 0o666 & ~_umask())
     write(tmp)
     os.replace(tmp, path)
   except BaseException:

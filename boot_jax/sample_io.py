@@ -5,7 +5,9 @@ an .npz written batch by batch.
 directory beside the output, then packs them into the .npz (an
 uncompressed zip of .npy files, as `np.savez` writes) and renames it into
 place: memory stays bounded by one batch, and a failed or interrupted run
-never leaves a partial output or replaces an existing one. A `gs://`
+never leaves a partial output or replaces an existing one. An existing
+output is replaced only when it is an earlier sample file (and its grid):
+anything else at `--out` or beside it is refused (`boot_jax.guards`). A `gs://`
 output is assembled in the local temporary directory and uploaded whole
 (an object upload is all or nothing).
 """
@@ -20,7 +22,7 @@ import zipfile
 
 import numpy as np
 
-from boot_jax import paths
+from boot_jax import guards, paths
 from boot_jax import workdir as workdir_lib
 
 MAX_SEED = 2**63 - 1
@@ -55,6 +57,8 @@ def check_request(f) -> None:
     raise RequestError(f"--out {out!r} is a directory; give a .npz file path")
   if not out.endswith(".npz"):
     raise RequestError(f"--out {out!r} must end in .npz")
+  # An existing file is replaced only when it is an earlier sample file.
+  guards.check_replace_file(out, guards.is_sample_npz, "a sample file")
 
 
 def read_noise(path: str | None, shape: tuple[int, ...]):
@@ -116,6 +120,13 @@ class SampleWriter:
     if self.latent:
       shapes["latents"] = tuple(sample_shape)
     self.shapes = shapes
+    # Replace only our own outputs: an earlier sample file and its grid.
+    png = (
+      self.out[: -len(".npz")] + ".png" if self.out.endswith(".npz") else None
+    )
+    guards.check_sample_outputs(
+      self.out, png if len(self.pixel_shape) == 3 else None
+    )
     directory = (
       tempfile.gettempdir() if self.remote else os.path.dirname(self.out)
     )

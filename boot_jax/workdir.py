@@ -7,7 +7,9 @@
     W/samples/        PNG grids
     W/tb/             TensorBoard event files
 
-Nothing here writes before the run has been validated: `check` only reads
+A run writes only into a folder of its own: `check` refuses a non-empty
+folder that is not a work directory (guards.check_workdir). Nothing here
+writes before the run has been validated: `check` only reads
 (on an object store it also uploads and deletes one empty probe object), so
 a bad command never touches a good work directory. Every path may be local
 or a `gs://` URL (paths.py).
@@ -21,7 +23,7 @@ import json
 import ml_collections
 import numpy as np
 
-from boot_jax import config_lib, paths
+from boot_jax import config_lib, guards, paths
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -92,10 +94,15 @@ def check(workdir: str, config, compare: bool = True) -> bool:
     True when it already holds a run (config.json present).
 
   Raises:
-    WorkdirError: unwritable, or made by a different config (unless
+    WorkdirError: a folder that is not a work directory of ours (and not
+      empty), unwritable, or made by a different config (unless
       `train.allow_config_change`).
   """
   workdir = paths.abspath(workdir)
+  try:
+    guards.check_workdir(workdir)
+  except guards.RefusedError as e:
+    raise WorkdirError(str(e)) from None
   try:
     paths.check_writable(workdir)
   except OSError as e:
@@ -179,12 +186,15 @@ def save_image_grid(images, path: str, ncol: int | None = None):
   Returns:
     the grid written (uint8 `[H, W]` or `[H, W, C]`), e.g. for TensorBoard.
   """
-  from PIL import Image
+  from PIL import Image, PngImagePlugin
 
   h = np.asarray(images).shape[1]
   scale = max(1, int(np.ceil(32 / h)))
   grid = image_grid(images, ncol, scale)
   buf = io.BytesIO()
-  Image.fromarray(grid).save(buf, format="PNG")
+  # The text chunk marks the grid as ours (guards.is_our_png).
+  info = PngImagePlugin.PngInfo()
+  info.add_text(guards.PNG_KEY, guards.PNG_VALUE)
+  Image.fromarray(grid).save(buf, format="PNG", pnginfo=info)
   paths.write_atomic(path, buf.getvalue())
   return grid
