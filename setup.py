@@ -2,7 +2,7 @@
 
 import setuptools
 
-# gs:// paths (boot_jax/paths.py): fsspec's Cloud Storage file system.
+# gs:// paths (boot_jax/runtime/paths.py): fsspec's Cloud Storage file system.
 _GCS = ["gcsfs>=2024.6"]
 
 _TEST = [

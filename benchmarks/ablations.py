@@ -23,7 +23,8 @@ import time
 
 import jax
 
-from boot_jax import loop, mixture_eval
+from boot_jax.evaluation import mixture_eval
+from boot_jax.training import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -68,8 +69,8 @@ def run_one(preset: str, overrides: dict, steps: int | None) -> dict:
   if steps is not None:
     config.train.steps = steps
   t0 = time.perf_counter()
-  setup = loop.setup(config)
-  state, _ = loop.run(setup)
+  setup = trainer.setup(config)
+  state, _ = trainer.run(setup)
   jax.block_until_ready(state.params)
   seconds = time.perf_counter() - t0
   report = mixture_eval.gmm_report(

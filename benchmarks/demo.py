@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from boot_jax import guards
+from boot_jax.runtime import guards
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SECTION_BEGIN = "<!-- demo: begin -->"
@@ -185,7 +185,7 @@ def inception_note(report) -> list[str]:
     "but the package registries). Convert them once (docs/evaluation.md) "
     "and run `python benchmarks/demo.py --inception "
     "inception_fid.safetensors` to fill the column; the code behind it is "
-    "tested with random weights (tests/test_pipeline.py)."
+    "tested with random weights (tests/integration/test_pipeline.py)."
   ]
 
 

@@ -55,10 +55,15 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import demo  # noqa: E402
 import xla_memory  # noqa: E402
 
-from boot_jax import diffusion, loop, recipes, sharding, teachers  # noqa: E402
-from boot_jax import state as state_lib  # noqa: E402
+from boot_jax import teachers  # noqa: E402
+from boot_jax.config import recipes  # noqa: E402
+from boot_jax.diffusion import schedules  # noqa: E402
+from boot_jax.distill import state as state_lib  # noqa: E402
 from boot_jax.models import if_unet  # noqa: E402
-from boot_jax.teachers import base, deepfloyd_if  # noqa: E402
+from boot_jax.runtime import sharding  # noqa: E402
+from boot_jax.teachers import base  # noqa: E402
+from boot_jax.teachers.deepfloyd_if import if_teacher  # noqa: E402
+from boot_jax.training import trainer  # noqa: E402
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "text_to_image.md"
 BEGIN, END = "<!-- if memory: begin -->", "<!-- if memory: end -->"
@@ -128,7 +133,7 @@ def unet_abstract(cfg: dict, module=None):
 def t5_abstract():
   from transformers import T5Config
 
-  from boot_jax.teachers import if_loading
+  from boot_jax.teachers.deepfloyd_if import loading as if_loading
 
   t5 = if_loading.flax_t5()  # transformers' Flax T5, fixed for this jax
   model = t5.FlaxT5EncoderModel(T5Config(**T5_XXL), _do_init=False)
@@ -208,7 +213,7 @@ def section(cfg: dict, source: str) -> str:
 
 def _abstract_family(cfg: dict):
   """A teacher family like `teachers.deepfloyd_if` whose `build` reads no
-  folder: `deepfloyd_if.build`'s teacher, field by field, with parameters
+  folder: `if_teacher.build`'s teacher, field by field, with parameters
   as ShapeDtypeStructs carrying the placement's shardings, IF's noise
   table (squaredcos_cap_v2) and cached zero prompt embeddings."""
 
@@ -237,11 +242,11 @@ def _abstract_family(cfg: dict):
     def apply(params, x_t, t, cond=None):
       return module.apply({"params": params}, x_t, t, cond)
 
-    return deepfloyd_if.IFTeacher(
+    return if_teacher.IFTeacher(
       name="if",
       apply=apply,
       params=params,
-      schedule=diffusion.make_schedule(ml_collections.ConfigDict(table)),
+      schedule=schedules.make_schedule(ml_collections.ConfigDict(table)),
       prediction="eps",
       sample_shape=sample_shape,
       condition=condition,
@@ -265,7 +270,7 @@ def compile_step(cfg: dict, refine: bool) -> dict:
   with mock.patch.dict(
     teachers.TEACHERS, {"if_abstract": _abstract_family(cfg)}
   ):
-    s = loop.setup(c)
+    s = trainer.setup(c)
   batch = xla_memory.abstract_batch(s)
   step = s.refine_step if refine else s.train_step
   t0 = time.perf_counter()

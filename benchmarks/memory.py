@@ -12,29 +12,29 @@ would hold. `--write` replaces the memory section of docs/scaling.md.
 
 from __future__ import annotations
 
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import math  # noqa: E402
 import os
+import pathlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import demo  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import train_step  # noqa: E402
+
+from boot_jax.runtime import sharding
+from boot_jax.training import trainer
 
 os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import math  # noqa: E402
-import pathlib  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from boot_jax import loop, sharding  # noqa: E402
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import demo  # noqa: E402
-import train_step  # noqa: E402
 
 BEGIN = "<!-- memory: begin -->"
 END = "<!-- memory: end -->"
@@ -59,7 +59,7 @@ def row(model: str, mesh, build: bool) -> str:
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
   c.optim.ema_decay = 0.999
   c.sharding.teacher = "fsdp"
-  s = loop.setup(c)
+  s = trainer.setup(c)
   abstract = s.abstract_state()
   total = sharding.tree_bytes(dict(p=abstract.params, o=abstract.opt_state))
   if build:

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 
-from boot_jax import guards
+from boot_jax.runtime import guards
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

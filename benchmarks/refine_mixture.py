@@ -25,15 +25,17 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats  # noqa: E402
+
+from boot_jax.config import recipes
+from boot_jax.distill import conditions
+from boot_jax.evaluation import mixture_eval
+from boot_jax.teachers import gmm  # noqa: E402
+from boot_jax.training import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import scipy.stats  # noqa: E402
-
-from boot_jax import conditions, loop, mixture_eval, recipes  # noqa: E402
-from boot_jax.teachers import gmm  # noqa: E402
 
 
 def markers(preset: str) -> tuple[str, str]:
@@ -122,9 +124,9 @@ def main():
     f"{k} {config.refine[k]:g}" for k in ("lr", "fake_lr", "boot_weight")
   )
   guidance = config.boot.get("guidance")
-  setup = loop.setup(config)
+  setup = trainer.setup(config)
   t0 = time.perf_counter()
-  state, _ = loop.run(setup, until=config.train.steps)
+  state, _ = trainer.run(setup, until=config.train.steps)
   boot_s = time.perf_counter() - t0
   rows = [
     (
@@ -141,10 +143,10 @@ def main():
     steps = base_steps * overrides.pop("steps_factor", 1)
     variant.refine.update(overrides)
     variant.refine.steps = steps
-    s = loop.setup(variant)
+    s = trainer.setup(variant)
     t0 = time.perf_counter()
     # The step donates its input state: each variant gets a copy.
-    refined, _ = loop.run(s, state=jax.tree.map(jnp.copy, state))
+    refined, _ = trainer.run(s, state=jax.tree.map(jnp.copy, state))
     seconds = time.perf_counter() - t0
     rows.append(
       (

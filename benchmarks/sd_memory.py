@@ -10,8 +10,8 @@ Two measurements, on 8 fake CPU devices:
    float32) and the frozen teacher, shards them with our rules (diffusers'
    parameters carry no logical names, so FSDP takes the largest divisible
    dimension of each) and sums each device's shard shapes.
-2. XLA's own accounting of the real BOOT train step: `loop.setup` builds
-   it from `config_lib.sd_boot_config` as shipped (bf16 compute, remat,
+2. XLA's own accounting of the real BOOT train step: `trainer.setup` builds
+   it from `recipes.sd_boot_config` as shipped (bf16 compute, remat,
    guidance inside the teacher, EMA) around a Stable Diffusion teacher
    whose parameters are ShapeDtypeStructs with shardings (no weights, no
    diffusers folder), the step is lowered with abstract inputs and
@@ -58,9 +58,16 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from boot_jax import config_lib, diffusion, loop, sharding, teachers  # noqa: E402
-from boot_jax import state as state_lib  # noqa: E402
-from boot_jax.teachers import sd  # noqa: E402
+from boot_jax import teachers  # noqa: E402
+from boot_jax.config import (
+  defaults,  # noqa: E402
+  recipes,
+)
+from boot_jax.diffusion import predictions, schedules  # noqa: E402
+from boot_jax.distill import state as state_lib  # noqa: E402
+from boot_jax.runtime import sharding  # noqa: E402
+from boot_jax.teachers.sd import sd_teacher  # noqa: E402
+from boot_jax.training import trainer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -143,8 +150,8 @@ def rows() -> list[str]:
   out = []
   opt = optax.adamw(1e-5)
   for name, (cfg, latent, width, _) in MODELS.items():
-    module = sd.SDUNet(cfg)
-    params = sd.unet_params_abstract(
+    module = sd_teacher.SDUNet(cfg)
+    params = sd_teacher.unet_params_abstract(
       module, (latent, latent, 4), (TOKENS, width)
     )
     state = jax.eval_shape(lambda p: state_lib.create(p, opt, True), params)
@@ -181,37 +188,37 @@ def rows() -> list[str]:
 def _abstract_family(unet_config: dict, width: int):
   """A teacher family like `teachers.sd` whose `build` makes no weights.
 
-  The teacher is `sd.build`'s, field by field, except that its parameters
-  are ShapeDtypeStructs carrying the shardings the config's placement
-  gives them: `loop.setup` and the step's lowering read only their shapes
-  and shardings.
+  The teacher is `sd_teacher.build`'s, field by field, except that its
+  parameters are ShapeDtypeStructs carrying the shardings the config's
+  placement gives them: `trainer.setup` and the step's lowering read only
+  their shapes and shardings.
   """
 
   def build(config, placement=None, dtype=None, attention="auto"):
     latent = int(config.resolution) // 8  # SD's VAE factor
     sample_shape = (latent, latent, 4)
     condition = teachers.ConditionSpec("text", shape=(TOKENS, width))
-    module = sd.SDUNet(unet_config, dtype=dtype, attention=attention)
+    module = sd_teacher.SDUNet(unet_config, dtype=dtype, attention=attention)
     params = {
-      "unet": sd.unet_params_abstract(module, sample_shape, condition.shape)[
-        "unet"
-      ]
+      "unet": sd_teacher.unet_params_abstract(
+        module, sample_shape, condition.shape
+      )["unet"]
     }
     specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)
     params = xla_memory.placed_abstract(params, placement(params, specs))
-    schedule = config_lib.discrete_schedule(
+    schedule = defaults.discrete_schedule(
       "scaled_linear", 1000, 0.00085, 0.012, set_alpha_to_one=False
     )
 
     def apply(params, x_t, t, cond=None):
       return module.apply({"params": params}, x_t, t, cond)
 
-    return sd.SDTeacher(
+    return sd_teacher.SDTeacher(
       name="sd",
       apply=apply,
       params=params,
-      schedule=diffusion.make_schedule(schedule),
-      prediction=diffusion.canonical_prediction(config.prediction),
+      schedule=schedules.make_schedule(schedule),
+      prediction=predictions.canonical_prediction(config.prediction),
       sample_shape=sample_shape,
       condition=condition,
       module=module,
@@ -229,7 +236,7 @@ def step_config(
   """`sd_boot_config` as shipped; only the batch, mesh and shapes set
   (and, with `refine`, `boot.refine` on with its defaults)."""
   _, _, _, prediction = MODELS[model]
-  c = config_lib.sd_boot_config(resolution=resolution, prediction=prediction)
+  c = recipes.sd_boot_config(resolution=resolution, prediction=prediction)
   c.boot.refine = refine
   c.teacher.name = "sd_abstract"
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, fsdp, 1
@@ -259,7 +266,7 @@ def compile_step(
   c = step_config(model, resolution, fsdp, batch, attn, refine)
   family = _abstract_family(cfg, width)
   with mock.patch.dict(teachers.TEACHERS, {"sd_abstract": family}):
-    s = loop.setup(c)
+    s = trainer.setup(c)
   batch_in = xla_memory.abstract_batch(s)
   t0 = time.perf_counter()
   step = s.refine_step if refine else s.train_step

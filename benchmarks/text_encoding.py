@@ -41,17 +41,19 @@ END = "<!-- text encoding: end -->"
 _CHILD = r"""
 import json, os, shutil, statistics, sys, time
 import jax, numpy as np
-from boot_jax import config_lib, loop
+from boot_jax.config import recipes
+from boot_jax.config import defaults
+from boot_jax.training import trainer
 folder, prompts, cache, encoding = sys.argv[1:5]
 t0 = time.perf_counter()
-c = config_lib.sd_boot_config(resolution=64, prediction="eps")
+c = recipes.sd_boot_config(resolution=64, prediction="eps")
 c.teacher.path = folder
 c.teacher.prompts = prompts
 c.teacher.prompt_cache = cache
 c.teacher.text_encoding = encoding
 c.train.batch_size = 8
 c.mesh.data = 1
-s = loop.setup(c)
+s = trainer.setup(c)
 state = s.init_state()
 batch = s.draw(0, 0)
 jax.block_until_ready(batch)
@@ -105,13 +107,13 @@ def main():
   p.add_argument("--prompts", type=int, default=20000)
   p.add_argument("--write", action="store_true")
   args = p.parse_args()
-  sys.path.insert(0, str(ROOT / "tests"))
   import jax  # noqa: PLC0415
-  import sd_fixtures  # noqa: PLC0415 - the tests' tiny folder writer
+
+  from boot_jax import testing
 
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
-    sd_fixtures.make_folder(tmp, heads=1)
+    testing.make_folder(tmp, heads=1)
     prompts = tmp / "prompts.txt"
     write_prompts(prompts, args.prompts)
     rows = {e: measure(tmp / "sd", prompts, e) for e in ("online", "cache")}

@@ -31,15 +31,16 @@ import statistics
 import sys
 import time
 
+import demo  # noqa: E402  (write_section)
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from boot_jax import config_lib, loop
+from boot_jax.config import defaults, recipes
+from boot_jax.training import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import demo  # noqa: E402  (write_section)
 
 # One section per model and platform, so a GPU run keeps the CPU table.
 BEGIN = "<!-- train_step {model} {platform}: begin -->"
@@ -60,7 +61,7 @@ PEAK_FLOPS = {
 def model_config(name: str) -> tuple[dict, list[int], str, dict]:
   """(UNet config, sample shape, prediction, schedule) of a benchmark model."""
   if name == "digits":
-    t = config_lib.digits_teacher_config()
+    t = recipes.digits_teacher_config()
     size = t.data.image_size
     return (
       t.model.to_dict(),
@@ -78,7 +79,7 @@ def model_config(name: str) -> tuple[dict, list[int], str, dict]:
       num_heads=8,
       groups=32,
     )
-    schedule = config_lib.discrete_schedule(
+    schedule = defaults.discrete_schedule(
       "scaled_linear", beta_start=0.00085, beta_end=0.012
     ).to_dict()
     return model, [64, 64, 4], "eps", schedule
@@ -87,8 +88,8 @@ def model_config(name: str) -> tuple[dict, list[int], str, dict]:
 
 def boot_config(args) -> ml_collections.ConfigDict:
   model, shape, prediction, schedule = model_config(args.model)
-  c = config_lib.base_config()
-  c.teacher = config_lib.random_unet_teacher(
+  c = defaults.base_config()
+  c.teacher = recipes.random_unet_teacher(
     model, shape, prediction, ml_collections.ConfigDict(schedule)
   )
   c.student.init = "teacher"
@@ -115,7 +116,7 @@ def timed(fn, *args, repeats: int) -> float:
 
 
 def measure(args) -> dict:
-  s = loop.setup(boot_config(args))
+  s = trainer.setup(boot_config(args))
   state = s.init_state()
   batch = s.draw(0, 0)
   teacher, student = s.teacher, s.student

@@ -26,199 +26,124 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
-import numpy as np
 from absl import app, flags
 
-from boot_jax import (
-  checkpoint,
-  cli,
-  conditions,
-  fid,
-  inference,
-  mixture_eval,
-  paths,
-  sample,
+from boot_jax.evaluation import (
+  evaluator,
+  pixel_eval,
   text_eval,
 )
-from boot_jax import workdir as workdir_lib
+from boot_jax.runtime import checkpoint, cli, paths
+from boot_jax.runtime import workdir as workdir_lib
+from boot_jax.sampling import inference
 
 
-def image_report(model, params, printer=print, scorer=None) -> dict:
-  """Agreement, Frechet distances and speed for a pixel teacher;
-  `scorer(images) -> dict` adds its entries to each sampler's."""
-  config = model.config
-  ev = config.eval
-  num = int(ev.num_samples)
-  batch = sample.batch_for(model, num, int(ev.batch_size), strict=False)
-  teacher = model.teacher
-  kind = "student" if model.student is not None else "teacher"
-  guidance = sample.resolve_guidance(model, ev.get("guidance"), kind)
-  eps, cond = conditions.eval_inputs(teacher, num, ev.seed)
+def protocol_flags() -> dict:
+  """The flags of `evaluate --protocol text` and `--protocol pixel`."""
+  return dict(
+    protocol=flags.DEFINE_enum(
+      "protocol",
+      "default",
+      ["default", "text", "pixel"],
+      "default: the report of the run's kind (digits, mixture, agreement); "
+      "text: the CLIP score over --captions, and Inception metrics with "
+      "--reference (writes W/eval_text.json); "
+      "pixel: Inception FID, KID and precision/recall against --reference "
+      "(writes W/eval_pixel.json).",
+    ),
+    captions=flags.DEFINE_string(
+      "captions", None, "Caption file of --protocol text (txt/jsonl/csv)."
+    ),
+    clip=flags.DEFINE_string(
+      "clip", None, "A local CLIP folder (transformers) for --protocol text."
+    ),
+    num_captions=flags.DEFINE_integer(
+      "num_captions",
+      text_eval.DEFAULT_CAPTIONS,
+      "Captions scored (the first ones).",
+    ),
+    reference=flags.DEFINE_string(
+      "reference",
+      None,
+      "Reference statistics (fid_stats --out): needed by --protocol pixel, "
+      "optional for text (adds FID, KID, precision/recall).",
+    ),
+    inception=flags.DEFINE_string(
+      "inception", None, "FID Inception weights (.safetensors)."
+    ),
+    seed=flags.DEFINE_integer("seed", 0, "Noise seed (as sample --seed)."),
+    guidance=flags.DEFINE_float(
+      "guidance", None, "Guidance w (default: the run's trained w)."
+    ),
+  )
 
-  def run(kind, steps=0):
-    what = kind if kind == "student" else f"{kind} ({steps} steps)"
-    t0 = time.perf_counter()
-    fn = sample.make_sampler(model, params, kind, steps, guidance)
-    fn = sample.jit_on_mesh(model, fn)
-    out, rate = sample.run_sampler(fn, eps, cond, batch)
-    out = teacher.pixels(out, batch)
-    printer(
-      f"evaluate: {what}: {num} samples in {time.perf_counter() - t0:.1f} s"
+
+NEEDS = {"text": ("captions", "clip"), "pixel": ("reference", "inception")}
+
+
+def check_flags(f) -> None:
+  """Refuses a protocol without its inputs, before loading anything."""
+  protocol = f["protocol"].value
+  needs = list(NEEDS.get(protocol, ()))
+  if f["reference"].value or f["inception"].value:
+    needs += ["reference", "inception"]  # Inception metrics: both or neither
+  for name in needs:
+    if not f[name].value:
+      raise text_eval.TextEvalError(f"--protocol {protocol} needs --{name}")
+  if f["num_captions"].value < 1:
+    raise text_eval.TextEvalError(
+      f"--num_captions must be >= 1, got {f['num_captions'].value}"
     )
-    return out, rate
-
-  rows = {}
-  agreement = {}
-  if model.student is not None:
-    student, student_rate = run("student")
-    rows["student 1 step"] = (student, student_rate)
-  ddim_steps = sorted(set(ev.ddim_steps) | set(ev.agreement_steps))
-  for k in ddim_steps:
-    out, rate = run("teacher", k)
-    rows[f"teacher DDIM {k}"] = (out, rate)
-    if k in ev.agreement_steps and model.student is not None:
-      mse = float(np.mean((student - out) ** 2))
-      agreement[str(k)] = dict(mse=mse, psnr=float(10 * np.log10(4.0 / mse)))
-  if model.student is not None:
-    for k in ev.hybrid_steps:
-      rows[f"hybrid (student + {k} teacher steps)"] = run("hybrid", k)
-
-  report = dict(num_samples=num, agreement=agreement, samplers={})
-  if model.grid is not None:
-    report["grid_steps"] = int(model.grid.num_steps)
-  if guidance is not None:
-    report["guidance"] = float(guidance)
-  reference = teacher.reference_data()
-  if reference is not None:
-    printer("evaluate: training the feature classifier for Frechet distances")
-    net = fid.train_classifier(reference, printer=printer)
-    real_mu, real_cov = fid.gaussian(net.features(reference.images))
-    report["classifier_accuracy"] = net.accuracy
-    train_split, hold = reference.split(0.2, 0)
-    report["fid_real_holdout_vs_train"] = fid.frechet_distance(
-      *fid.gaussian(net.features(hold.images)),
-      *fid.gaussian(net.features(train_split.images)),
-    )
-  for name, (out, rate) in rows.items():
-    entry = dict(images_per_s=rate)
-    if reference is not None:
-      logits, feats = net.logits_and_features(out)
-      entry["fid"] = fid.frechet_distance(
-        real_mu, real_cov, *fid.gaussian(feats)
-      )
-      if cond is not None:
-        entry["class_accuracy"] = float(
-          np.mean(np.argmax(logits, -1) == np.asarray(cond))
-        )
-    if scorer is not None:
-      printer(f"evaluate: Inception metrics of {name}")
-      entry.update(scorer(out))
-    report["samplers"][name] = entry
-  return report
 
 
-def mixture_report(model, params, printer=print, scorer=None) -> dict:
-  """`gmm_report` at the run's guidance (or at each of several w)."""
-  config = model.config
-  ev = config.eval
-  if scorer is not None:
-    raise ValueError("Inception metrics need images, not a mixture run")
-  if model.student is None:
-    raise ValueError("the mixture evaluation needs a student")
+def default_scorer(f):
+  """Inception metrics for each sampler of `--protocol default`, or None
+  without `--inception`/`--reference`."""
+  if not f["reference"].value:
+    return None
 
-  def report(w):
-    printer(f"evaluate: mixture agreement and MMD on {ev.num_samples} samples")
-    return mixture_eval.gmm_report(
-      model.teacher,
-      model.student,
+  return pixel_eval.scorer(f["inception"].value, f["reference"].value)
+
+
+def protocol_report(f, model, params, printer=print) -> dict:
+  """The report of `--protocol text` or `pixel` (see their modules)."""
+  if f["protocol"].value == "text":
+    return text_eval.clip_report(
+      model,
       params,
-      model.grid,
-      w,
-      num=ev.num_samples,
-      seed=ev.seed,
-      batch_size=ev.batch_size,
+      f["captions"].value,
+      f["clip"].value,
+      f["num_captions"].value,
+      f["seed"].value,
+      f["guidance"].value,
+      printer=printer,
+      reference=f["reference"].value,
+      inception=f["inception"].value,
     )
 
-  if not model.guided:
-    return report(config.boot.get("guidance"))
-  # A guidance-conditioned student: each scale against the teacher's
-  # DDIM guided with the same w.
-  out = {}
-  for w in guidance_scales(config):
-    out.update({f"{k}@w={w:g}": v for k, v in report(w).items()})
-  return out
-
-
-# `Teacher.evaluation` -> the report it asks for.
-REPORTS = {"images": image_report, "mixture": mixture_report}
-
-
-def evaluate(model, params, printer=print, scorer=None) -> dict:
-  """The evaluation the teacher's family asks for (`Teacher.evaluation`);
-  `scorer` (`pixel_eval.loop_scorer`) adds Inception metrics to images."""
-  return REPORTS[model.teacher.evaluation](model, params, printer, scorer)
-
-
-def guidance_scales(config) -> tuple[float, ...]:
-  """The w a guidance-conditioned student is evaluated at.
-
-  `eval.guidance_scales` when set, else the range's ends and middle.
-  """
-  scales = config.eval.get("guidance_scales")
-  if scales:
-    return tuple(float(w) for w in scales)
-  lo, hi = (float(w) for w in config.boot.guidance_range)
-  return (lo, (lo + hi) / 2, hi)
-
-
-def format_report(report: dict) -> str:
-  """A plain-text table of an evaluation report."""
-  if "samplers" not in report:
-    return "\n".join(
-      f"{k:>16}: {v:.6g}" if isinstance(v, float | int) else f"{k:>16}: {v}"
-      for k, v in sorted(report.items())
-    )
-  lines = []
-  if "classifier_accuracy" in report:
-    lines.append(
-      f"FID classifier held-out accuracy: {report['classifier_accuracy']:.4f}; "
-      f"FID real holdout vs train: {report['fid_real_holdout_vs_train']:.3f}"
-    )
-  for k, v in report["agreement"].items():
-    lines.append(
-      f"student vs teacher DDIM {k}: MSE {v['mse']:.5f}, "
-      f"PSNR {v['psnr']:.2f} dB"
-    )
-  header = f"{'sampler':<38} {'FID':>9} {'images/s':>11}"
-  has_cls = any("class_accuracy" in e for e in report["samplers"].values())
-  has_inc = any("fid_inception" in e for e in report["samplers"].values())
-  if has_cls:
-    header += f" {'class acc':>10}"
-  if has_inc:
-    header += f" {'Inc. FID':>10}"
-  lines += [header, "-" * len(header)]
-  for name, e in report["samplers"].items():
-    row = f"{name:<38} {e.get('fid', float('nan')):>9.3f} "
-    row += f"{e['images_per_s']:>11.1f}"
-    if has_cls:
-      row += f" {e.get('class_accuracy', float('nan')):>10.3f}"
-    if has_inc:
-      row += f" {e.get('fid_inception', float('nan')):>10.3f}"
-    lines.append(row)
-  return "\n".join(lines)
+  num = f["num_samples"].value or pixel_eval.DEFAULT_SAMPLES
+  return pixel_eval.pixel_report(
+    model,
+    params,
+    f["reference"].value,
+    f["inception"].value,
+    num,
+    f["seed"].value,
+    f["guidance"].value,
+    printer=printer,
+  )
 
 
 def define_flags():
   """The CLI's flags (defined only when run as a program)."""
   return dict(
     workdir=flags.DEFINE_string("workdir", None, "A work directory."),
-    **inference.define_flags(),
+    **cli.define_inference_flags(inference.DTYPES),
     num_samples=flags.DEFINE_integer(
       "num_samples", None, "Samples per sampler (default: eval.num_samples)."
     ),
-    **text_eval.define_flags(),
+    **protocol_flags(),
   )
 
 
@@ -226,7 +151,7 @@ def main(argv, f):
   cli.check_args(argv, f, "workdir")
   workdir = f["workdir"].value
   try:
-    text_eval.check_flags(f)
+    check_flags(f)
     protocol = f["protocol"].value
     name = "eval.json" if protocol == "default" else f"eval_{protocol}.json"
     path = paths.join(workdir, name)
@@ -246,12 +171,12 @@ def main(argv, f):
         )
       model.config.eval.num_samples = f["num_samples"].value
     if protocol != "default":
-      report = text_eval.protocol_report(f, model, params, cli.printer)
+      report = protocol_report(f, model, params, cli.printer)
     else:
-      report = evaluate(model, params, cli.printer, text_eval.default_scorer(f))
+      report = evaluator.evaluate(model, params, cli.printer, default_scorer(f))
     report["checkpoint_step"] = step
     workdir_lib.atomic_write(path, json.dumps(report, indent=2, sort_keys=True))
-    cli.printer(format_report(report))
+    cli.printer(evaluator.format_report(report))
     cli.printer(f"wrote {path}")
   except (ValueError, OSError, checkpoint.CheckpointError) as e:
     cli.fail(e, code=1)

@@ -37,257 +37,12 @@ compilation.
 
 from __future__ import annotations
 
-import math
-import time
-
-import jax
-import numpy as np
 from absl import app, flags
 
-from boot_jax import checkpoint, cli, diffusion, inference, prompts, sharding
-from boot_jax import sample_io as io
-
-SAMPLERS = ("student", "teacher", "hybrid")
-
-
-class SampleError(ValueError):
-  """A sampling request that cannot be carried out."""
-
-
-def hybrid_timesteps(model: inference.Model, steps: int) -> np.ndarray:
-  """The last `steps` model-call times of the training grid, descending.
-
-  The first is where the student jumps to; the teacher's DDIM runs from
-  there through the rest to the clean end.
-  """
-  n = model.grid.num_steps
-  if not 1 <= steps <= n:
-    raise SampleError(
-      f"hybrid needs 1 <= --steps <= {n} (the student's grid), got {steps}"
-    )
-  return model.grid.times[1 : steps + 1][::-1].astype(np.float64)
-
-
-def resolve_guidance(
-  model: inference.Model,
-  guidance=None,
-  kind: str = "student",
-  allow_extrapolation: bool = False,
-):
-  """The w to sample with, checked against what the student was trained for.
-
-  Without `guidance`: the trained w, or the middle of a guidance-conditioned
-  student's range. A given w must be finite and >= 0; outside a guided
-  student's range it is refused unless `allow_extrapolation`; the student
-  sampler of a fixed-w student refuses any other w (it cannot change it).
-  """
-  if guidance is None:
-    return model.default_guidance()
-  w = float(guidance)
-  if not math.isfinite(w) or w < 0:
-    raise SampleError(f"--guidance must be finite and >= 0, got {guidance}")
-  if model.teacher.condition.kind == "none":
-    raise SampleError(
-      "--guidance needs a conditional teacher; this one is unconditional"
-    )
-  if model.guided:
-    lo, hi = model.guidance_range
-    if not lo <= w <= hi and not allow_extrapolation:
-      raise SampleError(
-        f"--guidance {w:g} is outside [{lo:g}, {hi:g}], the range the "
-        "student was trained for; pass --allow_extrapolation to sample "
-        "there anyway"
-      )
-  elif model.student is not None and kind == "student":
-    trained = model.trained_guidance
-    if trained is None or not math.isclose(w, float(trained)):
-      raise SampleError(
-        f"this student was distilled at a fixed guidance w={trained}: "
-        f"--guidance {w:g} cannot change its one step (use the teacher or "
-        "hybrid sampler, or a guidance-conditioned student)"
-      )
-  return w
-
-
-def make_sampler(model: inference.Model, params, kind: str, steps, guidance):
-  """A `(eps, cond) -> samples` function for one sampler (not jitted).
-
-  `guidance` guides the teacher's steps and, for a guidance-conditioned
-  student, is the w the student reads.
-  """
-  student, teacher = model.student, model.teacher
-  if kind not in SAMPLERS:
-    raise SampleError(f"unknown sampler {kind!r}; expected {SAMPLERS}")
-  if student is None and kind != "teacher":
-    raise SampleError(
-      f"a teacher work directory has no student: --sampler {kind} is not "
-      "possible; use --sampler teacher"
-    )
-  w_student = guidance if model.guided else None
-  if kind == "student":
-    return lambda e, c: student.generate(params, e, c, w_student)
-  if steps < 1:
-    raise SampleError(f"--steps must be >= 1 for the {kind} sampler")
-  if kind == "teacher":
-    ts = teacher.ddim_timesteps(steps)
-    return lambda e, c: teacher.ddim(teacher.params, e, ts, c, guidance)
-  ts = hybrid_timesteps(model, steps)
-
-  def hybrid(e, c):
-    x = student.x_t(params, e, ts[0], c, w_student)
-    fn = lambda x, t: teacher.output(teacher.params, x, t, c, guidance)  # noqa: E731
-    return diffusion.ddim_sample(
-      fn, x, teacher.schedule, ts, teacher.prediction
-    )
-
-  return hybrid
-
-
-def jit_on_mesh(model: inference.Model, fn):
-  """`fn(eps, cond)` jitted with the batch split over the mesh and the
-  result gathered (so any process can read it)."""
-  batch = sharding.batch_sharding(model.mesh)
-  return jax.jit(
-    fn,
-    in_shardings=(batch, batch),
-    out_shardings=sharding.replicated(model.mesh),
-  )
-
-
-def batch_for(
-  model: inference.Model, num: int, batch_size: int, strict: bool = True
-) -> int:
-  """The batch actually run: `batch_size`, or less for a small request
-  (rounded up to a multiple of the batch's devices).
-
-  With `strict`, a `batch_size` that does not split over the devices is
-  refused (a user's `--batch_size`); otherwise it is rounded up to one that
-  does (a config's `eval.batch_size`, written for another machine).
-  """
-  shards = model.mesh.shape["data"] * model.mesh.shape["fsdp"]
-  if not strict:
-    batch_size = -(-max(batch_size, 1) // shards) * shards
-  inference.check_batch(model.mesh, batch_size)
-  return min(batch_size, -(-num // shards) * shards)
-
-
-class Conditions:
-  """The condition of each example index, for any slice of a request."""
-
-  def __init__(self, model: inference.Model, labels=None, texts=None):
-    spec = model.teacher.condition
-    self.model = model
-    self.labels = self.texts = self.prompt_set = None
-    if spec.kind != "class" and labels:
-      raise SampleError(
-        "--label given but the teacher is not class-conditional"
-      )
-    if spec.kind != "text" and texts:
-      raise SampleError("--prompt given but the teacher is not text-to-image")
-    if spec.kind == "class":
-      if labels:
-        bad = [v for v in labels if not 0 <= v <= spec.num_classes]
-        if bad:
-          raise SampleError(
-            f"--label {bad[0]} is out of range 0..{spec.num_classes} "
-            f"({spec.num_classes} is the null label)"
-          )
-        self.labels = np.asarray(labels, np.int32)
-      else:
-        self.labels = np.arange(spec.num_classes, dtype=np.int32)
-    elif spec.kind == "text":
-      if texts:
-        self.texts = list(texts)
-      else:
-        self.prompt_set = model.teacher.prompts()
-        if self.prompt_set is None:
-          raise SampleError(
-            "give --prompt or --prompts-file (the run has no training prompts)"
-          )
-
-  def rows(self, start: int, num: int):
-    """The conditions of examples start..start+num-1 (None: unconditional)."""
-    idx = np.arange(start, start + num)
-    if self.labels is not None:
-      return self.labels[idx % len(self.labels)]
-    if self.texts is not None:
-      texts = [self.texts[i % len(self.texts)] for i in idx]
-      return np.asarray(self.model.teacher.encode_text(texts), np.float32)
-    if self.prompt_set is not None:
-      return self.prompt_set.rows(idx % len(self.prompt_set))
-    return None
-
-
-def pad_rows(a, rows: int):
-  """`a` with its last row repeated up to `rows` rows (one compiled shape)."""
-  a = np.asarray(a)
-  if len(a) == rows:
-    return a
-  return np.concatenate([a, np.repeat(a[-1:], rows - len(a), axis=0)])
-
-
-def stream(
-  fn, eps_rows, cond_rows, num: int, batch: int, consume, pixels, progress=None
-):
-  """Runs `fn` over `num` examples in batches of `batch` (the last padded).
-
-  Args:
-    fn: jitted `(eps, cond) -> samples` (compiled here for the batch shape).
-    eps_rows, cond_rows: `(start, n) -> rows` of noise and conditions.
-    num: how many examples.
-    batch: rows per call.
-    consume: `(start, eps, samples, pixels) -> None` for each batch.
-    pixels: samples -> pixels.
-    progress: `(done, num) -> None`, called about every 10 s (or None).
-
-  Returns:
-    images/s of the sampler alone (compilation and I/O excluded).
-  """
-  seconds, timed = 0.0, 0
-  last_report = time.perf_counter()
-  for start in range(0, num, batch):
-    if progress is not None and time.perf_counter() - last_report > 10:
-      progress(start, num)
-      last_report = time.perf_counter()
-    n = min(batch, num - start)
-    eps = eps_rows(start, n)
-    cond = cond_rows(start, n)
-    args = (
-      pad_rows(eps, batch),
-      None if cond is None else pad_rows(cond, batch),
-    )
-    if start == 0:
-      fn = fn.lower(*args).compile()  # compiled outside the timing
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    seconds += time.perf_counter() - t0
-    timed += batch
-    samples = np.asarray(out)[:n]
-    if not np.all(np.isfinite(samples)):
-      bad = int(np.sum(~np.isfinite(samples).reshape(n, -1).all(-1)))
-      raise SampleError(
-        f"{bad} of the samples {start}..{start + n - 1} are NaN or infinite: "
-        "the checkpoint's parameters (or the guidance) are not usable"
-      )
-    consume(start, eps, samples, pixels(samples))
-  return timed / seconds if seconds > 0 else float("nan")
-
-
-def run_sampler(fn, eps, cond, batch_size: int):
-  """In-memory sampling of given arrays; returns `(samples, images/s)`."""
-  eps = np.asarray(eps)
-  cond = None if cond is None else np.asarray(cond)
-  out = []
-  rate = stream(
-    fn,
-    lambda s, n: eps[s : s + n],
-    lambda s, n: None if cond is None else cond[s : s + n],
-    len(eps),
-    min(batch_size, len(eps)),
-    lambda s, e, smp, pix: out.append(smp),
-    lambda smp: None,
-  )
-  return np.concatenate(out), rate
+from boot_jax.data import prompts
+from boot_jax.runtime import checkpoint, cli
+from boot_jax.sampling import inference, samplers
+from boot_jax.sampling import sample_io as io
 
 
 def define_flags():
@@ -300,7 +55,7 @@ def define_flags():
     sampler=flags.DEFINE_enum(
       "sampler",
       None,
-      SAMPLERS,
+      samplers.SAMPLERS,
       "Sampler (default: student; teacher for a teacher work directory).",
     ),
     steps=flags.DEFINE_integer("steps", 50, "Teacher DDIM steps."),
@@ -324,7 +79,7 @@ def define_flags():
     prompts_file=flags.DEFINE_string(
       "prompts-file", None, "A prompt file (.txt, .jsonl, .csv, .parquet)."
     ),
-    **inference.define_flags(),
+    **cli.define_inference_flags(inference.DTYPES),
   )
 
 
@@ -337,7 +92,7 @@ def main(argv, f):
       f["workdir"].value, mesh, f["dtype"].value
     )
     kind = f["sampler"].value or ("student" if model.student else "teacher")
-    guidance = resolve_guidance(
+    guidance = samplers.resolve_guidance(
       model, f["guidance"].value, kind, f["allow_extrapolation"].value
     )
     shape = tuple(model.teacher.sample_shape)
@@ -346,10 +101,12 @@ def main(argv, f):
     texts = f["prompt"].value
     if f["prompts_file"].value:
       texts = prompts.read_prompts(f["prompts_file"].value)
-    conds = Conditions(model, f["label"].value, texts)
-    batch = batch_for(model, num, f["batch_size"].value)
+    conds = samplers.Conditions(model, f["label"].value, texts)
+    batch = samplers.batch_for(model, num, f["batch_size"].value)
     steps = f["steps"].value
-    fn = jit_on_mesh(model, make_sampler(model, params, kind, steps, guidance))
+    fn = samplers.jit_on_mesh(
+      model, samplers.make_sampler(model, params, kind, steps, guidance)
+    )
     seed = f["seed"].value
     if noise is not None:
       eps_rows = lambda s, n: noise[s : s + n]  # noqa: E731
@@ -359,7 +116,7 @@ def main(argv, f):
       f["out"].value, num, shape, model.teacher.pixel_shape
     )
     with writer:
-      rate = stream(
+      rate = samplers.stream(
         fn,
         eps_rows,
         conds.rows,

@@ -18,204 +18,12 @@ config has a `teacher.recipe`, that teacher is trained there first.
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from boot_jax import (
-  checkpoint,
-  cli,
-  conditions,
-  config_lib,
-  driver,
-  evaluate,
-  inference,
-  lock,
-  loop,
-  paths,
-  pixel_eval,
-  refine,
-  sharding,
-  teachers,
-)
-from boot_jax import workdir as workdir_lib
-
-
-def resolve_teacher_path(config, workdir: str) -> None:
-  """Makes a relative `teacher.path` relative to the work directory."""
-  path = config.teacher.get("path")
-  if path and not paths.is_remote(path) and not os.path.isabs(path):
-    config.teacher.path = paths.join(paths.abspath(workdir), path)
-
-
-def sample_grid_fn(setup: loop.Setup, config, workdir: str):
-  """An `evaluate` hook: the student's one step on fixed noise, as a PNG.
-
-  None for vector data (there is no picture to draw).
-  """
-  if not setup.teacher.is_image:
-    return None
-  num = int(config.eval.get("grid_size", 64))
-  eps, cond = conditions.eval_inputs(setup.teacher, num, config.eval.seed)
-  # Every process runs the (sharded) step; the replicated result lets
-  # process 0 alone write the picture.
-  generate = jax.jit(
-    setup.student.generate, out_shardings=sharding.replicated(setup.mesh)
-  )
-  # eval.batch_size images per call (the last call padded: one shape), so
-  # the grid never holds more activations than an evaluation batch.
-  batch = max(1, min(int(config.eval.batch_size), num))
-
-  def rows(a, start):
-    if a is None:
-      return None
-    a = a[start : start + batch]
-    pad = batch - len(a)
-    return jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
-
-  def one_step(params, e, c, n):
-    return np.concatenate(
-      [
-        np.asarray(generate(params, rows(e, i), rows(c, i)))
-        for i in range(0, n, batch)
-      ]
-    )[:n]
-
-  scorer = pixel_eval.loop_scorer(config)
-  if scorer is not None:
-    n_scored = int(config.eval.get("inception_samples") or 256)
-    scored = conditions.eval_inputs(
-      setup.teacher, n_scored, config.eval.seed + 1
-    )
-  teacher_png = paths.join(workdir, "samples", "teacher.png")
-  teacher_fn = None
-  if (
-    config.eval.get("teacher_grid", True)
-    and not config.boot.get("guidance_range")
-    and not paths.exists(teacher_png)
-  ):
-    # The teacher's DDIM on the grid's noise, drawn once per work directory.
-    steps = max(tuple(config.eval.get("agreement_steps") or ()) or (25,))
-    ts = setup.teacher.ddim_timesteps(int(steps))
-    w = config.boot.get("guidance")
-    teacher_fn = jax.jit(
-      lambda p, e, c: setup.teacher.ddim(p, e, ts, c, w),
-      out_shardings=sharding.replicated(setup.mesh),
-    )
-
-  def hook(step, state):
-    nonlocal teacher_fn
-    params = driver.params_for_sampling(state)
-    out = one_step(params, eps, cond, num)
-    scored_images = None
-    if scorer is not None:  # every process samples (the step is sharded)
-      scored_images = one_step(params, scored[0], scored[1], n_scored)
-    teacher = None
-    if teacher_fn is not None:
-      tp = setup.teacher.params
-      teacher = np.concatenate(
-        [
-          np.asarray(teacher_fn(tp, rows(eps, i), rows(cond, i)))
-          for i in range(0, num, batch)
-        ]
-      )[:num]
-      teacher_fn = None
-    if not sharding.is_lead():
-      return
-    ncol = int(np.sqrt(num))
-    out = setup.teacher.pixels(out, batch)
-    path = paths.join(workdir, "samples", f"student_{step:07d}.png")
-    images = {"samples/student": workdir_lib.save_image_grid(out, path, ncol)}
-    if teacher is not None:
-      images["samples/teacher"] = workdir_lib.save_image_grid(
-        setup.teacher.pixels(teacher, batch), teacher_png, ncol
-      )
-    scalars = {}
-    if scored_images is not None:  # Inception on the lead process only
-      scalars = scorer(setup.teacher.pixels(scored_images, batch))
-    return {"images": images, "scalars": scalars}
-
-  return hook
-
-
-def train_and_evaluate(config, workdir: str, printer=print) -> dict:
-  """Runs BOOT from `config` in `workdir`; returns the final evaluation.
-
-  Phases: config (validate, resolve the teacher) -> teacher -> student
-  state (abstract first) -> restore or init -> loop -> evaluate.
-  """
-  config_lib.validate(config)
-  resolve_teacher_path(config, workdir)
-  # Read-only checks first, so a bad command never writes anything.
-  workdir_lib.check(workdir, config, compare=False)
-  with lock.WorkdirLock(workdir, enabled=sharding.is_lead()):
-    return _train_locked(config, workdir, printer)
-
-
-def _train_locked(config, workdir: str, printer) -> dict:
-  teachers.prepare(config.teacher, printer)
-  setup = loop.setup(config)  # resolves teacher fields into the config
-  workdir_lib.check(workdir, config)
-  printer(
-    f"teacher {setup.teacher.name} ({setup.teacher.prediction}-prediction), "
-    f"student {setup.num_params:,} parameters, "
-    f"grid N={setup.grid.num_steps}"
-    + (
-      f"; then {refine.settings(config)['steps']:,} refinement steps"
-      if refine.enabled(config)
-      else ""
-    )
-  )
-  state, _ = driver.run_in_workdir(
-    workdir,
-    config,
-    abstract_state=setup.abstract_state(),
-    init_state=setup.init_state,
-    step_fn=setup.step_fn,
-    items=lambda st: {"state": st},
-    evaluate=sample_grid_fn(setup, config, workdir),
-    printer=printer,
-    sync=sharding.needs_step_sync(setup.mesh),
-    total_steps=refine.total_steps(config),
-  )
-  if setup.source_step is not None:
-    printer(
-      f"the student started from {refine.init_from(config)} (checkpoint "
-      f"step {setup.source_step})"
-    )
-  if not config.eval.get("final", True):
-    return {}
-  if jax.process_count() > 1:
-    printer(
-      "multi-process run: skipping the final evaluation; run "
-      f"`python -m boot_jax.evaluate --workdir {workdir}` in one process"
-    )
-    return {}
-  model = setup.model
-  if loop.compute_dtype(config) is not None:
-    # The teacher's DDIM is the reference: evaluate in float32, as
-    # `python -m boot_jax.evaluate` does by default.
-    printer("final evaluation: networks in float32 (the run computes in bf16)")
-    model = inference.build(config, setup.mesh)
-  report = evaluate.evaluate(
-    model,
-    driver.params_for_sampling(state),
-    printer,
-    pixel_eval.loop_scorer(config),
-  )
-  path = paths.join(workdir, "eval.json")
-  workdir_lib.atomic_write(path, json.dumps(report, indent=2, sort_keys=True))
-  printer(evaluate.format_report(report))
-  where = f"wrote {path}"
-  if setup.teacher.is_image:
-    where += f"; sample grids in {paths.join(workdir, 'samples')}"
-  printer(where)
-  return report
+from boot_jax.runtime import checkpoint, cli, sharding
+from boot_jax.training import boot_run, loop
 
 
 def define_flags():
@@ -268,8 +76,8 @@ def main(argv, f):
     cli.fail("--workdir is required")
   start_runtime(f)
   try:
-    train_and_evaluate(config, f["workdir"].value, printer=cli.printer)
-  except driver.Interrupted as e:
+    boot_run.train_and_evaluate(config, f["workdir"].value, printer=cli.printer)
+  except loop.Interrupted as e:
     cli.fail(e, code=128 + e.signum)
   except (
     ValueError,

@@ -17,7 +17,7 @@ Use an existing teacher:  --config.teacher.path=/path/to/teacher_workdir
 BOOT (boot.refine; docs/method.md), about a minute more on 2 CPU cores.
 """
 
-from boot_jax import config_lib
+from boot_jax.config import recipes
 
 ARGS = ("", "refine")
 REFINE_STEPS = 600
@@ -26,7 +26,7 @@ REFINE_STEPS = 600
 def get_config(arg: str = ""):
   if arg not in ARGS:
     raise ValueError(f"unknown digits variant {arg!r}; expected {ARGS}")
-  c = config_lib.digits_boot_config("digits")
+  c = recipes.digits_boot_config("digits")
   if arg == "refine":
     c.boot.refine = True
     c.refine.steps = REFINE_STEPS

@@ -21,7 +21,7 @@ guided at w = 1.5 (refine.guidance): FID-digits and class accuracy in
 docs/BENCHMARKS.md.
 """
 
-from boot_jax import config_lib
+from boot_jax.config import recipes
 
 ARGS = ("", "guided", "refine")
 
@@ -29,7 +29,7 @@ ARGS = ("", "guided", "refine")
 def get_config(arg: str = ""):
   if arg not in ARGS:
     raise ValueError(f"unknown digits_cond variant {arg!r}; expected {ARGS}")
-  c = config_lib.digits_boot_config("digits_cond")
+  c = recipes.digits_boot_config("digits_cond")
   if arg == "guided":
     c.boot.guidance_range = (0.0, 4.0)
     c.eval.guidance = 2.0

@@ -14,10 +14,10 @@ class embedding with a null class (labels dropped 10% of the time), for
 classifier-free guidance.
 """
 
-from boot_jax import config_lib
+from boot_jax.config import recipes
 
 
 def get_config(arg: str = ""):
   if arg not in ("", "cond"):
     raise ValueError(f"unknown digits teacher variant {arg!r}; expected cond")
-  return config_lib.digits_teacher_config(conditional=arg == "cond")
+  return recipes.digits_teacher_config(conditional=arg == "cond")

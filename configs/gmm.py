@@ -16,7 +16,7 @@ the resolved config written to the work directory adds the explicit
 `means`, `stds` and `weights`.
 """
 
-from boot_jax import recipes
+from boot_jax.config import recipes
 
 PRESETS = recipes.GMM_PRESETS
 

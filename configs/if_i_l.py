@@ -16,9 +16,9 @@ teacher; bf16 compute, rematerialised UNet, FSDP over every device; see
 docs/text_to_image.md for memory per device and meshes.
 """
 
-from boot_jax import config_lib
+from boot_jax.config import recipes
 
 
 def get_config(arg: str = ""):
   del arg
-  return config_lib.if_boot_config("l")
+  return recipes.if_boot_config("l")

@@ -15,9 +15,9 @@ Then `python -m boot_jax.sample --workdir /tmp/boot_sd15 --out s.npz
 compute, rematerialised UNet; see docs/text_to_image.md for meshes.
 """
 
-from boot_jax import config_lib
+from boot_jax.config import recipes
 
 
 def get_config(arg: str = ""):
   del arg
-  return config_lib.sd_boot_config(resolution=512, prediction="eps")
+  return recipes.sd_boot_config(resolution=512, prediction="eps")

@@ -8,9 +8,9 @@ Expects a local diffusers folder of stabilityai/stable-diffusion-2-1-base
       --config.teacher.prompts=/data/prompts.txt
 """
 
-from boot_jax import config_lib
+from boot_jax.config import recipes
 
 
 def get_config(arg: str = ""):
   del arg
-  return config_lib.sd_boot_config(resolution=512, prediction="eps")
+  return recipes.sd_boot_config(resolution=512, prediction="eps")

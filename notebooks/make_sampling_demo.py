@@ -137,8 +137,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import logging
 
-from boot_jax import inference, recipes, sample, train, train_teacher
-from boot_jax import workdir as workdir_lib
+from boot_jax.config import recipes
+from boot_jax.runtime import workdir as workdir_lib
+from boot_jax.sampling import inference, samplers
+from boot_jax.training import boot_run, teacher_run
 
 logging.set_verbosity(logging.ERROR)  # orbax's notes on read-only restores
 
@@ -152,7 +154,7 @@ def distil_mixture(work):
   config.train.steps = 300 if FAST else 3000
   config.train.log_every = config.train.steps
   config.eval.final = False
-  train.train_and_evaluate(config, work, printer=quiet)
+  boot_run.train_and_evaluate(config, work, printer=quiet)
 
 
 def distil_digits(work):
@@ -160,13 +162,13 @@ def distil_digits(work):
   teacher.train.steps = 300 if FAST else 3000
   teacher.train.log_every = teacher.train.steps
   teacher_dir = os.path.join(work, "teacher")
-  train_teacher.train_and_evaluate(teacher, teacher_dir, printer=quiet)
+  teacher_run.train_and_evaluate(teacher, teacher_dir, printer=quiet)
   config = recipes.digits_boot_config()
   config.teacher.path = teacher_dir
   config.train.steps = 150 if FAST else 2000
   config.train.log_every = config.train.steps
   config.eval.final = False
-  train.train_and_evaluate(config, work, printer=quiet)
+  boot_run.train_and_evaluate(config, work, printer=quiet)
 
 
 runs = {}
@@ -203,21 +205,23 @@ code(
   """
 def conditions(model, num):
   labels = None if LABEL is None else [LABEL]
-  return sample.Conditions(model, labels=labels).rows(0, num)
+  return samplers.Conditions(model, labels=labels).rows(0, num)
 
 
 def guidance(model):
-  return sample.resolve_guidance(model, GUIDANCE, "student")
+  return samplers.resolve_guidance(model, GUIDANCE, "student")
 
 
 def run(model, params, kind, steps, eps, cond):
   # The batch is split over the devices: pad it to a multiple of them.
-  fn = sample.jit_on_mesh(
-    model, sample.make_sampler(model, params, kind, steps, guidance(model))
+  fn = samplers.jit_on_mesh(
+    model, samplers.make_sampler(model, params, kind, steps, guidance(model))
   )
   n, shards = len(eps), model.mesh.devices.size
   rows = -(-n // shards) * shards
-  pad = lambda a: None if a is None else sample.pad_rows(a, rows)  # noqa: E731
+  def pad(a):
+    return None if a is None else samplers.pad_rows(a, rows)
+
   return model.teacher.pixels(np.asarray(fn(pad(eps), pad(cond)))[:n], 64)
 
 
@@ -321,8 +325,8 @@ def images_per_s(model, params, kind, steps, batch, repeats):
   shape = model.teacher.sample_shape
   eps = inference.noise(shape, batch, seed=2)
   cond = conditions(model, batch)
-  fn = sample.jit_on_mesh(
-    model, sample.make_sampler(model, params, kind, steps, guidance(model))
+  fn = samplers.jit_on_mesh(
+    model, samplers.make_sampler(model, params, kind, steps, guidance(model))
   )
   jax.block_until_ready(fn(eps, cond))  # compile
   times = []
@@ -366,7 +370,7 @@ land in the same component as the teacher's DDIM-N (higher is better).
 
 code(
   """
-from boot_jax import fid
+from boot_jax.evaluation import digits_classifier
 from boot_jax.teachers import gmm
 
 
@@ -384,12 +388,14 @@ def mixture_quality(model, params, eps, cond):
 
 def fid_quality(reference):
   # Frechet distance in a small classifier's features, to the real data.
-  net = fid.train_classifier(reference, steps=300 if FAST else 1500,
-                             printer=quiet)
-  real = fid.gaussian(net.features(reference.images))
+  net = digits_classifier.train_classifier(
+    reference, steps=300 if FAST else 1500, printer=quiet
+  )
+  real = digits_classifier.gaussian(net.features(reference.images))
 
   def quality(x):
-    return fid.frechet_distance(*real, *fid.gaussian(net.features(x)))
+    fake = digits_classifier.gaussian(net.features(x))
+    return digits_classifier.frechet_distance(*real, *fake)
 
   return quality, "Frechet distance (lower is better)"
 

@@ -1,4 +1,9 @@
-"""Test setup: 8 fake CPU devices and a persistent compilation cache.
+"""Test setup: 8 fake CPU devices and a persistent compilation cache, the
+helpers every test module shares, and the markers of the two folders.
+
+tests/unit/ holds fast in-process tests of every module; tests/integration/
+runs the programs end to end (subprocesses, training runs) and its tests
+are marked `slow`: `pytest -m "not slow"` runs the unit tests alone.
 
 This module runs before any test module imports jax, so the XLA flag takes
 effect for the whole session.
@@ -11,7 +16,15 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import pathlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _CACHE = os.environ.get(
   "BOOT_JAX_TEST_CACHE", os.path.expanduser("~/.cache/boot_jax_test_jit")
@@ -136,3 +149,71 @@ def tb_tags(events: bytes) -> dict:
       kind = "image" if v.HasField("image") else "scalar"
       out.setdefault(v.tag, []).append((event.step, kind))
   return out
+
+
+def random_weights_file(path, seed: int = 0) -> None:
+  """A safetensors file of the FID Inception's PyTorch keys with random
+  weights (unit batch norms), for tests of the code around the network."""
+  from flax import traverse_util
+  from safetensors.numpy import save_file
+
+  from boot_jax.evaluation import inception
+
+  rng = np.random.default_rng(seed)
+  names = {"bn_scale": "weight", "bn_bias": "bias"}
+  names |= {"bn_mean": "running_mean", "bn_var": "running_var"}
+  arrays = {}
+  flat = traverse_util.flatten_dict(inception._abstract())  # noqa: SLF001
+  for key, leaf in flat.items():
+    if key[-1] == "kernel":
+      kh, kw, cin, cout = leaf.shape
+      w = rng.standard_normal((cout, cin, kh, kw)) * np.sqrt(
+        2 / (kh * kw * cin)
+      )
+      arrays[".".join((*key[:-1], "weight"))] = w.astype("f4")
+    else:
+      value = np.ones(leaf.shape) if key[-1] in ("bn_scale", "bn_var") else 0
+      arrays[".".join((*key[:-1], "bn", names[key[-1]]))] = np.zeros(
+        leaf.shape, "f4"
+      ) + np.asarray(value, "f4")
+  save_file(arrays, str(path))
+
+
+_RUN_EXPORT = """
+import importlib.util, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f)]
+sys.path[:] = [p for p in sys.path if p and "{root}" not in p]
+sys.modules["boot_jax"] = None
+assert importlib.util.find_spec("boot_jax") is None
+import numpy as np
+from jax import export
+exp = export.deserialize(bytearray(open("sampler.jax", "rb").read()))
+weights = np.load("params.npz")
+params = [weights[f"p{{i:05d}}"] for i in range(len(weights.files))]
+args = [np.load(a) for a in sys.argv[1:-1]]
+np.save(sys.argv[-1], np.asarray(exp.call(params, *args)))
+"""
+
+
+def run_export(out_dir, inputs, result):
+  """Runs DIR's artifact on .npy inputs in a clean process -> array."""
+  script = _RUN_EXPORT.format(root=str(ROOT))
+  proc = subprocess.run(
+    [sys.executable, "-c", script, *map(str, inputs), str(result)],
+    capture_output=True,
+    text=True,
+    cwd=out_dir,
+    env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=""),
+    timeout=300,
+    check=False,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return np.load(result)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Marks every test under tests/integration/ `slow`."""
+  del config
+  for item in items:
+    if "integration" in pathlib.Path(str(item.fspath)).parts:
+      item.add_marker(pytest.mark.slow)

@@ -27,7 +27,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "plain", "chunked", "cudnn", "pallas")
+from boot_jax.config import defaults
+
+IMPLEMENTATIONS = defaults.ATTENTION_IMPLEMENTATIONS
 
 # `chunked` keeps at most this many float32 scores (128 MiB) at a time,
 # over all batch rows and heads: a query block is

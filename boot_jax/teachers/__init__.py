@@ -2,23 +2,24 @@
 
 A family is one module of this package with a `build(config, placement,
 dtype) -> Teacher` function (its subclass of `base.Teacher` holds what is
-particular to it) and, optionally, `prepare(config, printer)`: work done
-before the teacher can be built (our network teachers train a missing
-recipe teacher there). Adding a family = one module, its configs and its
-tests, plus one line in `TEACHERS`.
+particular to it). Adding a family = one module (or one subpackage, as
+`sd/` and `deepfloyd_if/`), its configs and its tests, plus one line in
+`TEACHERS` (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-from boot_jax.teachers import deepfloyd_if, gmm, network, sd
+from boot_jax.teachers import gmm, network
 from boot_jax.teachers.base import ConditionSpec, Teacher
+from boot_jax.teachers.deepfloyd_if import if_teacher
+from boot_jax.teachers.sd import sd_teacher
 
 TEACHERS = {
   "gmm": gmm,
   "unet": network,
   "mlp": network,
-  "sd": sd,
-  "if": deepfloyd_if,
+  "sd": sd_teacher,
+  "if": if_teacher,
 }
 
 
@@ -49,18 +50,10 @@ def build_teacher(
   )
 
 
-def prepare(config, printer=print) -> None:
-  """Runs the family's preparation (e.g. training a recipe teacher)."""
-  fn = getattr(family(config.name), "prepare", None)
-  if fn is not None:
-    fn(config, printer)
-
-
 __all__ = [
   "TEACHERS",
   "ConditionSpec",
   "Teacher",
   "build_teacher",
   "family",
-  "prepare",
 ]

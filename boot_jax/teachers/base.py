@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from boot_jax import diffusion
-from boot_jax import prompts as prompts_lib
+from boot_jax.data import prompts as prompts_lib
+from boot_jax.diffusion import predictions
 
 CONDITION_KINDS = ("none", "class", "text")
 
@@ -119,7 +119,7 @@ class Teacher:
   name: str
   apply: ApplyFn
   params: Any
-  schedule: diffusion.Schedule
+  schedule: predictions.Schedule
   prediction: str
   sample_shape: tuple[int, ...]
   condition: ConditionSpec = ConditionSpec()
@@ -128,7 +128,7 @@ class Teacher:
   ddim_spacing: tuple[str, int] = ("trailing", 0)
 
   def __post_init__(self):
-    if self.prediction not in diffusion.PREDICTIONS:
+    if self.prediction not in predictions.PREDICTIONS:
       raise ValueError(f"unknown prediction type {self.prediction!r}")
 
   @property
@@ -224,12 +224,12 @@ class Teacher:
     alpha, sigma = self.schedule.alpha_sigma(
       jnp.broadcast_to(jnp.asarray(t), x_t.shape[:1])
     )
-    return diffusion.to_x0(out, x_t, alpha, sigma, self.prediction)
+    return predictions.to_x0(out, x_t, alpha, sigma, self.prediction)
 
   def ddim(self, params, x_T, timesteps, cond=None, guidance=None, **kw):
     """The teacher's deterministic DDIM sampler from `x_T`."""
     fn = lambda x, t: self.output(params, x, t, cond, guidance)  # noqa: E731
-    return diffusion.ddim_sample(
+    return predictions.ddim_sample(
       fn, x_T, self.schedule, timesteps, self.prediction, **kw
     )
 

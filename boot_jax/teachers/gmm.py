@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from boot_jax import diffusion
+from boot_jax.diffusion import predictions
 from boot_jax.teachers import base
 
 LAYOUTS = ("circle", "random")
@@ -150,7 +150,7 @@ def posterior_mean(params, x_t, alpha, sigma, log_prior):
   return jnp.einsum("bk,bkd->bd", r, comp_mean), r
 
 
-def make_apply(schedule: diffusion.Schedule, conditional: bool):
+def make_apply(schedule: predictions.Schedule, conditional: bool):
   def apply(params, x_t, t, cond=None):
     alpha, sigma = schedule.alpha_sigma(t)
     log_prior = component_log_prior(params, cond, x_t.shape[0], conditional)
@@ -180,7 +180,7 @@ def split_params(params, copies: int, jitter: float, key):
   }
 
 
-def make_split_apply(schedule: diffusion.Schedule, conditional: bool):
+def make_split_apply(schedule: predictions.Schedule, conditional: bool):
   """The exact x0-prediction of a `split_params` mixture; a label selects
   its component's copies (renormalised among themselves)."""
 
@@ -236,7 +236,7 @@ def build(
   """
   del dtype, attention
   resolve_config(config)
-  schedule = diffusion.make_schedule(config.schedule)
+  schedule = predictions.make_schedule(config.schedule)
   params = make_params(config.means, config.stds, config.weights)
   if placement is not None:
     specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)

@@ -17,7 +17,10 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from boot_jax import checkpoint, data, diffusion, models, paths, sharding
+from boot_jax import models
+from boot_jax.data import datasets
+from boot_jax.diffusion import predictions
+from boot_jax.runtime import checkpoint, paths, sharding
 from boot_jax.teachers import base
 
 # BOOT teacher key -> how to read it from a teacher-training config.
@@ -107,8 +110,8 @@ class NetworkTeacher(base.Teacher):
       return None
     try:
       own = ml_collections.ConfigDict(_read_teacher_config(self.path))
-      dataset = data.load_dataset(own.data)
-    except (TeacherError, data.DataError, AttributeError, KeyError):
+      dataset = datasets.load_dataset(own.data)
+    except (TeacherError, datasets.DataError, AttributeError, KeyError):
       return None
     return dataset if dataset.num_classes >= 2 else None
 
@@ -138,8 +141,8 @@ def build(
     )
   if init == "checkpoint":
     resolve_config(config)
-  prediction = diffusion.canonical_prediction(config.prediction)
-  schedule = diffusion.make_schedule(config.schedule)
+  prediction = predictions.canonical_prediction(config.prediction)
+  schedule = predictions.make_schedule(config.schedule)
   sample_shape = tuple(config.sample_shape)
   num_classes = int(config.get("num_classes") or 0)
   condition = (
@@ -198,39 +201,6 @@ def trained(path: str) -> bool:
   except (TeacherError, KeyError, TypeError):
     return False
   return steps in checkpoint.finished_steps(paths.join(path, "checkpoints"))
-
-
-def prepare(config, printer=print) -> None:
-  """Trains the recipe's teacher into `config.path` if none is there.
-
-  Args:
-    config: the `teacher` section; only `init='checkpoint'` teachers with
-      a `path` are considered.
-    printer: where progress lines go.
-  """
-  if config.get("init", "checkpoint") != "checkpoint" or not config.get("path"):
-    return
-  if trained(config.path):
-    return
-  recipe = config.get("recipe")
-  if not recipe:
-    if not paths.isdir(config.path):
-      raise TeacherError(f"teacher directory {config.path!r} does not exist")
-    raise TeacherError(f"{config.path!r} holds no finished teacher")
-  # Imported here: teacher training needs nothing of the teacher families.
-  from boot_jax import config_lib, train_teacher  # noqa: PLC0415
-
-  if recipe not in config_lib.TEACHER_RECIPES:
-    raise TeacherError(
-      f"unknown teacher.recipe {recipe!r}; expected one of "
-      f"{sorted(config_lib.TEACHER_RECIPES)}"
-    )
-  printer(
-    f"no trained teacher in {config.path}: training one first with the "
-    f"{recipe!r} teacher recipe"
-  )
-  teacher_config = config_lib.TEACHER_RECIPES[recipe]()
-  train_teacher.train_and_evaluate(teacher_config, config.path, printer=printer)
 
 
 def teacher_section(workdir: str) -> ml_collections.ConfigDict:

@@ -1,0 +1,333 @@
+"""Config defaults shared by configs/*.py, and their validation.
+
+`base_config()` has every section with its defaults: `teacher`, `student`,
+`boot`, `optim`, `train`, `mesh`, `sharding`, `eval` (README.md's Configs
+section lists the keys); `discrete_schedule()` builds a DDPM schedule
+section; `validate()` checks a resolved config and `RESUMABLE_CHANGES` names
+the keys that may change when a run continues in the same work directory.
+
+The ready-made configs that configs/*.py start from (the digits demo, Stable
+Diffusion, random test teachers, `TEACHER_RECIPES`) live in
+`boot_jax.config.recipes`, which builds on `base_config`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+# Logical axis name -> mesh axis (or None: never split). The defaults of
+# `config.sharding.rules`; names missing from the rules are not split.
+DEFAULT_RULES = (
+  ("embed", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("conv_out", "fsdp"),
+  ("conv_in", None),
+  ("conv_h", None),
+  ("conv_w", None),
+  ("norm", "fsdp"),
+  ("classes", None),
+)
+
+# The attention implementations `model.attention` may name
+# (models/attention.py holds them).
+ATTENTION_IMPLEMENTATIONS = ("auto", "plain", "chunked", "cudnn", "pallas")
+
+
+def discrete_schedule(
+  beta_schedule: str = "linear",
+  num_train_steps: int = 1000,
+  beta_start: float = 0.0001,
+  beta_end: float = 0.02,
+  set_alpha_to_one: bool = True,
+) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(
+    dict(
+      type="discrete",
+      beta_schedule=beta_schedule,
+      num_train_steps=num_train_steps,
+      beta_start=beta_start,
+      beta_end=beta_end,
+      set_alpha_to_one=set_alpha_to_one,
+      name="",
+    )
+  )
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every section with defaults; the teacher section is left to configs."""
+  c = ml_collections.ConfigDict()
+  c.teacher = ml_collections.ConfigDict(dict(name=""))
+
+  c.student = ml_collections.ConfigDict()
+  # 'teacher': copy the teacher's network and weights; 'fresh': a new
+  # network from student.model (the only choice for analytic teachers).
+  c.student.init = "teacher"
+  c.student.parameterization = "auto"
+  c.student.space = "signal"
+  c.student.model = ml_collections.ConfigDict(dict(name="mlp"))
+
+  c.boot = ml_collections.ConfigDict()
+  c.boot.num_steps = 32  # N, the time grid
+  c.boot.spacing = "uniform"  # or 'lambda'
+  c.boot.boundary_weight = 1.0  # beta
+  c.boot.boundary_target = "teacher"  # or 'ddim'
+  c.boot.guidance = placeholder(float)  # w; None: no guidance
+  # (w_min, w_max): a guidance-conditioned student. Each example draws w
+  # uniformly from the range; the teacher guides with it and the student
+  # reads it through an extra zero-initialised embedding, so one student
+  # serves any w in the range. Excludes boot.guidance.
+  c.boot.guidance_range = placeholder(tuple)
+  c.boot.weighting = "inv_delta_sq"  # or 'none'
+  c.boot.weight_clip = placeholder(float)
+  # Coarse-to-fine grids: stage k of `curriculum_stages` trains on
+  # N / 2^(stages - 1 - k) steps, for an equal share of the run.
+  c.boot.curriculum_stages = 1
+  # After BOOT's train.steps, refine.steps of data-free score identity
+  # distillation (boot_jax/refine.py, docs/method.md).
+  c.boot.refine = False
+  c.refine = ml_collections.ConfigDict(dict(REFINE_DEFAULTS))
+  # A BOOT work directory whose latest student (EMA when kept) starts this
+  # run's student, for refining a finished BOOT run in a new directory.
+  c.refine.init_from = placeholder(str)
+  # The teacher's guidance inside the phase (None: boot.guidance; 1: the
+  # conditional teacher unguided, as SiD distils class-conditional models).
+  c.refine.guidance = placeholder(float)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-4
+  c.optim.schedule = "constant"
+  c.optim.warmup_steps = 100
+  c.optim.final_lr_fraction = 0.0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip = 1.0
+  c.optim.ema_decay = placeholder(float)  # None: no EMA
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.batch_size = 256
+  c.train.seed = 0
+  c.train.log_every = 100
+  c.train.ckpt_every = 1000
+  c.train.eval_every = 1000
+  c.train.keep_checkpoints = 3
+  # 'stop': a non-finite loss or gradient stops the run (the last good
+  # checkpoint is kept); 'skip': such steps change nothing and are counted.
+  c.train.nan_policy = "stop"
+  # With nan_policy 'skip': the run fails once more than this fraction of
+  # its steps were skipped (a run that mostly skips is not training).
+  c.train.max_skipped_fraction = 0.01
+  # Continue in a work directory whose config.json differs (beyond the
+  # keys in RESUMABLE_CHANGES) only when this is set.
+  c.train.allow_config_change = False
+
+  # 'bfloat16': the networks compute in bf16 while parameters, optimizer
+  # state and the BOOT target arithmetic stay float32.
+  c.train.compute_dtype = "float32"
+  # Rematerialise the student's blocks in the backward pass (less memory,
+  # about one more forward pass of compute).
+  c.train.remat = False
+
+  # How the networks compute, without changing their parameters: the
+  # attention implementation (boot_jax.models.attention): 'auto' (cuDNN
+  # flash on GPU, Pallas flash on TPU, query-chunked elsewhere), 'chunked',
+  # 'plain' (the full score matrix), 'cudnn' or 'pallas'.
+  c.model = ml_collections.ConfigDict(dict(attention="auto"))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding = ml_collections.ConfigDict()
+  # [logical axis name, mesh axis or None] pairs (see boot_jax.sharding).
+  c.sharding.rules = [list(r) for r in DEFAULT_RULES]
+  # Split an unnamed (or rule-unsplit) parameter's largest divisible
+  # dimension over fsdp.
+  c.sharding.fsdp_fallback = True
+  # The frozen teacher: 'replicate', 'fsdp', or 'auto' (fsdp above
+  # replicate_teacher_below_mb of parameters).
+  c.sharding.teacher = "auto"
+  c.sharding.replicate_teacher_below_mb = 1024.0
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_samples = 4000
+  c.eval.seed = 12345
+  c.eval.batch_size = 1000
+  # Evaluate at the end of `train` (reads the real data for FID where the
+  # teacher has any; distillation itself never does).
+  c.eval.final = True
+  # Guidance for sampling and evaluation (None: the training config's w;
+  # a guidance-conditioned student is evaluated at `guidance_scales`, by
+  # default the ends and middle of boot.guidance_range).
+  c.eval.guidance = placeholder(float)
+  c.eval.guidance_scales = placeholder(tuple)
+  # Inception FID, KID and precision/recall at every evaluation of an image
+  # run, on `inception_samples` one-step samples, when both files are set
+  # (FID Inception weights; `python -m boot_jax.fid_stats` statistics).
+  c.eval.inception = placeholder(str)
+  c.eval.reference = placeholder(str)
+  c.eval.inception_samples = 256
+  # Draw the teacher's DDIM grid on the student grid's noise at the first
+  # evaluation of a work directory (costly for large teachers on a CPU).
+  c.eval.teacher_grid = True
+  return c
+
+
+# The refinement phase's settings (`refine.*`; boot_jax/refine.py): SiD's
+# alpha and noise levels (EDM sigma_min/max, rho, the fraction t_max of
+# the range drawn), the fake network's log-normal levels and sigma_data,
+# Adam (b1, b2) with lr for the student and fake_lr for the fake network,
+# fake_warmup steps in which only the fake network trains, guide_fake
+# (guide the fake network with the teacher's w, as SiD-LSG), boot_weight
+# (BOOT's own loss on the phase's batch, times this, added to the
+# student's: it keeps the student near the teacher's DDIM-N map), and the
+# seed of the phase's noise; `init_from` (base_config) names a BOOT run to
+# start from.
+REFINE_DEFAULTS = dict(
+  steps=1000,
+  alpha=1.2,
+  lr=1e-5,
+  fake_lr=1e-5,
+  b1=0.0,
+  b2=0.999,
+  sigma_min=0.002,
+  sigma_max=80.0,
+  rho=7.0,
+  t_max=0.8,
+  fake_p_mean=-1.2,
+  fake_p_std=1.2,
+  sigma_data=0.5,
+  fake_warmup=0,
+  guide_fake=True,
+  boot_weight=0.0,
+  seed=1,
+)
+
+
+# Keys that may change between runs in one work directory (longer training,
+# other logging or evaluation); everything else must match config.json.
+RESUMABLE_CHANGES = (
+  "train.steps",
+  "refine.steps",
+  "train.log_every",
+  "train.ckpt_every",
+  "train.eval_every",
+  "train.keep_checkpoints",
+  "train.max_skipped_fraction",
+  "train.allow_config_change",
+  "eval.",
+  # How attention is computed (the parameters are the same).
+  "model.attention",
+  # Where prepared prompt files are kept.
+  "teacher.prompt_cache",
+  # The device layout: checkpoints restore onto any mesh.
+  "mesh.",
+  "sharding.",
+)
+
+
+def validate_train(t) -> None:
+  """Checks the `train` keys every trainer shares (one-line errors)."""
+  checks = [
+    (t.steps >= 0, f"train.steps must be >= 0, got {t.steps}"),
+    (
+      t.batch_size > 0,
+      f"train.batch_size must be positive, got {t.batch_size}",
+    ),
+    (t.log_every > 0, f"train.log_every must be positive, got {t.log_every}"),
+    (
+      t.get("ckpt_every", 0) >= 0,
+      f"train.ckpt_every must be >= 0 (0: only at the end), got "
+      f"{t.get('ckpt_every')}",
+    ),
+    (
+      t.get("eval_every", 0) >= 0,
+      f"train.eval_every must be >= 0 (0: never), got {t.get('eval_every')}",
+    ),
+    (
+      t.get("keep_checkpoints", 1) >= 1,
+      "train.keep_checkpoints must be >= 1 (the newest checkpoint is always "
+      f"kept), got {t.get('keep_checkpoints')}",
+    ),
+    (
+      0.0 <= t.get("max_skipped_fraction", 0.0) <= 1.0,
+      "train.max_skipped_fraction must be in [0, 1], got "
+      f"{t.get('max_skipped_fraction')}",
+    ),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ValueError(message)
+
+
+def validate(config) -> None:
+  """Raises ValueError with a one-line reason for bad values."""
+  validate_train(config.train)
+  checks = [
+    (
+      config.train.steps >= 0,
+      f"train.steps must be >= 0, got {config.train.steps}",
+    ),
+    (
+      config.train.batch_size > 0,
+      f"train.batch_size must be positive, got {config.train.batch_size}",
+    ),
+    (
+      config.boot.num_steps >= 1,
+      f"boot.num_steps must be >= 1, got {config.boot.num_steps}",
+    ),
+    (
+      config.boot.boundary_weight >= 0,
+      f"boot.boundary_weight must be >= 0, got {config.boot.boundary_weight}",
+    ),
+    (
+      config.boot.guidance is None or config.boot.guidance >= 0,
+      f"boot.guidance must be >= 0, got {config.boot.guidance}",
+    ),
+    (
+      config.boot.curriculum_stages >= 1,
+      "boot.curriculum_stages must be >= 1, got "
+      f"{config.boot.curriculum_stages}",
+    ),
+    (
+      config.train.log_every > 0,
+      f"train.log_every must be positive, got {config.train.log_every}",
+    ),
+    (
+      config.train.get("nan_policy", "stop") in ("stop", "skip"),
+      "train.nan_policy must be 'stop' or 'skip', got "
+      f"{config.train.get('nan_policy')!r}",
+    ),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ValueError(message)
+  validate_guidance_range(config.boot)
+  impl = attention(config)
+  if impl not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(
+      f"model.attention={impl!r}: expected one of {ATTENTION_IMPLEMENTATIONS}"
+    )
+
+
+def attention(config) -> str:
+  """The configured attention implementation ('auto' when unset)."""
+  section = config.get("model") or {}
+  return section.get("attention") or "auto"
+
+
+def validate_guidance_range(boot) -> None:
+  r = boot.get("guidance_range")
+  if r is None:
+    return
+  if boot.get("guidance") is not None:
+    raise ValueError(
+      "set boot.guidance (one fixed w) or boot.guidance_range (a "
+      "guidance-conditioned student), not both"
+    )
+  if len(r) != 2 or not 0 <= float(r[0]) <= float(r[1]):
+    raise ValueError(
+      f"boot.guidance_range must be (w_min, w_max) with 0 <= w_min <= "
+      f"w_max, got {tuple(r)}"
+    )

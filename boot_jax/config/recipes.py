@@ -1,0 +1,364 @@
+"""Ready-made configs: the digits demo, Stable Diffusion and test teachers.
+
+Builders on top of `config_lib.base_config()`:
+
+* `digits_unet`, `digits_teacher_config` and `TEACHER_RECIPES`: teacher
+  training on scikit-learn's digits (configs/digits_teacher.py), and the
+  recipes `train` runs itself when a BOOT run's teacher is missing.
+* `pixel_boot_config`, `digits_boot_config`: BOOT on our own pixel teachers
+  (configs/digits.py, configs/digits_cond.py).
+* `sd_boot_config`: BOOT on a Stable Diffusion teacher (configs/sd*.py).
+* `if_boot_config`: BOOT on DeepFloyd IF stage I (configs/if_i_*.py).
+* `random_unet_teacher`: a `teacher` section with random weights, for tests
+  and benchmarks.
+
+`boot_jax.config_lib` re-exports every name here, so
+`recipes.digits_boot_config` and the like keep working.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from boot_jax.config import defaults
+
+
+def digits_unet() -> ml_collections.ConfigDict:
+  """The demo's UNet on 8x8 digits: attention only at 4x4.
+
+  16 base channels (256K parameters) is what fits the 10-minute CPU demo:
+  a forward pass costs about 0.38 ms per image on 2 cores.
+  """
+  return ml_collections.ConfigDict(
+    dict(
+      name="unet",
+      channels=16,
+      channel_mult=(1, 2),
+      num_res_blocks=2,
+      attention_resolutions=(4,),
+      num_heads=2,
+      groups=8,
+      dropout=0.0,
+      time_scale=1.0,
+      remat=False,
+    )
+  )
+
+
+def digits_teacher_config(conditional: bool = False):
+  """Teacher training on scikit-learn's digits (configs/digits_teacher.py)."""
+  c = ml_collections.ConfigDict()
+  c.data = ml_collections.ConfigDict(
+    dict(source="digits", image_size=8, channels=1, path="", labels_path="")
+  )
+  c.num_classes = 10 if conditional else 0
+  c.label_dropout = 0.1 if conditional else 0.0
+  c.model = digits_unet()
+  c.diffusion = ml_collections.ConfigDict(
+    dict(
+      schedule=defaults.discrete_schedule("squaredcos_cap_v2"),
+      prediction="v",
+    )
+  )
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      lr=2e-3,
+      schedule="cosine",
+      warmup_steps=200,
+      final_lr_fraction=0.05,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.0,
+      grad_clip=1.0,
+      ema_decay=0.999,
+    )
+  )
+  c.train = ml_collections.ConfigDict(
+    dict(
+      steps=2500,
+      batch_size=128,
+      seed=0,
+      log_every=250,
+      ckpt_every=500,
+      eval_every=2500,
+      keep_checkpoints=2,
+      nan_policy="stop",
+      allow_config_change=False,
+    )
+  )
+  c.eval = ml_collections.ConfigDict(
+    dict(grid_size=64, ddim_steps=50, seed=0, guidance=placeholder(float))
+  )
+  return c
+
+
+# Teacher-training recipes that `train` can run itself when a BOOT config's
+# teacher.path holds no trained teacher (see configs/digits.py).
+TEACHER_RECIPES = {
+  "digits": lambda: digits_teacher_config(conditional=False),
+  "digits_cond": lambda: digits_teacher_config(conditional=True),
+}
+
+
+def pixel_boot_config(recipe: str) -> ml_collections.ConfigDict:
+  """A BOOT run on our own pixel teacher trained by `recipe`.
+
+  The teacher's network, schedule and prediction are left unset (None)
+  and read from the teacher's own config.json when the run starts.
+  """
+  c = defaults.base_config()
+  t = c.teacher = ml_collections.ConfigDict()
+  t.name = "unet"
+  t.path = "teacher"  # relative paths live inside the work directory
+  t.recipe = recipe
+  t.init = "checkpoint"
+  t.seed = 0
+  t.model = None
+  t.schedule = None
+  t.prediction = None
+  t.sample_shape = None
+  t.num_classes = None
+  t.label_logits = None
+  c.student.init = "teacher"
+  return c
+
+
+def digits_boot_config(recipe: str = "digits") -> ml_collections.ConfigDict:
+  """The demo's BOOT run on a digits teacher (configs/digits*.py).
+
+  The teacher's table (squaredcos_cap_v2) has alpha_T = 4.9e-5: the first
+  DDIM step already lands on f(eps, T), so the boundary term carries no
+  information (docs/ablations.md measured no effect even at 0.0064) and
+  would cost a third of each step.
+  """
+  c = pixel_boot_config(recipe)
+  c.boot.num_steps = 16
+  c.boot.boundary_weight = 0.0
+  c.optim.lr = 2e-3
+  c.optim.schedule = "cosine"
+  c.optim.warmup_steps = 100
+  c.optim.final_lr_fraction = 0.1
+  c.optim.ema_decay = 0.995
+  c.train.steps = 4000
+  c.train.batch_size = 32
+  c.train.log_every = 250
+  c.train.ckpt_every = 500
+  c.train.eval_every = 2000
+  c.eval.num_samples = 2000
+  c.eval.batch_size = 500
+  c.eval.grid_size = 64
+  c.eval.ddim_steps = (1, 2, 4, 10, 25, 50)
+  c.eval.agreement_steps = (10, 25, 50)
+  c.eval.hybrid_steps = (2, 4)
+  return c
+
+
+def sd_boot_config(resolution: int, prediction: str):
+  """BOOT on a Stable Diffusion teacher (configs/sd*.py), from prompts only.
+
+  The teacher folder and the prompt file are the user's: set
+  `teacher.path` and `teacher.prompts` on the command line.
+  """
+  c = defaults.base_config()
+  c.teacher = ml_collections.ConfigDict(
+    dict(
+      name="sd",
+      path="",
+      resolution=resolution,
+      prediction=prediction,
+      prompts="",
+      prompt_column="prompt",
+      prompt_cache="",
+      # 'online': each batch's prompts are encoded on the devices inside
+      # training; 'cache': all prompts once, into a bf16 cache on disk
+      # (boot_jax.prompts; docs/text_to_image.md has the measurements).
+      text_encoding="online",
+      negative_prompt="",
+      # Filled in by the run: the prompt file's sha256 (a work directory
+      # refuses other prompts unless train.allow_config_change is set).
+      prompts_sha256="",
+    )
+  )
+  c.student.init = "teacher"
+  c.boot.num_steps = 32
+  c.boot.guidance = 7.5
+  _text_to_image_defaults(c)
+  c.optim.lr = 1e-5
+  c.train.batch_size = 64
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  return c
+
+
+def _text_to_image_defaults(c) -> None:
+  """What BOOT on the Stable Diffusion and IF teachers share: AdamW with
+  warmup, clipping and EMA 0.9999, 20,000 steps, bf16 compute with a
+  rematerialised UNet, the frozen teacher over fsdp once large, and an
+  evaluation on demand (no reference images exist: data free; the final
+  one would only compare with the teacher's DDIM)."""
+  c.optim.warmup_steps = 500
+  c.optim.grad_clip = 1.0
+  c.optim.ema_decay = 0.9999
+  c.train.steps = 20000
+  c.train.log_every = 50
+  c.train.ckpt_every = 1000
+  c.train.eval_every = 1000
+  c.train.compute_dtype = "bfloat16"
+  c.train.remat = True
+  c.sharding.teacher = "auto"
+  c.eval.final = False
+  c.eval.num_samples = 64
+  c.eval.batch_size = 8
+  c.eval.grid_size = 16
+  c.eval.ddim_steps = (4, 25)
+  c.eval.agreement_steps = (25,)
+  c.eval.hybrid_steps = ()
+
+
+# Per IF stage I size: the global batch and learning rate. Larger UNets
+# take a smaller batch (memory: docs/text_to_image.md) and a smaller step.
+IF_VARIANTS = {
+  "xl": dict(batch_size=64, lr=1e-5),  # 4.3B UNet
+  "l": dict(batch_size=128, lr=2e-5),  # 900M
+  "m": dict(batch_size=128, lr=2e-5),  # 400M
+}
+
+
+def if_boot_config(variant: str):
+  """BOOT on DeepFloyd IF stage I (configs/if_i_*.py): a 64x64 pixel
+  student copied from the teacher, prompts only, T5 text.
+
+  The folder and prompt file are the user's (`teacher.path`,
+  `teacher.prompts`). The architecture is read from the folder's
+  unet/config.json; the variant sets the batch and learning rate.
+  """
+  if variant not in IF_VARIANTS:
+    raise ValueError(
+      f"unknown IF variant {variant!r}; expected one of {sorted(IF_VARIANTS)}"
+    )
+  c = defaults.base_config()
+  c.teacher = ml_collections.ConfigDict(
+    dict(
+      name="if",
+      path="",
+      # None: the UNet's sample_size (64 for IF stage I).
+      resolution=placeholder(int),
+      prompts="",
+      prompt_column="prompt",
+      prompt_cache="",
+      text_encoding="online",
+      negative_prompt="",
+      # The teacher's own DDIM (sampling, evaluation): IF's dynamic
+      # thresholding instead of the scheduler's clip_sample (see
+      # docs/text_to_image.md). BOOT distils the unprocessed x0 either way.
+      thresholding=False,
+      prompts_sha256="",
+    )
+  )
+  c.student.init = "teacher"
+  c.boot.num_steps = 32
+  c.boot.guidance = 7.0  # IF's pipeline default
+  # IF's table (squaredcos_cap_v2) has alpha_T = 4.9e-5, as the digits
+  # teacher's: the first DDIM step already lands on f(eps, T), and the
+  # boundary target divides the guided epsilon's error by alpha_T.
+  c.boot.boundary_weight = 0.0
+  _text_to_image_defaults(c)
+  c.optim.lr = IF_VARIANTS[variant]["lr"]
+  c.train.batch_size = IF_VARIANTS[variant]["batch_size"]
+  # Parameters, AdamW moments and EMA over every device (FSDP); the frozen
+  # teacher and T5 too once large (sharding.teacher='auto').
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
+  return c
+
+
+def random_unet_teacher(
+  model: dict,
+  sample_shape,
+  prediction: str = "v",
+  schedule=None,
+  num_classes: int = 0,
+) -> ml_collections.ConfigDict:
+  """A `teacher` section for our UNet with random weights (`init=random`).
+
+  For tests and benchmarks that need a teacher of a given size and shape,
+  not a good one.
+  """
+  return ml_collections.ConfigDict(
+    dict(
+      name="unet",
+      init="random",
+      seed=0,
+      path="",
+      model=dict(model),
+      schedule=schedule or defaults.discrete_schedule("squaredcos_cap_v2"),
+      prediction=prediction,
+      sample_shape=list(sample_shape),
+      num_classes=num_classes,
+    )
+  )
+
+
+GMM_PRESETS = ("circle", "random16", "circle_cond", "circle_guided")
+
+
+def gmm_config(arg: str = "circle") -> ml_collections.ConfigDict:
+  """The analytic mixture's BOOT config (configs/gmm.py; presets above)."""
+  arg = arg or "circle"
+  if arg not in GMM_PRESETS:
+    raise ValueError(
+      f"unknown gmm preset {arg!r}; expected one of {GMM_PRESETS}"
+    )
+  c = defaults.base_config()
+  t = c.teacher = ml_collections.ConfigDict()
+  t.name = "gmm"
+  t.dim = 16 if arg == "random16" else 2
+  t.num_components = 8
+  t.scale = 2.0
+  t.std = 0.15
+  t.seed = 0
+  t.layout = "random" if arg == "random16" else "circle"
+  t.conditional = arg in ("circle_cond", "circle_guided")
+  t.schedule = defaults.discrete_schedule("linear")
+  # Filled in by the teacher builder when left None.
+  t.means = None
+  t.stds = None
+  t.weights = None
+
+  c.student.init = "fresh"
+  c.student.model = ml_collections.ConfigDict(
+    dict(name="mlp", width=128, depth=4, mlp_ratio=2, time_scale=1.0)
+  )
+  if arg == "circle_cond":
+    c.boot.guidance = 2.0
+  if arg == "circle_guided":
+    c.boot.guidance_range = (0.5, 4.5)
+    c.eval.guidance_scales = (1.0, 2.0, 4.0)
+
+  c.optim.lr = 1e-3
+  c.optim.schedule = "cosine"
+  c.optim.warmup_steps = 200
+  c.optim.final_lr_fraction = 0.05
+
+  # The refinement phase (boot.refine=true; docs/BENCHMARKS.md): a small
+  # student step and a fast fake mixture. 1,000 steps sit inside the
+  # window where the circle's distribution is best; longer runs widen
+  # the components past the mixture's. In 16-D, BOOT's loss in the phase
+  # keeps the student's components on DDIM-N's.
+  c.refine.lr = 3e-6 if arg == "random16" else 1e-6
+  c.refine.fake_lr = 1e-3
+  c.refine.steps = 1000
+  c.refine.boot_weight = 30.0 if arg == "random16" else 0.0
+
+  c.train.steps = 8000
+  c.train.batch_size = 256
+  c.train.log_every = 500
+  c.train.ckpt_every = 2000
+  c.train.eval_every = 8000
+  # The mixture's networks are tiny: one device is fastest, and a run
+  # gives the same numbers on any host. Use -1 to split the batch over
+  # every device.
+  c.mesh.data = 1
+  return c

@@ -1,0 +1,3 @@
+"""Gaussian diffusion paths: noise schedules (`schedules`), prediction
+conversions and the DDIM step (`predictions`).
+"""

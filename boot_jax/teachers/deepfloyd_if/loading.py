@@ -1,0 +1,307 @@
+"""Reading a local diffusers DeepFloyd IF stage I folder.
+
+The folder is what `IFPipeline.save_pretrained` writes:
+
+    FOLDER/model_index.json
+    FOLDER/unet/config.json          + diffusion_pytorch_model.safetensors,
+                                       or sharded with an index json, or the
+                                       fp16 variant of either
+    FOLDER/text_encoder/config.json  + model.safetensors (same four forms)
+    FOLDER/tokenizer/                (T5: spiece.model)
+    FOLDER/scheduler/scheduler_config.json
+    (safety_checker/, feature_extractor/, watermarker/: not read)
+
+Weights are read from safetensors only (a `.bin` is a pickle and is
+refused), one shard at a time: each shard is converted to float32 Flax
+arrays and dropped before the next is read, so a 4.3B-parameter UNet never
+exists twice in host memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from boot_jax.models import if_unet
+from boot_jax.teachers.sd.loading import SDError, read_json, read_safetensors
+
+PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
+UNET_WEIGHTS = "diffusion_pytorch_model"
+T5_WEIGHTS = "model"
+MAX_TOKENS = 77  # IF's pipeline pads and truncates prompts to 77 tokens
+
+
+class IFError(SDError):
+  """A DeepFloyd IF folder that cannot be loaded as configured."""
+
+
+def check_folder(path: str) -> dict:
+  """Checks a diffusers IF folder; returns the UNet config."""
+  if not path:
+    raise IFError("teacher.path must name a diffusers DeepFloyd IF folder")
+  if not os.path.isdir(path):
+    raise IFError(f"teacher folder {path!r} does not exist")
+  index = os.path.join(path, "model_index.json")
+  kind = ""
+  if os.path.isfile(index):
+    kind = str(read_json(index, "the pipeline").get("_class_name", ""))
+  if kind.startswith("StableDiffusion") or os.path.isdir(
+    os.path.join(path, "vae")
+  ):
+    raise IFError(
+      f"{path} is a Stable Diffusion folder (it has a VAE), not DeepFloyd "
+      "IF: use configs/sd15.py, sd21.py or sd21_base.py"
+    )
+  missing = [p for p in PARTS if not os.path.isdir(os.path.join(path, p))]
+  if missing:
+    raise IFError(
+      f"{path} has no {missing[0]}/ folder: not a complete DeepFloyd IF "
+      f"folder (needs {', '.join(p + '/' for p in PARTS)})"
+    )
+  cfg = read_json(os.path.join(path, "unet", "config.json"), "the UNet")
+  if cfg.get("_class_name") != "UNet2DConditionModel":
+    raise IFError(
+      f"{path}/unet is a {cfg.get('_class_name') or 'model without '}"
+      "_class_name, not a UNet2DConditionModel"
+    )
+  if_unet.check_config(cfg)
+  if int(cfg.get("in_channels", 4)) != 3:
+    raise IFError(
+      f"{path}/unet reads {cfg.get('in_channels')} channels: IF stage I "
+      "generates RGB pixels (3 channels)"
+    )
+  return cfg
+
+
+def weight_files(folder: str, base: str) -> list[str]:
+  """The safetensors files of a part: one file or the shards named by an
+  index json, full precision first, else the fp16 variant."""
+  forms = (
+    (f"{base}.safetensors", None),
+    (f"{base}.safetensors.index.json", "index"),
+    (f"{base}.fp16.safetensors", None),
+    (f"{base}.safetensors.index.fp16.json", "index"),
+  )
+  for name, kind in forms:
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+      continue
+    if kind is None:
+      return [path]
+    try:
+      with open(path, encoding="utf-8") as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+      raise IFError(f"cannot read the shard index {path}: {e}") from None
+    files = [os.path.join(folder, s) for s in shards]
+    absent = [f for f in files if not os.path.isfile(f)]
+    if absent:
+      raise IFError(f"{path} names {absent[0]}, which is missing")
+    return files
+  bins = [f for f in os.listdir(folder) if f.endswith(".bin")]
+  hint = (
+    f" (it has {bins[0]}: PyTorch .bin files are pickles and are not "
+    "read; save the weights as safetensors)"
+    if bins
+    else ""
+  )
+  raise IFError(f"{folder} has no {base}.safetensors weights{hint}")
+
+
+def _flax_key(pt_key: str, ndim: int) -> tuple[tuple[str, ...], str]:
+  """A PyTorch key of our IF port -> (Flax path, how to reshape)."""
+  parts = []
+  for p in pt_key.split("."):
+    if p.isdigit() and parts:
+      parts[-1] = f"{parts[-1]}_{p}"
+    else:
+      parts.append(p)
+  last = parts[-1]
+  if last == "weight":
+    if ndim == 4:
+      return tuple(parts[:-1]) + ("kernel",), "conv"
+    if ndim == 2:
+      return tuple(parts[:-1]) + ("kernel",), "dense"
+    return tuple(parts[:-1]) + ("scale",), "same"
+  return tuple(parts), "same"
+
+
+def convert_unet(files: list[str], abstract) -> dict:
+  """PyTorch UNet shards -> Flax params shaped like `abstract` (float32)."""
+  want = traverse_util.flatten_dict(abstract)
+  out = {}
+  for path in files:
+    shard = read_safetensors(path)
+    for key in list(shard):
+      tensor = shard.pop(key)
+      fkey, how = _flax_key(key, tensor.ndim)
+      if fkey not in want:
+        raise IFError(
+          f"{os.path.basename(path)} holds {key}, which the UNet config "
+          "does not have: weights of another model"
+        )
+      if how == "conv":
+        tensor = tensor.transpose(2, 3, 1, 0)
+      elif how == "dense":
+        tensor = tensor.T
+      if tuple(tensor.shape) != tuple(want[fkey].shape):
+        raise IFError(
+          f"weight {key} has shape {tuple(tensor.shape)}, which does not "
+          f"fit {'/'.join(fkey)} {tuple(want[fkey].shape)}"
+        )
+      out[fkey] = np.asarray(tensor, np.float32)
+    del shard
+  missing = sorted(set(want) - set(out))
+  if missing:
+    raise IFError(f"the UNet weights have no {'/'.join(missing[0])}")
+  return traverse_util.unflatten_dict(out)
+
+
+def convert_t5(files: list[str], abstract) -> dict:
+  """transformers T5 encoder shards -> Flax params (float32), each shard
+  through transformers' own PyTorch-to-Flax key rules."""
+  from transformers import modeling_flax_pytorch_utils as conv  # noqa: PLC0415
+
+  want = traverse_util.flatten_dict(abstract)
+  # The converter reads only the keys and shapes of `params`.
+  shim = types.SimpleNamespace(base_model_prefix="transformer", params=abstract)
+  out = {}
+  for path in files:
+    shard = {
+      k: np.asarray(v, np.float32) for k, v in read_safetensors(path).items()
+    }
+    try:
+      flat = traverse_util.flatten_dict(
+        conv.convert_pytorch_state_dict_to_flax(shard, shim)
+      )
+    except ValueError as e:
+      raise IFError(f"{path}: {' '.join(str(e).split())[:200]}") from None
+    del shard
+    out.update({k: np.asarray(v, np.float32) for k, v in flat.items()})
+  if ("shared", "embedding") not in out:
+    # Tied weights are saved once, under either name.
+    tied = out.get(("encoder", "embed_tokens", "embedding"))
+    if tied is not None:
+      out[("shared", "embedding")] = tied
+  missing = sorted(set(want) - set(out))
+  if missing:
+    raise IFError(f"the T5 weights have no {'/'.join(missing[0])}")
+  return traverse_util.unflatten_dict({k: out[k] for k in want})
+
+
+@functools.cache
+def flax_t5():
+  """transformers' Flax T5 module, made to run on this jax.
+
+  It calls `jnp.clip(x, a_max=...)`, a keyword jax 0.10 removed; the
+  module reaches jax.numpy through its module-level name `jnp` at call
+  time, so it is given a view of jax.numpy whose `clip` takes the old
+  keywords too (same results).
+  """
+  from transformers.models.t5 import modeling_flax_t5 as t5  # noqa: PLC0415
+
+  if not getattr(t5.jnp, "_boot_jax_fixed", False):
+
+    def clip(x, min=None, max=None, *, a_min=None, a_max=None):  # noqa: A002
+      return jnp.clip(
+        x, min=a_min if min is None else min, max=a_max if max is None else max
+      )
+
+    view = types.SimpleNamespace(**{k: getattr(jnp, k) for k in dir(jnp)})
+    view.clip = clip
+    view._boot_jax_fixed = True  # noqa: SLF001
+    t5.jnp = view
+  return t5
+
+
+@functools.cache
+def t5_parts(path: str) -> dict:
+  """The T5 encoder, its float32 parameters and IF's tokenizer (cached)."""
+  from transformers import T5Config, T5Tokenizer  # noqa: PLC0415
+
+  FlaxT5EncoderModel = flax_t5().FlaxT5EncoderModel  # noqa: N806
+
+  folder = os.path.join(path, "text_encoder")
+  read_json(os.path.join(folder, "config.json"), "the text encoder")
+  config = T5Config.from_pretrained(folder)
+  if config.model_type != "t5":
+    raise IFError(f"{folder} holds a {config.model_type} model, not T5")
+  model = FlaxT5EncoderModel(config, _do_init=False)
+  ids = jnp.zeros((1, 1), "i4")
+  abstract = jax.eval_shape(
+    lambda: model.module.init(jax.random.key(0), ids, ids + 1)["params"]
+  )
+  params = convert_t5(weight_files(folder, T5_WEIGHTS), abstract)
+  try:
+    tokenizer = T5Tokenizer.from_pretrained(os.path.join(path, "tokenizer"))
+  except (OSError, ValueError, TypeError) as e:
+    raise IFError(
+      f"cannot read the T5 tokenizer in {path}/tokenizer: "
+      f"{' '.join(str(e).split())[:200]}"
+    ) from None
+
+  def forward(params, ids):
+    # IF attends to the prompt's tokens only (padding masked out).
+    mask = (ids != tokenizer.pad_token_id).astype(jnp.int32)
+    return model.module.apply({"params": params}, ids, mask)[0]
+
+  return dict(
+    forward=forward,
+    forward_jit=jax.jit(forward),
+    params=params,
+    tokenizer=tokenizer,
+    width=int(config.d_model),
+  )
+
+
+def tokenize(tokenizer, prompts, max_length: int = MAX_TOKENS) -> np.ndarray:
+  """T5 ids `[n, 77]` as IF's pipeline makes them: lower case, stripped,
+  padded and truncated to 77 tokens (the end token kept)."""
+  texts = [str(p).lower().strip() for p in prompts]
+  ids = tokenizer(
+    texts,
+    padding="max_length",
+    max_length=max_length,
+    truncation=True,
+    add_special_tokens=True,
+  ).input_ids
+  return np.asarray(ids, np.int32)
+
+
+def schedule_config(path: str) -> tuple[dict, dict]:
+  """The noise table and the sampler's x0 processing from the folder's
+  scheduler_config.json, as diffusers' `DDIMScheduler.from_config` reads
+  it (its `set_alpha_to_one` defaults to True)."""
+  cfg = read_json(
+    os.path.join(path, "scheduler", "scheduler_config.json"), "the scheduler"
+  )
+  prediction = cfg.get("prediction_type", "epsilon")
+  if prediction != "epsilon":
+    raise IFError(
+      f"{path}/scheduler predicts {prediction!r}: IF stage I predicts epsilon"
+    )
+  table = dict(
+    type="discrete",
+    beta_schedule=cfg.get("beta_schedule", "squaredcos_cap_v2"),
+    num_train_steps=int(cfg.get("num_train_timesteps", 1000)),
+    beta_start=float(cfg.get("beta_start", 0.0001)),
+    beta_end=float(cfg.get("beta_end", 0.02)),
+    set_alpha_to_one=bool(cfg.get("set_alpha_to_one", True)),
+    name="",
+  )
+  sampler = dict(
+    spacing=cfg.get("timestep_spacing", "leading"),
+    offset=int(cfg.get("steps_offset", 0)),
+    clip_sample=bool(cfg.get("clip_sample", True)),
+    clip_range=float(cfg.get("clip_sample_range", 1.0)),
+    ratio=float(cfg.get("dynamic_thresholding_ratio", 0.995)),
+    max_value=float(cfg.get("sample_max_value", 1.0)),
+  )
+  return table, sampler

