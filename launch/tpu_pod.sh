@@ -13,6 +13,9 @@
 # recommended: nothing to mount, and it outlives a preempted Spot slice;
 # the VMs' service account needs write access to the bucket) or a Filestore
 # or gcsfuse mount. docs/scaling.md says which to choose.
+#
+# The checkout is packed (git archive HEAD: committed files only) into a
+# private temporary directory, removed on exit.
 # --dry-run prints the exact commands instead of running them.
 set -euo pipefail
 
@@ -65,7 +68,7 @@ if [[ -z "$name" || -z "$zone" || -z "$accelerator" ]]; then
   die "--name, --zone and --accelerator are required"
 fi
 # The name is gcloud's positional argument (a leading '-' would make it an
-# option) and part of a local file name (no '/').
+# option).
 if ! [[ "$name" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]]; then
   die "--name takes letters, digits, '-', '_' and '.', got" \
     "$(printf '%q' "$name")"
@@ -75,7 +78,26 @@ if (($# == 0)); then
 fi
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-tarball=/tmp/boot_jax_${name}.tar.gz
+# The checkout is packed into a private directory (mktemp -d), removed on
+# exit; --dry-run prints the same steps, the directory as "$tmp".
+if ((dry_run)); then
+  # shellcheck disable=SC2016 # printed as is, for the shell that runs it
+  tarball='"$tmp"/boot_jax.tar.gz'
+else
+  created=0
+  cleanup() {
+    rm -rf -- "$tmp"
+    if ((created && !keep)); then
+      "${delete[@]}" || echo "warning: could not delete $name" >&2
+    fi
+  }
+  tmp=$(mktemp -d)
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  tarball=$tmp/boot_jax.tar.gz
+fi
+
 # --flag=VALUE keeps each value one argument to gcloud, even one that starts
 # with '-'.
 common=("--zone=$zone")
@@ -104,25 +126,29 @@ delete=(gcloud compute tpus tpu-vm delete "$name" "${common[@]}" --quiet)
 
 if ((dry_run)); then
   describe_workdir "$(workdir_of "$@")"
-  for step in create pack copy setup run; do
+  cat <<'TMP'
+tmp=$(mktemp -d) && trap 'rm -rf -- "$tmp"' EXIT
+TMP
+  steps=(create pack copy setup run)
+  if ((!keep)); then
+    steps+=(delete)
+  fi
+  for step in "${steps[@]}"; do
     declare -n c=$step
-    printf '%q ' "${c[@]}"
+    for arg in "${c[@]}"; do
+      if [[ "$arg" == "$tarball" ]]; then
+        printf '%s ' "$arg"
+      else
+        printf '%q ' "$arg"
+      fi
+    done
     echo
   done
-  if ((!keep)); then
-    printf '%q ' "${delete[@]}"
-    echo
-  fi
   exit 0
 fi
 
-cleanup() {
-  if ((!keep)); then
-    "${delete[@]}" || echo "warning: could not delete $name" >&2
-  fi
-}
 "${create[@]}"
-trap cleanup EXIT
+created=1
 "${pack[@]}"
 "${copy[@]}"
 "${setup[@]}"

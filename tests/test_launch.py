@@ -4,11 +4,14 @@ import os
 import pathlib
 import shutil
 import subprocess
+import tarfile
 import tempfile
+import uuid
 
 import pytest
 
-LAUNCH = pathlib.Path(__file__).resolve().parents[1] / "launch"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "launch"
 SCRIPTS = sorted(LAUNCH.glob("*.sh"))
 
 
@@ -116,8 +119,12 @@ def test_tpu_dry_run():
   assert proc.returncode == 0, proc.stderr
   out = proc.stdout.splitlines()
   assert out[0].startswith("# work directory: gs://bucket/w (Cloud Storage")
-  out = out[1:]
+  # The checkout is packed into a private directory, removed on exit.
+  assert out[1] == "tmp=$(mktemp -d) && trap 'rm -rf -- \"$tmp\"' EXIT"
+  out = out[2:]
   assert out[0].startswith("gcloud compute tpus tpu-vm create boot-v4")
+  assert out[1].endswith(' -o "$tmp"/boot_jax.tar.gz HEAD ')
+  assert '"$tmp"/boot_jax.tar.gz' in out[2]
   # The workers install the Cloud Storage client with the TPU extra.
   assert any("boot_jax\\[tpu\\,gcs\\]" in line for line in out)
   assert "--accelerator-type=v4-32" in out[0] and "--spot" in out[0]
@@ -245,11 +252,15 @@ def test_tpu_dry_run_quotes_values(tmp_path):
     value,
   )
   assert proc.returncode == 0, proc.stderr
-  # A comment naming the work directory (quoted: one line), then the five
-  # commands.
+  # A comment naming the work directory (quoted: one line), the private
+  # temporary directory, then the six commands.
   lines = proc.stdout.splitlines()
-  assert len(lines) == 7 and lines[0].startswith("# work directory: ")
+  assert len(lines) == 8 and lines[0].startswith("# work directory: ")
   calls = _run_stubbed(proc.stdout, ["gcloud", "git"], tmp_path)
+  [pack] = [c for c in calls if c[0] == "git"]
+  tarball = pathlib.Path(pack[pack.index("-o") + 1])
+  assert tarball.name == "boot_jax.tar.gz"
+  assert not tarball.parent.exists()  # removed when the commands end
   assert [c[:5] for c in calls if c[0] == "gcloud"] == [
     ["gcloud", "compute", "tpus", "tpu-vm", verb]
     for verb in ("create", "scp", "ssh", "ssh", "delete")
@@ -344,3 +355,74 @@ def test_good_numeric_values(args):
   proc = _run(LAUNCH / args[0], *args[1:], "--dry-run", "--", "x")
   assert proc.returncode == 0, proc.stderr
   assert proc.stderr == ""
+
+
+# Stand-ins for the cluster commands: each call is one file of $CALLS, its
+# name and arguments NUL-separated; a name listed in $FAIL exits 1.
+STUB = """#!/usr/bin/env bash
+n=$(find "$CALLS" -maxdepth 1 -name 'call_*' | wc -l)
+printf '%s\\0' "${0##*/}" "$@" > "$CALLS/call_$((n + 1))"
+if [[ "${0##*/} $4" == "gcloud scp" ]]; then
+  cp "$5" "$CALLS/copied.tar.gz"
+fi
+if [[ "${0##*/}" == sbatch ]]; then
+  cat > "$CALLS/batch_script"
+fi
+if [[ " ${FAIL:-} " == *" ${0##*/} $4 "* ]]; then
+  exit 1
+fi
+"""
+
+
+def _stub_env(tmp_path, fail=""):
+  """PATH with gcloud, sbatch and srun stubs; a private, empty TMPDIR."""
+  bin_dir, calls, tmp = (tmp_path / d for d in ("bin", "calls", "tmp"))
+  for d in (bin_dir, calls, tmp):
+    d.mkdir()
+  for name in ("gcloud", "sbatch", "srun"):
+    (bin_dir / name).write_text(STUB)
+    (bin_dir / name).chmod(0o755)
+  env = {
+    "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    "CALLS": str(calls),
+    "TMPDIR": str(tmp),
+    "FAIL": fail,
+  }
+  return env, calls, tmp
+
+
+def _calls(calls):
+  files = sorted(calls.glob("call_*"), key=lambda f: int(f.name[5:]))
+  return [f.read_text().split("\0")[:-1] for f in files]
+
+
+@pytest.mark.parametrize("fail", ["", "gcloud ssh"])
+def test_tpu_packs_into_a_private_directory(tmp_path, fail):
+  """A file planted at the old fixed name /tmp/boot_jax_<name>.tar.gz (here
+  a symlink to a victim file) is never written through; the tarball lives
+  in a directory of mktemp -d, removed on exit, success or failure."""
+  name = f"boot-test-{uuid.uuid4().hex[:12]}"
+  victim = tmp_path / "victim"
+  victim.write_text("precious\n")
+  planted = pathlib.Path(f"/tmp/boot_jax_{name}.tar.gz")
+  planted.symlink_to(victim)
+  env, calls, tmp = _stub_env(tmp_path, fail)
+  try:
+    proc = _run(
+      LAUNCH / "tpu_pod.sh",
+      *("--name", name, "--zone", "z", "--accelerator", "v4-8"),
+      *("--", "--config", "configs/gmm.py", "--workdir", "/mnt/w"),
+      env=env,
+    )
+    assert planted.is_symlink() and victim.read_text() == "precious\n"
+  finally:
+    planted.unlink()
+  assert proc.returncode == (1 if fail else 0), proc.stderr
+  verbs = [c[4] for c in _calls(calls)]
+  assert verbs == ["create", "scp", "ssh", *([] if fail else ["ssh"]), "delete"]
+  [scp] = [c for c in _calls(calls) if c[4] == "scp"]
+  tarball = pathlib.Path(scp[5])
+  assert tarball.parent.parent == tmp and tarball.name == "boot_jax.tar.gz"
+  with tarfile.open(calls / "copied.tar.gz") as tar:
+    assert "setup.py" in tar.getnames()
+  assert list(tmp.iterdir()) == []
