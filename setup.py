@@ -37,6 +37,8 @@ _TEST = [
 setuptools.setup(
   name="boot_jax",
   version="0.1.0",
+  license="Apache-2.0",
+  license_files=["LICENSE"],
   description=(
     "Data-free distillation of diffusion models into one-step generators "
     "with BOOT, in JAX/Flax."

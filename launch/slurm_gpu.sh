@@ -13,6 +13,13 @@
 # output goes to slurm-<jobid>.out. --dry-run prints the batch script and
 # the sbatch command instead of submitting.
 #
+# The job first installs this checkout (pip install -e, once, on one node:
+# the nodes share the checkout and the interpreter's environment) with the
+# pip extras the run needs: cuda, gcs when the work directory or a path of
+# the config is gs://, and what the config's teacher needs (sd, if), read
+# from the train arguments' --config before anything is submitted;
+# --extras LIST sets them (it must hold those).
+#
 # Every value written into the batch script is validated (--nodes,
 # --gpus-per-node, --time) or quoted with printf %q (--python, the train
 # arguments). --partition and --account go to sbatch as arguments rather
@@ -24,10 +31,16 @@ usage() {
   cat <<'USAGE'
 usage: launch/slurm_gpu.sh --nodes N --gpus-per-node G [--partition P]
                            [--time T] [--account A] [--python PY]
-                           [--dry-run] -- <train args>
-  --time T     walltime: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]] or UNLIMITED
-               (default 24:00:00)
-  --python PY  the interpreter on the nodes, one word (default python3)
+                           [--extras LIST] [--dry-run] -- <train args>
+  --time T       walltime: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]] or UNLIMITED
+                 (default 24:00:00)
+  --python PY    the interpreter on the nodes, one word (default python3)
+  --extras LIST  pip extras of boot_jax the job installs, comma separated
+                 (default: what the run needs: cuda, gcs for gs:// paths,
+                 sd or if for the config's teacher, e.g. cuda,sd); refused
+                 unless it holds those and setup.py declares each
+  --dry-run      print the batch script and the sbatch command, submit
+                 nothing
 USAGE
 }
 
@@ -37,6 +50,7 @@ partition=""
 time_limit=24:00:00
 account=""
 python=python3
+extras=""
 dry_run=0
 
 # shellcheck source=launch/common.sh
@@ -57,6 +71,8 @@ while (($#)); do
     --time) need_value "$@"; time_limit=$2; shift 2 ;;
     --account) need_value "$@"; account=$2; shift 2 ;;
     --python) need_value "$@"; python=$2; shift 2 ;;
+    --extras) need_value "$@"; extras=$2; shift 2
+      [[ -n "$extras" ]] || die "--extras needs a value" ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
@@ -82,7 +98,11 @@ if (($# == 0)); then
 fi
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# Reads the config (and refuses a bad --extras) before anything is
+# submitted.
+extras=$(resolve_extras cuda "$extras" "$repo" "$@") || exit
 printf -v repo_q '%q' "$repo"
+printf -v package_q '%q' "${repo}[$extras]"
 printf -v python_q '%q' "$python"
 printf -v train_args '%q ' "$@"
 script=$(cat <<SCRIPT
@@ -95,6 +115,7 @@ script=$(cat <<SCRIPT
 set -euo pipefail
 $(describe_workdir "$(workdir_of "$@")")
 cd $repo_q
+srun --nodes=1 --ntasks=1 $python_q -m pip install --quiet -e $package_q
 srun --kill-on-bad-exit=1 $python_q -m boot_jax.train --distributed $train_args
 SCRIPT
 )

@@ -13,6 +13,13 @@
 # recommended: nothing to mount, and it outlives a preempted Spot slice;
 # the VMs' service account needs write access to the bucket) or a Filestore
 # or gcsfuse mount. docs/scaling.md says which to choose.
+#
+# The workers install boot_jax with the pip extras the run needs: tpu, gcs
+# when the work directory or a path of the config is gs://, and what the
+# config's teacher needs (sd, if), read from the train arguments' --config
+# before anything is created; --extras LIST sets them (it must hold those).
+# The checkout is packed (git archive HEAD: committed files only) into a
+# private temporary directory, removed on exit.
 # --dry-run prints the exact commands instead of running them.
 set -euo pipefail
 
@@ -20,7 +27,7 @@ usage() {
   cat <<'USAGE'
 usage: launch/tpu_pod.sh --name NAME --zone ZONE --accelerator TYPE
                          [--version V] [--project P] [--spot] [--keep]
-                         [--dry-run] -- <train args>
+                         [--extras LIST] [--dry-run] -- <train args>
   --name NAME         TPU VM name to create (and delete at the end)
   --zone ZONE         e.g. us-central2-b
   --accelerator TYPE  e.g. v4-8, v4-32, v5litepod-16
@@ -28,6 +35,11 @@ usage: launch/tpu_pod.sh --name NAME --zone ZONE --accelerator TYPE
   --project P         Google Cloud project (default: gcloud's)
   --spot              create a Spot (preemptible) slice
   --keep              keep the slice after the run
+  --extras LIST       pip extras of boot_jax to install on the workers,
+                      comma separated (default: what the run needs: tpu,
+                      gcs for gs:// paths, sd or if for the config's
+                      teacher, e.g. tpu,gcs,sd); refused unless it holds
+                      those and setup.py declares each
   --dry-run           print the commands, run nothing
 USAGE
 }
@@ -39,6 +51,7 @@ version=tpu-ubuntu2204-base
 project=""
 spot=0
 keep=0
+extras=""
 dry_run=0
 
 # shellcheck source=launch/common.sh
@@ -53,6 +66,8 @@ while (($#)); do
     --project) need_value "$@"; project=$2; shift 2 ;;
     --spot) spot=1; shift ;;
     --keep) keep=1; shift ;;
+    --extras) need_value "$@"; extras=$2; shift 2
+      [[ -n "$extras" ]] || die "--extras needs a value" ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
@@ -65,7 +80,7 @@ if [[ -z "$name" || -z "$zone" || -z "$accelerator" ]]; then
   die "--name, --zone and --accelerator are required"
 fi
 # The name is gcloud's positional argument (a leading '-' would make it an
-# option) and part of a local file name (no '/').
+# option).
 if ! [[ "$name" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]]; then
   die "--name takes letters, digits, '-', '_' and '.', got" \
     "$(printf '%q' "$name")"
@@ -75,7 +90,29 @@ if (($# == 0)); then
 fi
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-tarball=/tmp/boot_jax_${name}.tar.gz
+# Reads the config (and refuses a bad --extras) before anything is created.
+extras=$(resolve_extras tpu "$extras" "$repo" "$@") || exit
+
+# The checkout is packed into a private directory (mktemp -d), removed on
+# exit; --dry-run prints the same steps, the directory as "$tmp".
+if ((dry_run)); then
+  # shellcheck disable=SC2016 # printed as is, for the shell that runs it
+  tarball='"$tmp"/boot_jax.tar.gz'
+else
+  created=0
+  cleanup() {
+    rm -rf -- "$tmp"
+    if ((created && !keep)); then
+      "${delete[@]}" || echo "warning: could not delete $name" >&2
+    fi
+  }
+  tmp=$(mktemp -d)
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  tarball=$tmp/boot_jax.tar.gz
+fi
+
 # --flag=VALUE keeps each value one argument to gcloud, even one that starts
 # with '-'.
 common=("--zone=$zone")
@@ -91,10 +128,11 @@ pack=(git -C "$repo" archive --format=tar.gz -o "$tarball" HEAD)
 copy=(gcloud compute tpus tpu-vm scp "$tarball" "$name:boot_jax.tar.gz"
   "${common[@]}" --worker=all)
 # The remote command is a string that the worker's login shell (bash on TPU
-# VMs) parses: each train argument goes in quoted with printf %q.
+# VMs) parses: each train argument goes in quoted with printf %q. The
+# extras are names that setup.py declares (resolve_extras checks).
 printf -v train_args '%q ' "$@"
 install="mkdir -p boot_jax && tar -xzf boot_jax.tar.gz -C boot_jax"
-install+=" && python3 -m pip install --quiet -e './boot_jax[tpu,gcs]'"
+install+=" && python3 -m pip install --quiet -e './boot_jax[$extras]'"
 setup=(gcloud compute tpus tpu-vm ssh "$name" "${common[@]}" --worker=all
   --command "$install")
 run=(gcloud compute tpus tpu-vm ssh "$name" "${common[@]}" --worker=all
@@ -104,25 +142,30 @@ delete=(gcloud compute tpus tpu-vm delete "$name" "${common[@]}" --quiet)
 
 if ((dry_run)); then
   describe_workdir "$(workdir_of "$@")"
-  for step in create pack copy setup run; do
+  echo "# each worker installs: $install"
+  cat <<'TMP'
+tmp=$(mktemp -d) && trap 'rm -rf -- "$tmp"' EXIT
+TMP
+  steps=(create pack copy setup run)
+  if ((!keep)); then
+    steps+=(delete)
+  fi
+  for step in "${steps[@]}"; do
     declare -n c=$step
-    printf '%q ' "${c[@]}"
+    for arg in "${c[@]}"; do
+      if [[ "$arg" == "$tarball" ]]; then
+        printf '%s ' "$arg"
+      else
+        printf '%q ' "$arg"
+      fi
+    done
     echo
   done
-  if ((!keep)); then
-    printf '%q ' "${delete[@]}"
-    echo
-  fi
   exit 0
 fi
 
-cleanup() {
-  if ((!keep)); then
-    "${delete[@]}" || echo "warning: could not delete $name" >&2
-  fi
-}
 "${create[@]}"
-trap cleanup EXIT
+created=1
 "${pack[@]}"
 "${copy[@]}"
 "${setup[@]}"

@@ -4,7 +4,8 @@ A family is one module of this package with a `build(config, placement,
 dtype) -> Teacher` function (its subclass of `base.Teacher` holds what is
 particular to it). Adding a family = one module (or one subpackage, as
 `sd/` and `deepfloyd_if/`), its configs and its tests, plus one line in
-`TEACHERS` (docs/architecture.md).
+`TEACHERS` and, when it needs an optional dependency, one in `EXTRAS`
+(docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ TEACHERS = {
 }
 
 
+# The pip extras of boot_jax (setup.py's extras_require) that a family
+# needs beyond the core install; families not named need none.
+EXTRAS = {
+  "sd": ("sd",),
+  "if": ("if",),
+}
+
+# URL schemes that gcsfs (the `gcs` extra) reads.
+_GCS_SCHEMES = ("gs://", "gcs://")
+
+
 def family(name: str):
   """The family module of a teacher name."""
   try:
@@ -31,6 +43,41 @@ def family(name: str):
     raise ValueError(
       f"unknown teacher {name!r}; expected one of {sorted(TEACHERS)}"
     ) from None
+
+
+def _strings(value):
+  """Every string inside a config section (nested sections, lists)."""
+  if isinstance(value, str):
+    yield value
+  elif hasattr(value, "items"):
+    for v in value.values():
+      yield from _strings(v)
+  elif isinstance(value, (list, tuple)):
+    for v in value:
+      yield from _strings(v)
+
+
+def required_extras(teacher_config) -> tuple[str, ...]:
+  """The pip extras of boot_jax that the teacher of a config needs.
+
+  The family's own (`EXTRAS`: 'sd' for Stable Diffusion, 'if' for
+  DeepFloyd IF), then 'gcs' when one of the section's values is a
+  Cloud Storage URL (`teacher.path`, `teacher.prompts`, ...). The
+  accelerator's extra ('tpu', 'cuda') and the work directory's are the
+  launcher's to add.
+
+  Args:
+    teacher_config: the `teacher` section of a train config.
+
+  Raises:
+    ValueError: for an unknown teacher name.
+  """
+  name = teacher_config.name
+  family(name)
+  extras = list(EXTRAS.get(name, ()))
+  if any(s.startswith(_GCS_SCHEMES) for s in _strings(teacher_config)):
+    extras.append("gcs")
+  return tuple(extras)
 
 
 def build_teacher(
@@ -51,9 +98,11 @@ def build_teacher(
 
 
 __all__ = [
+  "EXTRAS",
   "TEACHERS",
   "ConditionSpec",
   "Teacher",
   "build_teacher",
   "family",
+  "required_extras",
 ]

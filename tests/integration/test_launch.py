@@ -1,14 +1,21 @@
 """The launch scripts: shellcheck, --dry-run output and argument errors."""
 
+import ast
 import os
 import pathlib
 import shutil
 import subprocess
+import tarfile
 import tempfile
+import uuid
 
+import ml_collections
 import pytest
 
-LAUNCH = pathlib.Path(__file__).resolve().parents[2] / "launch"
+from boot_jax import teachers
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+LAUNCH = REPO / "launch"
 SCRIPTS = sorted(LAUNCH.glob("*.sh"))
 
 
@@ -116,8 +123,13 @@ def test_tpu_dry_run():
   assert proc.returncode == 0, proc.stderr
   out = proc.stdout.splitlines()
   assert out[0].startswith("# work directory: gs://bucket/w (Cloud Storage")
-  out = out[1:]
+  assert out[1].startswith("# each worker installs: ")
+  # The checkout is packed into a private directory, removed on exit.
+  assert out[2] == "tmp=$(mktemp -d) && trap 'rm -rf -- \"$tmp\"' EXIT"
+  out = out[3:]
   assert out[0].startswith("gcloud compute tpus tpu-vm create boot-v4")
+  assert out[1].endswith(' -o "$tmp"/boot_jax.tar.gz HEAD ')
+  assert '"$tmp"/boot_jax.tar.gz' in out[2]
   # The workers install the Cloud Storage client with the TPU extra.
   assert any("boot_jax\\[tpu\\,gcs\\]" in line for line in out)
   assert "--accelerator-type=v4-32" in out[0] and "--spot" in out[0]
@@ -214,7 +226,12 @@ def test_slurm_dry_run_quotes_values(tmp_path):
   ]
   # The whole output runs as the batch script (the last line, the sbatch
   # command, is a comment).
-  [srun] = _run_stubbed(proc.stdout, ["srun"], tmp_path)
+  install, srun = _run_stubbed(proc.stdout, ["srun"], tmp_path)
+  assert install == [
+    "srun",
+    *("--nodes=1", "--ntasks=1", value, "-m", "pip", "install", "--quiet"),
+    *("-e", f"{REPO}[cuda]"),
+  ]
   assert srun[:3] == ["srun", "--kill-on-bad-exit=1", value]
   assert srun[3:6] == ["-m", "boot_jax.train", "--distributed"]
   assert srun[6:] == ["--workdir", value]
@@ -245,11 +262,15 @@ def test_tpu_dry_run_quotes_values(tmp_path):
     value,
   )
   assert proc.returncode == 0, proc.stderr
-  # A comment naming the work directory (quoted: one line), then the five
-  # commands.
+  # Comments naming the work directory (quoted: one line) and the install,
+  # the private temporary directory, then the six commands.
   lines = proc.stdout.splitlines()
-  assert len(lines) == 7 and lines[0].startswith("# work directory: ")
+  assert len(lines) == 9 and lines[0].startswith("# work directory: ")
   calls = _run_stubbed(proc.stdout, ["gcloud", "git"], tmp_path)
+  [pack] = [c for c in calls if c[0] == "git"]
+  tarball = pathlib.Path(pack[pack.index("-o") + 1])
+  assert tarball.name == "boot_jax.tar.gz"
+  assert not tarball.parent.exists()  # removed when the commands end
   assert [c[:5] for c in calls if c[0] == "gcloud"] == [
     ["gcloud", "compute", "tpus", "tpu-vm", verb]
     for verb in ("create", "scp", "ssh", "ssh", "delete")
@@ -306,11 +327,13 @@ INJECTED = "x\n$(touch PWNED); touch PWNED 'q\""
     ("tpu_pod.sh", "--name", "-x", "--zone", "z", "--accelerator", "a"),
     ("tpu_pod.sh", "--name", "a/b", "--zone", "z", "--accelerator", "a"),
     ("tpu_pod.sh", "--name", INJECTED, "--zone", "z", "--accelerator", "a"),
+    ("tpu_pod.sh", "--extras", "", "--dry-run", "--", "x"),
     ("slurm_gpu.sh", "--nodes", "2", "--dry-run", "--", "x"),
     ("slurm_gpu.sh", "--nodes", "2", "--gpus-per-node", "8", "--dry-run"),
     ("slurm_gpu.sh", "--nodes"),
     ("slurm_gpu.sh", "--nodes", "0", "--gpus-per-node", "8", "--", "x"),
     ("slurm_gpu.sh", "--nodes", "2", "--gpus-per-node", "8", "--python"),
+    ("slurm_gpu.sh", "--nodes", "2", "--gpus-per-node", "8", "--extras"),
     ("slurm_gpu.sh", "--nodes", "2", "--gpus-per-node", "8", "--time", "soon"),
     (
       "slurm_gpu.sh",
@@ -344,3 +367,266 @@ def test_good_numeric_values(args):
   proc = _run(LAUNCH / args[0], *args[1:], "--dry-run", "--", "x")
   assert proc.returncode == 0, proc.stderr
   assert proc.stderr == ""
+
+
+# Stand-ins for the cluster commands: each call is one file of $CALLS, its
+# name and arguments NUL-separated; a name listed in $FAIL exits 1.
+STUB = """#!/usr/bin/env bash
+n=$(find "$CALLS" -maxdepth 1 -name 'call_*' | wc -l)
+printf '%s\\0' "${0##*/}" "$@" > "$CALLS/call_$((n + 1))"
+if [[ "${0##*/} $4" == "gcloud scp" ]]; then
+  cp "$5" "$CALLS/copied.tar.gz"
+fi
+if [[ "${0##*/}" == sbatch ]]; then
+  cat > "$CALLS/batch_script"
+fi
+if [[ " ${FAIL:-} " == *" ${0##*/} $4 "* ]]; then
+  exit 1
+fi
+"""
+
+
+def _stub_env(tmp_path, fail=""):
+  """PATH with gcloud, sbatch and srun stubs; a private, empty TMPDIR."""
+  bin_dir, calls, tmp = (tmp_path / d for d in ("bin", "calls", "tmp"))
+  for d in (bin_dir, calls, tmp):
+    d.mkdir()
+  for name in ("gcloud", "sbatch", "srun"):
+    (bin_dir / name).write_text(STUB)
+    (bin_dir / name).chmod(0o755)
+  env = {
+    "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    "CALLS": str(calls),
+    "TMPDIR": str(tmp),
+    "FAIL": fail,
+  }
+  return env, calls, tmp
+
+
+def _calls(calls):
+  files = sorted(calls.glob("call_*"), key=lambda f: int(f.name[5:]))
+  return [f.read_text().split("\0")[:-1] for f in files]
+
+
+TPU = ("--name", "boot-v4", "--zone", "us-central2-b", "--accelerator", "v4-8")
+SLURM = ("--nodes", "2", "--gpus-per-node", "8")
+
+
+@pytest.mark.parametrize("fail", ["", "gcloud ssh"])
+def test_tpu_packs_into_a_private_directory(tmp_path, fail):
+  """A file planted at the old fixed name /tmp/boot_jax_<name>.tar.gz (here
+  a symlink to a victim file) is never written through; the tarball lives
+  in a directory of mktemp -d, removed on exit, success or failure."""
+  name = f"boot-test-{uuid.uuid4().hex[:12]}"
+  victim = tmp_path / "victim"
+  victim.write_text("precious\n")
+  planted = pathlib.Path(f"/tmp/boot_jax_{name}.tar.gz")
+  planted.symlink_to(victim)
+  env, calls, tmp = _stub_env(tmp_path, fail)
+  try:
+    proc = _run(
+      LAUNCH / "tpu_pod.sh",
+      *("--name", name, "--zone", "z", "--accelerator", "v4-8"),
+      *("--", "--config", "configs/gmm.py", "--workdir", "/mnt/w"),
+      env=env,
+    )
+    assert planted.is_symlink() and victim.read_text() == "precious\n"
+  finally:
+    planted.unlink()
+  assert proc.returncode == (1 if fail else 0), proc.stderr
+  verbs = [c[4] for c in _calls(calls)]
+  assert verbs == ["create", "scp", "ssh", *([] if fail else ["ssh"]), "delete"]
+  [scp] = [c for c in _calls(calls) if c[4] == "scp"]
+  tarball = pathlib.Path(scp[5])
+  assert tarball.parent.parent == tmp and tarball.name == "boot_jax.tar.gz"
+  with tarfile.open(calls / "copied.tar.gz") as tar:
+    assert "setup.py" in tar.getnames()
+  assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+  "train_args, extras, want",
+  [
+    (
+      ("--config", "configs/sd15.py", "--workdir", "gs://b/w"),
+      None,
+      "tpu,gcs,sd",
+    ),
+    (("--config", "configs/sd21.py", "--workdir", "/mnt/w"), None, "tpu,sd"),
+    (("--config=configs/if_i_m.py", "--workdir=/mnt/w"), None, "tpu,if"),
+    (("--config", "configs/digits.py:refine", "--workdir", "/w"), None, "tpu"),
+    (
+      ("--config", "configs/sd15.py", "--config.teacher.name=if"),
+      None,
+      "tpu,if",
+    ),
+    (
+      ("--config", "configs/digits.py", "--config.teacher.path", "gs://b/t"),
+      None,
+      "tpu,gcs",
+    ),
+    (("--config", "configs/sd15.py"), "sd,tpu,tb,sd", "sd,tpu,tb"),
+    (("--workdir", "/w"), None, "tpu"),
+  ],
+)
+def test_tpu_extras(tmp_path, train_args, extras, want):
+  env, calls, tmp = _stub_env(tmp_path)
+  flags = ("--extras", extras) if extras else ()
+  proc = _run(
+    LAUNCH / "tpu_pod.sh", "--dry-run", *TPU, *flags, "--", *train_args, env=env
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stderr == ""
+  install = f"python3 -m pip install --quiet -e './boot_jax[{want}]'"
+  assert proc.stdout.splitlines()[1].endswith(install)
+  # The setup step's remote command, as the worker's shell reads it.
+  setup = _run_stubbed(proc.stdout, ["gcloud", "git"], tmp_path)[3]
+  remote = setup[setup.index("--command") + 1]
+  steps = _run_stubbed(remote, ["mkdir", "tar", "python3"], tmp_path)
+  assert steps[-1] == [
+    *("python3", "-m", "pip", "install", "--quiet"),
+    *("-e", f"./boot_jax[{want}]"),
+  ]
+  assert _calls(calls) == [] and list(tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+  "train_args, extras, want",
+  [
+    (
+      ("--config", "configs/sd15.py", "--workdir", "/shared/w"),
+      None,
+      "cuda,sd",
+    ),
+    (
+      ("--config", "configs/if_i_xl.py", "--workdir", "gs://b/w"),
+      None,
+      "cuda,gcs,if",
+    ),
+    (("--config", "configs/gmm.py", "--workdir", "/shared/w"), None, "cuda"),
+    (("--config", "configs/gmm.py"), "cuda,tb", "cuda,tb"),
+  ],
+)
+def test_slurm_extras(tmp_path, train_args, extras, want):
+  env, calls, _ = _stub_env(tmp_path)
+  flags = ("--extras", extras) if extras else ()
+  proc = _run(
+    LAUNCH / "slurm_gpu.sh", *SLURM, *flags, "--", *train_args, env=env
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert [c[0] for c in _calls(calls)] == ["sbatch"]
+  install, _ = _run_stubbed(
+    (calls / "batch_script").read_text(), ["srun"], tmp_path
+  )
+  assert install[-2:] == ["-e", f"{REPO}[{want}]"]
+
+
+@pytest.mark.parametrize(
+  "script, args, message",
+  [
+    (
+      "tpu_pod.sh",
+      (*TPU, "--extras", "tpu,gcs", "--", "--config", "configs/sd15.py"),
+      "lacks sd",
+    ),
+    (
+      "tpu_pod.sh",
+      (*TPU, "--extras", "gcs,sd", "--", "--config", "configs/sd15.py"),
+      "lacks tpu",
+    ),
+    (
+      "tpu_pod.sh",
+      (*TPU, "--extras", "tpu", "--", "--config", "configs/gmm.py")
+      + ("--workdir", "gs://b/w"),
+      "lacks gcs",
+    ),
+    (
+      "tpu_pod.sh",
+      (*TPU, "--extras", "tpu,sd,bogus", "--", "--config", "configs/sd15.py"),
+      "'bogus' is not an extra of boot_jax",
+    ),
+    (
+      "tpu_pod.sh",
+      (*TPU, "--extras", "tpu,,sd", "--", "--config", "configs/sd15.py"),
+      "'' is not an extra of boot_jax",
+    ),
+    (
+      "tpu_pod.sh",
+      (*TPU, "--extras", "tpu" + INJECTED, "--", "--config", "configs/gmm.py"),
+      "is not an extra of boot_jax",
+    ),
+    (
+      "tpu_pod.sh",
+      (*TPU, "--", "--config", "configs/sd15.py:x", "--workdir", "gs://b/w")
+      + ("--config.teacher.name=nope",),
+      "unknown teacher 'nope'",
+    ),
+    ("tpu_pod.sh", (*TPU, "--", "--config", "configs/nope.py"), "cannot load"),
+    (
+      "tpu_pod.sh",
+      (*TPU, "--", "--config", "configs/digits_teacher.py"),
+      "has no teacher section",
+    ),
+    (
+      "tpu_pod.sh",
+      (*TPU, "--", "--config", "configs/gmm.py", "--config.bogus.key=1"),
+      "unknown config key 'bogus'",
+    ),
+    (
+      "slurm_gpu.sh",
+      (*SLURM, "--extras", "cuda", "--", "--config", "configs/sd15.py"),
+      "lacks sd",
+    ),
+    (
+      "slurm_gpu.sh",
+      (*SLURM, "--extras", "tpu,if", "--", "--config", "configs/if_i_m.py"),
+      "lacks cuda",
+    ),
+    (
+      "slurm_gpu.sh",
+      (*SLURM, "--extras", "cuda,sd,nope", "--", "--config", "configs/sd15.py"),
+      "'nope' is not an extra of boot_jax",
+    ),
+  ],
+)
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_refuses_extras_before_anything_runs(
+  tmp_path, script, args, message, dry_run
+):
+  env, calls, tmp = _stub_env(tmp_path)
+  work = tmp_path / "cwd"
+  work.mkdir()
+  flags = ("--dry-run",) if dry_run else ()
+  proc = _run(LAUNCH / script, *flags, *args, env=env, cwd=work)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+  assert message in lines[0]
+  assert proc.stdout == ""
+  # No gcloud, sbatch or srun call; no file made.
+  assert _calls(calls) == []
+  assert list(tmp.iterdir()) == [] and list(work.iterdir()) == []
+
+
+def test_required_extras():
+  def extras(**teacher):
+    return teachers.required_extras(ml_collections.ConfigDict(teacher))
+
+  assert extras(name="sd", path="/models/sd15") == ("sd",)
+  assert extras(name="if", prompts="gs://b/p.txt") == ("if", "gcs")
+  assert extras(name="unet", path="teacher") == ()
+  assert extras(name="gmm", schedule={"name": "gs://x"}) == ("gcs",)
+  with pytest.raises(ValueError, match="unknown teacher"):
+    extras(name="nope")
+  # Every family's extras are extras that setup.py declares.
+  tree = ast.parse((REPO / "setup.py").read_text())
+  [declared] = [
+    {ast.literal_eval(k) for k in kw.value.keys}
+    for node in ast.walk(tree)
+    if isinstance(node, ast.Call)
+    for kw in node.keywords
+    if kw.arg == "extras_require"
+  ]
+  assert set(teachers.TEACHERS) >= set(teachers.EXTRAS)
+  for needed in teachers.EXTRAS.values():
+    assert set(needed) <= declared
