@@ -3,7 +3,7 @@
 import ast
 import pathlib
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _setup_keyword(name):
