@@ -1,23 +1,14 @@
-r"""The standard FID feature extractor (Inception-v3, 2048-d pool features).
-
-Our Flax network computes what the FID literature's extractor computes:
-TensorFlow's 2015 Inception-v3 graph as pytorch-fid rebuilds it (its
-`FIDInceptionA`, `C` and `E` blocks differ from torchvision's: average
-pools that do not count padding, a max pool in the last block), with
-the input resized to 299x299 (bilinear, half-pixel centres, no
-antialiasing) and scaled from [0, 1] to [-1, 1]. Batch norms use their
-running statistics (epsilon 1e-3).
-
-Weights come from a local safetensors file. Make it once from the standard
-`pt_inception-2015-12-05-6726825d.pth` (pytorch-fid's release of the FID
-weights, downloaded by you from
-https://github.com/mseitzer/pytorch-fid/releases):
+r"""Convert the FID Inception's PyTorch weights to safetensors, once.
 
     python -m boot_jax.inception --pth pt_inception-2015-12-05-6726825d.pth \
       --out inception_fid.safetensors
 
-The conversion reads the .pth with `torch.load(weights_only=True)` (no
-pickled code runs); nothing else in boot_jax reads a pickle.
+The .pth is pytorch-fid's release of the standard FID weights, downloaded
+by you from https://github.com/mseitzer/pytorch-fid/releases. It is read
+with `torch.load(weights_only=True)` (no pickled code runs) and checked
+key by key against our network (boot_jax/evaluation/inception.py); the
+output replaces only an earlier conversion. Needs the `convert` extra
+(PyTorch).
 """
 
 from __future__ import annotations

@@ -2,23 +2,10 @@
 DDIM and the data (`evaluate`, `format_report`), what `python -m
 boot_jax.evaluate` and the end of a training run report.
 
-writes W/eval.json and prints a table. Runs on this machine's devices,
-whatever mesh trained the run (see `boot_jax.inference`); the networks run
-in float32 unless `--dtype bfloat16`. On a teacher work directory only the
-teacher's samplers are evaluated.
-
-* Analytic mixture: the student's one step `g(eps, clean)` against the
-  teacher's DDIM over the training grid from the same eps (component
-  agreement, MSE) and against exact mixture samples (kernel MMD).
-* Pixel teachers: agreement of the student with the teacher's DDIM 10, 25
-  and 50 steps on the same eps (MSE, PSNR); Frechet distances in the
-  feature space of a small classifier trained on the same data (its
-  held-out accuracy reported) from the real data to the student's one step,
-  the teacher's DDIM 1, 2, 4, 10, 50 steps and the hybrid sampler; and
-  the images/s of each (same batch, after compilation). With
-  `--inception F --reference R` (or the run's `eval.inception` and
-  `eval.reference` in its final evaluation) each sampler also gets the
-  Inception FID, KID and precision/recall of `--protocol pixel`.
+`REPORTS` maps a teacher's `evaluation` kind to its report: `images`
+(agreement with the teacher's DDIM, Frechet distances in a digits
+classifier's features, images/s; boot_jax/evaluate.py lists them) and
+`mixture` (the analytic mixture's exact evaluation, `mixture_eval`).
 """
 
 from __future__ import annotations

@@ -1,23 +1,9 @@
 """Reference statistics of real images for Inception FID, KID and P/R
 (what `python -m boot_jax.fid_stats` writes, and how evaluation reads
-them).
+them; the file's contents are described in boot_jax/fid_stats.py).
 
-The file holds the mean and covariance of the images' 2048-d Inception
-features (float64), the sample count, up to `--keep` feature rows
-(float32; KID and precision/recall need samples, not moments), and what
-made them: the extractor's identity, the weights file's SHA-256 and the
-preprocessing. `evaluate --protocol pixel` refuses a reference whose
-extractor, weights or preprocessing differ from its own.
-
-A folder's images (PNG/JPEG, sorted by path) are read `--batch` at a
-time (memory holds one batch of pixels and the 2048-d features): RGB, the
-largest centred square, resized to `--size` with PIL's bicubic filter, as
-text-to-image references (COCO) are usually made square.
-
-Preprocessing (`PREPROCESSING`), for references and samples alike: images
-in [-1, 1] are quantised to uint8 as a PNG would store them
-(`round((x + 1) * 127.5)`), read back in [0, 1], grey images repeated to
-3 channels, then the extractor's own resize to 299 and scaling.
+`open_reference` refuses a reference whose extractor, weights or
+preprocessing (`PREPROCESSING`) differ from the evaluation's own.
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
 """A `jax.export` artifact of the one-step sampler, which runs with no
-boot_jax installed (what `python -m boot_jax.export` writes).
+boot_jax installed (what `python -m boot_jax.export` writes; the folder's
+files are listed in boot_jax/export.py).
 
-Writes into DIR:
-
-* `sampler.jax`: a serialized `jax.export` artifact of the one-step sampler
-  `(params, eps[, cond][, w]) -> images` with a symbolic batch dimension
-  (any batch size; `--batch B` fixes it instead), lowered for each of
-  `--platforms`. Images are what `sample` writes: NHWC in [-1, 1] (VAE
-  decoded for latent teachers) or vectors.
-* `params.npz`: the student's parameters (EMA when kept) as the flat list
-  the artifact takes first, `p00000`, `p00001`, ...
-* `signature.json`: the inputs' shapes and dtypes and the checkpoint step.
-* `README.md`: the few lines of plain jax/numpy that run it.
-* family extras: for a Stable Diffusion student also a diffusers folder
-  (`diffusers/`, see `boot_jax.teachers.sd_export`).
-
-DIR is written in a temporary directory beside it and renamed into place:
-a failed export leaves nothing. An existing DIR is replaced only when it
-is an earlier export (its `signature.json`, nothing else in it) and with
-`--overwrite`; never the work directory, a folder above or inside it, the
-current or a home directory (`boot_jax.guards`).
+The folder is written in a temporary directory beside `out` and moved into
+place whole (`runtime.guards.replace_dir`), so a failed export leaves
+nothing; an existing folder is replaced only when `runtime.guards` says it
+is an earlier export.
 """
 
 from __future__ import annotations

@@ -1,34 +1,10 @@
 """The samplers of a loaded work directory: student, teacher or hybrid,
 jitted on the mesh and streamed batch by batch (what `python -m
-boot_jax.sample` runs, and what evaluation measures).
+boot_jax.sample` runs, and what evaluation measures; the samplers and the
+sample file are described in boot_jax/sample.py).
 
-* student: one network call, `x = g(eps, clean)`.
-* teacher: the teacher's DDIM with K steps, spaced as the teacher's own
-  pipelines space them ('trailing' for our teachers; a Stable Diffusion
-  folder's scheduler config otherwise).
-* hybrid: the teacher finishes the last K steps of the student's training
-  grid: the student jumps to the first point of that K-step grid (the K-th
-  lowest grid time) and the teacher runs K DDIM steps from there. K = 0
-  would be the student alone, K = N the teacher's DDIM-N from the student's
-  x_T: a quality dial.
-
-Any work directory samples on this machine's devices, whatever mesh
-trained it: by default every local device holds the parameters and takes
-a share of each batch (`--mesh` chooses another layout). The networks run
-in float32 unless `--dtype bfloat16` (a bf16-trained run's teacher is only
-a reference in float32). A teacher work directory (from
-`boot_jax.train_teacher`) samples with the teacher's DDIM.
-
-Writes `images` (float32 NHWC, clipped to [-1, 1]: a network's raw output
-can overshoot the data range slightly; or `[N, D]` vectors, unchanged) and
-`noise` (the eps used) to the .npz, and a PNG grid of the first 256 beside
-it. Latent (Stable Diffusion) samples are decoded by the VAE and kept as
-`latents` too. The output is written batch by batch (memory bounded by
-`--batch_size`, not `--num`). Prompts come from --prompt (repeatable,
-cycled), --prompts-file, or else the training prompts in order. The same
-seed gives the same eps for every sampler and any `--num` (eps of example
-i depends only on the seed and i). Prints the images/s measured after
-compilation.
+`noise` rows depend only on the seed and the row's index, so the same seed
+gives the same eps for every sampler, batch size and `--num`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """A BOOT run in a work directory: `train_and_evaluate(config, workdir)`,
-what `python -m boot_jax.train` calls (boot_jax/train.py).
+what `python -m boot_jax.train` calls (boot_jax/train.py describes the
+work directory it writes).
 
-Writes the work-directory contract (README.md): config.json (the resolved
-config), checkpoints/ (orbax; every train.ckpt_every steps, at the end and
-on SIGTERM), metrics.jsonl, tb/ (TensorBoard), samples/ (a PNG grid of the
-student's one-step samples on fixed noise at every evaluation, and the
-teacher's DDIM on the same noise once: teacher.png) and, when
-`eval.final` is set, eval.json. Rerunning the same command continues from
-the latest checkpoint.
-
-If `teacher.path` names a directory without a finished teacher and the
-config has a `teacher.recipe`, that teacher is trained there first.
+Phases: validate the config, check the work directory without writing,
+take its lock, train a missing recipe teacher
+(`teacher_run.ensure_teacher`), build the run (`trainer.setup`), drive it
+(`loop.run_in_workdir`, resuming from the latest checkpoint), evaluate.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """A pixel teacher's denoising training in a work directory:
 `train_and_evaluate(config, workdir)`, what `python -m
-boot_jax.train_teacher` calls, and `ensure_teacher`, which trains a
-BOOT config's recipe teacher first when none is there.
-
-The data come from the config's `data` section (scikit-learn's digits, a
-folder of PNG/JPEG images, or MNIST-style IDX files). The loss is the mean
-squared error of the network's native output (eps, v or x0) at a uniformly
-drawn timestep; an EMA of the weights is kept and is what students read
-(checkpoint item `params`). Writes the work-directory contract: config.json,
-checkpoints/, metrics.jsonl, tb/ and samples/ (DDIM grids of the EMA).
+boot_jax.train_teacher` calls (boot_jax/train_teacher.py describes the
+data, the loss and the files), and `ensure_teacher`, which trains a BOOT
+config's recipe teacher first when none is there.
 """
 
 from __future__ import annotations
