@@ -139,13 +139,6 @@ class DiscreteSchedule:
     """The time of the clean end of sampling."""
     return -1.0
 
-  def alphas_cumprod_at(self, t):
-    """`abar_t` for integer-valued times; `t < 0` gives the clean end."""
-    t = jnp.asarray(t)
-    idx = jnp.clip(t, 0, self.num_train_steps - 1).astype(jnp.int32)
-    table = jnp.asarray(self.alphas_cumprod, jnp.float32)
-    return jnp.where(t < 0, jnp.float32(self.final_alphas_cumprod), table[idx])
-
   def alpha_sigma(self, t):
     """`(alpha_t, sigma_t)` gathered from tables rounded as diffusers does.
 

@@ -120,11 +120,6 @@ def _lambda_uniform(schedule, t_lo, t_hi, num_steps):
   return np.concatenate([out, top])
 
 
-def draw_time_indices(key, batch: int, num_steps: int):
-  """Indices `i` in 1..N: the pair is `(s, t) = (times[i-1], times[i])`."""
-  return jax.random.randint(key, (batch,), 1, num_steps + 1)
-
-
 def time_inputs(grid: Grid, idx):
   """Per-example `t, s` and their alphas and sigmas from grid indices."""
   times = jnp.asarray(grid.times)

@@ -277,14 +277,6 @@ def rmtree(path: str) -> None:
     _call("delete", path, fs.rm, p, recursive=True)
 
 
-def open_file(path: str, mode: str = "rb"):
-  """A file object for streaming reads or writes."""
-  if not is_remote(path):
-    return open(path, mode)  # noqa: SIM115
-  fs, p = _fs(path)
-  return _call("open", path, fs.open, p, mode)
-
-
 def check_writable(directory: str) -> None:
   """Raises OSError (one line) if files cannot be created in `directory`.
 
