@@ -27,14 +27,14 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
 from boot_jax.evaluation import (
   evaluator,
   pixel_eval,
   text_eval,
 )
-from boot_jax.runtime import checkpoint, cli, paths
+from boot_jax.runtime import cli, paths
 from boot_jax.runtime import workdir as workdir_lib
 from boot_jax.sampling import inference
 
@@ -150,7 +150,7 @@ def define_flags():
 def main(argv, f):
   cli.check_args(argv, f, "workdir")
   workdir = f["workdir"].value
-  try:
+  with cli.one_line_errors():
     check_flags(f)
     protocol = f["protocol"].value
     name = "eval.json" if protocol == "default" else f"eval_{protocol}.json"
@@ -178,10 +178,7 @@ def main(argv, f):
     workdir_lib.atomic_write(path, json.dumps(report, indent=2, sort_keys=True))
     cli.printer(evaluator.format_report(report))
     cli.printer(f"wrote {path}")
-  except (ValueError, OSError, checkpoint.CheckpointError) as e:
-    cli.fail(e, code=1)
 
 
 if __name__ == "__main__":
-  _flags = define_flags()
-  app.run(lambda argv: main(argv, _flags), flags_parser=cli.parse_flags)
+  cli.run(define_flags, main)

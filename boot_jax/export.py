@@ -26,9 +26,9 @@ current or a home directory (`boot_jax.guards`).
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from boot_jax.runtime import checkpoint, cli
+from boot_jax.runtime import cli
 from boot_jax.sampling import export as export_lib
 from boot_jax.sampling import inference
 
@@ -57,7 +57,7 @@ def define_flags():
 
 def main(argv, f):
   cli.check_args(argv, f, "workdir", "out")
-  try:
+  with cli.one_line_errors():
     files = export_lib.export(
       f["workdir"].value,
       f["out"].value,
@@ -68,10 +68,7 @@ def main(argv, f):
       printer=cli.printer,
     )
     cli.printer(f"exported to {f['out'].value}: {', '.join(files)}")
-  except (ValueError, OSError, checkpoint.CheckpointError) as e:
-    cli.fail(e, code=1)
 
 
 if __name__ == "__main__":
-  _flags = define_flags()
-  app.run(lambda argv: main(argv, _flags), flags_parser=cli.parse_flags)
+  cli.run(define_flags, main)

@@ -37,10 +37,10 @@ compilation.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from boot_jax.data import prompts
-from boot_jax.runtime import checkpoint, cli
+from boot_jax.runtime import cli
 from boot_jax.sampling import inference, samplers
 from boot_jax.sampling import sample_io as io
 
@@ -85,7 +85,7 @@ def define_flags():
 
 def main(argv, f):
   cli.check_args(argv, f, "workdir", "out")
-  try:
+  with cli.one_line_errors():
     io.check_request(f)
     mesh = inference.mesh_from_spec(f["mesh"].value)
     model, params, step = inference.load(
@@ -131,10 +131,7 @@ def main(argv, f):
     what = kind if kind == "student" else f"{kind} ({steps} steps)"
     cli.printer(f"{writer.summary()}; checkpoint step {step}")
     cli.printer(f"{what}: {rate:.1f} images/s (after compilation)")
-  except (ValueError, OSError, checkpoint.CheckpointError) as e:
-    cli.fail(e, code=1)
 
 
 if __name__ == "__main__":
-  _flags = define_flags()
-  app.run(lambda argv: main(argv, _flags), flags_parser=cli.parse_flags)
+  cli.run(define_flags, main)

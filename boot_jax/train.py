@@ -19,11 +19,11 @@ config has a `teacher.recipe`, that teacher is trained there first.
 from __future__ import annotations
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from boot_jax.runtime import checkpoint, cli, sharding
-from boot_jax.training import boot_run, loop
+from boot_jax.runtime import cli, sharding
+from boot_jax.training import boot_run
 
 
 def define_flags():
@@ -69,23 +69,14 @@ def start_runtime(f) -> None:
 
 
 def main(argv, f):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = cli.config_value(f["config"])
-  if not f["workdir"].value:
-    cli.fail("--workdir is required")
+  cli.check_args(argv, f, "workdir")
   start_runtime(f)
   try:
-    boot_run.train_and_evaluate(config, f["workdir"].value, printer=cli.printer)
-  except loop.Interrupted as e:
-    cli.fail(e, code=128 + e.signum)
-  except (
-    ValueError,
-    OSError,
-    FloatingPointError,
-    checkpoint.CheckpointError,
-  ) as e:
-    cli.fail(e, code=1)
+    with cli.one_line_errors():
+      boot_run.train_and_evaluate(
+        config, f["workdir"].value, printer=cli.printer
+      )
   except jax.errors.JaxRuntimeError as e:
     if jax.process_count() == 1:
       raise
@@ -99,5 +90,4 @@ def main(argv, f):
 
 
 if __name__ == "__main__":
-  _flags = define_flags()
-  app.run(lambda argv: main(argv, _flags), flags_parser=cli.parse_flags)
+  cli.run(define_flags, main)

@@ -13,11 +13,11 @@ checkpoints/, metrics.jsonl, tb/ and samples/ (DDIM grids of the EMA).
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from boot_jax.runtime import checkpoint, cli
-from boot_jax.training import loop, teacher_run
+from boot_jax.runtime import cli
+from boot_jax.training import teacher_run
 
 
 def define_flags():
@@ -31,26 +31,13 @@ def define_flags():
 
 
 def main(argv, f):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = cli.config_value(f["config"])
-  if not f["workdir"].value:
-    cli.fail("--workdir is required")
-  try:
+  cli.check_args(argv, f, "workdir")
+  with cli.one_line_errors():
     teacher_run.train_and_evaluate(
       config, f["workdir"].value, printer=cli.printer
     )
-  except loop.Interrupted as e:
-    cli.fail(e, code=128 + e.signum)
-  except (
-    ValueError,
-    OSError,
-    FloatingPointError,
-    checkpoint.CheckpointError,
-  ) as e:
-    cli.fail(e, code=1)
 
 
 if __name__ == "__main__":
-  _flags = define_flags()
-  app.run(lambda argv: main(argv, _flags), flags_parser=cli.parse_flags)
+  cli.run(define_flags, main)

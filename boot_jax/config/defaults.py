@@ -13,6 +13,8 @@ Diffusion, random test teachers, `TEACHER_RECIPES`) live in
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 from ml_collections.config_dict import placeholder
 
@@ -153,6 +155,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 4000
   c.eval.seed = 12345
+  # Images in the PNG grid drawn at every evaluation of an image run.
+  c.eval.grid_size = 64
   c.eval.batch_size = 1000
   # Evaluate at the end of `train` (reads the real data for FID where the
   # teacher has any; distillation itself never does).
@@ -227,6 +231,80 @@ RESUMABLE_CHANGES = (
 )
 
 
+MAX_SEED = 2**63 - 1
+
+
+def _number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+  return _number(value) and math.isfinite(value)
+
+
+def validate_optim(o) -> None:
+  """Checks the `optim` section (one-line errors naming the key)."""
+  ema = o.get("ema_decay")
+  checks = [
+    (
+      _finite(o.lr) and o.lr > 0,
+      f"optim.lr must be finite and > 0, got {o.lr}",
+    ),
+    (
+      o.get("schedule", "constant") in ("constant", "cosine"),
+      f"optim.schedule must be 'constant' or 'cosine', got "
+      f"{o.get('schedule')!r}",
+    ),
+    (
+      isinstance(o.warmup_steps, int) and o.warmup_steps >= 0,
+      f"optim.warmup_steps must be an integer >= 0, got {o.warmup_steps}",
+    ),
+    (
+      _finite(o.get("final_lr_fraction", 0.0))
+      and 0 <= o.get("final_lr_fraction", 0.0) <= 1,
+      "optim.final_lr_fraction must be in [0, 1], got "
+      f"{o.get('final_lr_fraction')}",
+    ),
+    (
+      _finite(o.b1) and 0 <= o.b1 < 1,
+      f"optim.b1 must be in [0, 1), got {o.b1}",
+    ),
+    (
+      _finite(o.b2) and 0 <= o.b2 < 1,
+      f"optim.b2 must be in [0, 1), got {o.b2}",
+    ),
+    (
+      _finite(o.eps) and o.eps > 0,
+      f"optim.eps must be finite and > 0, got {o.eps}",
+    ),
+    (
+      _finite(o.weight_decay) and o.weight_decay >= 0,
+      f"optim.weight_decay must be finite and >= 0, got {o.weight_decay}",
+    ),
+    (
+      o.grad_clip is None or (_finite(o.grad_clip) and o.grad_clip >= 0),
+      "optim.grad_clip must be finite and >= 0 (0 or None: no clipping), "
+      f"got {o.grad_clip}",
+    ),
+    (
+      # 1 would keep the initial weights for ever: the EMA never moves.
+      ema is None or (_finite(ema) and 0 <= ema < 1),
+      f"optim.ema_decay must be in [0, 1) (None: no EMA), got {ema}",
+    ),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ValueError(message)
+
+
+def validate_seed(name: str, value) -> None:
+  """A seed is an integer in [0, 2^63 - 1]."""
+  if not (isinstance(value, int) and not isinstance(value, bool)) or not (
+    0 <= value <= MAX_SEED
+  ):
+    raise ValueError(f"{name} must be an integer in [0, 2^63 - 1], got {value}")
+
+
 def validate_train(t) -> None:
   """Checks the `train` keys every trainer shares (one-line errors)."""
   checks = [
@@ -259,11 +337,16 @@ def validate_train(t) -> None:
   for ok, message in checks:
     if not ok:
       raise ValueError(message)
+  validate_seed("train.seed", t.seed)
 
 
 def validate(config) -> None:
   """Raises ValueError with a one-line reason for bad values."""
   validate_train(config.train)
+  validate_optim(config.optim)
+  validate_seed("eval.seed", config.eval.seed)
+  if config.get("refine") is not None and "seed" in config.refine:
+    validate_seed("refine.seed", config.refine.seed)
   checks = [
     (
       config.train.steps >= 0,

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from boot_jax.models import weights
 from boot_jax.runtime import guards
 from boot_jax.teachers.sd import loading
 
@@ -210,10 +211,7 @@ def from_pytorch(state: dict) -> dict:
   Every parameter must be found with its shape; `fc.*` (the classifier,
   unused by FID) and batch-norm counters are skipped.
   """
-  from flax import traverse_util  # noqa: PLC0415
-
-  want = traverse_util.flatten_dict(_abstract())
-  out = {}
+  params = weights.Assembly(_abstract(), InceptionError)
   for key, value in state.items():
     parts = key.split(".")
     if parts[0] == "fc" or parts[-1] == "num_batches_tracked":
@@ -225,18 +223,10 @@ def from_pytorch(state: dict) -> dict:
       value = np.transpose(value, (2, 3, 1, 0))
     else:
       fkey = (*parts[:-2], _BN.get(parts[-1], parts[-1]))
-    if fkey not in want:
+    if fkey not in params:
       raise InceptionError(f"unexpected weight {key}: not the FID Inception")
-    if tuple(value.shape) != tuple(want[fkey].shape):
-      raise InceptionError(
-        f"weight {key} has shape {tuple(value.shape)}, expected "
-        f"{tuple(want[fkey].shape)}: not the FID Inception"
-      )
-    out[fkey] = np.asarray(value, np.float32)
-  missing = sorted(set(want) - set(out))
-  if missing:
-    raise InceptionError(f"the weights have no {'/'.join(missing[0])}")
-  return traverse_util.unflatten_dict(out)
+    params.put(fkey, value, key)
+  return params.tree("the FID Inception weights")
 
 
 def load(path: str) -> dict:

@@ -103,6 +103,17 @@ def abstract_like(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _restore(manager, step: int, args, where: str):
+  """`manager.restore`, any orbax failure one CheckpointError line."""
+  try:
+    return manager.restore(step, args=args)
+  except Exception as e:  # noqa: BLE001 - orbax raises many types
+    reason = " ".join(str(e).split())[:400]
+    raise CheckpointError(
+      f"checkpoint {where} cannot be restored: {type(e).__name__}: {reason}"
+    ) from e
+
+
 class Checkpointer:
   """Saves and restores a train state under one directory.
 
@@ -181,15 +192,9 @@ class Checkpointer:
         for k, v in targets.items()
       }
     )
-    try:
-      restored = self._manager.restore(step, args=args)
-      return {k: restored[k] for k in targets}
-    except Exception as e:  # noqa: BLE001 - orbax raises many types
-      reason = " ".join(str(e).split())[:400]
-      raise CheckpointError(
-        f"checkpoint {paths.join(self.directory, str(step))} cannot be "
-        f"restored: {type(e).__name__}: {reason}"
-      ) from e
+    where = paths.join(self.directory, str(step))
+    restored = _restore(self._manager, step, args, where)
+    return {k: restored[k] for k in targets}
 
   def wait(self) -> None:
     """Blocks until every pending save is on disk."""
@@ -322,14 +327,8 @@ def read_params(directory: str, target, step: int | None = None):
         partial_restore=True,
       )
     )
-    try:
-      restored = ckpt._manager.restore(step, args=args)["state"]  # noqa: SLF001
-    except Exception as e:  # noqa: BLE001 - orbax raises many types
-      reason = " ".join(str(e).split())[:400]
-      raise CheckpointError(
-        f"checkpoint {paths.dirname(item_dir)} cannot be restored: "
-        f"{type(e).__name__}: {reason}"
-      ) from e
+    manager = ckpt._manager  # noqa: SLF001
+    restored = _restore(manager, step, args, paths.dirname(item_dir))["state"]
     return restored[name], int(restored["step"])
   finally:
     ckpt.close()

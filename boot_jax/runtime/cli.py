@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging as std_logging
 import os
 import re
 import sys
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 
 def fail(message: str, code: int = 2):
@@ -216,3 +217,26 @@ def define_inference_flags(dtypes, mesh: bool = True) -> dict:
       "reference).",
     ),
   )
+
+
+def run(define_flags, main) -> None:
+  """Runs a program: defines its flags, then calls `main(argv, flags)`
+  under absl, every flag error one line (`parse_flags`)."""
+  defined = define_flags()
+  app.run(lambda argv: main(argv, defined), flags_parser=parse_flags)
+
+
+@contextlib.contextmanager
+def one_line_errors():
+  """A program's body: a user error (`ValueError`, which checkpoint, config
+  and guard errors are, `OSError`, `FloatingPointError`) leaves as one
+  `error:` line with exit status 1; a stop signal's exception (one that
+  carries `signum`) with 128 + the signal's number."""
+  try:
+    yield
+  except (ValueError, OSError, FloatingPointError) as e:
+    fail(e, code=1)
+  except RuntimeError as e:
+    if isinstance(getattr(e, "signum", None), int):
+      fail(e, code=128 + e.signum)
+    raise

@@ -27,6 +27,7 @@ from boot_jax.training import loop, optim
 
 def validate(config) -> None:
   defaults.validate_train(config.train)
+  defaults.validate_optim(config.optim)
   for ok, msg in [
     (
       0.0 <= config.label_dropout < 1.0,

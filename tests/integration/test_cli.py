@@ -63,6 +63,46 @@ def test_user_errors_are_one_line(tmp_path, args, expected):
   assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize(
+  "override,expected",
+  [
+    ("optim.ema_decay=1.0", "optim.ema_decay must be in [0, 1)"),
+    ("optim.ema_decay=1.5", "optim.ema_decay must be in [0, 1)"),
+    ("optim.ema_decay=-0.1", "optim.ema_decay must be in [0, 1)"),
+    ("optim.lr=nan", "optim.lr must be finite and > 0"),
+    ("optim.lr=-1.0", "optim.lr must be finite and > 0"),
+    ("optim.b1=2.0", "optim.b1 must be in [0, 1)"),
+  ],
+)
+def test_bad_optimizer_values_are_refused_at_start(
+  tmp_path, override, expected
+):
+  """Refused before anything is built: no work directory, no progress."""
+  work = tmp_path / "w"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "boot_jax.train",
+      "--config",
+      GMM,
+      f"--config.{override}",
+      "--workdir",
+      str(work),
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+  )
+  errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+  assert proc.returncode != 0 and len(errors) == 1, proc.stderr
+  assert expected in errors[0]
+  assert not work.exists()
+  assert "teacher" not in proc.stdout  # the run's first line never came
+
+
 def _metrics(workdir):
   import json
 

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from boot_jax.models import if_unet
-from boot_jax.teachers.sd.loading import SDError, read_json, read_safetensors
+from boot_jax.models import if_unet, weights
+from boot_jax.teachers import folders
 
 PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
 UNET_WEIGHTS = "diffusion_pytorch_model"
@@ -38,33 +38,33 @@ T5_WEIGHTS = "model"
 MAX_TOKENS = 77  # IF's pipeline pads and truncates prompts to 77 tokens
 
 
-class IFError(SDError):
+class IFError(folders.FolderError):
   """A DeepFloyd IF folder that cannot be loaded as configured."""
+
+
+def _not_if(kind: str, path: str) -> str | None:
+  if kind.startswith("StableDiffusion") or os.path.isdir(
+    os.path.join(path, "vae")
+  ):
+    return (
+      f"{path} is a Stable Diffusion folder (it has a VAE), not DeepFloyd "
+      "IF: use configs/sd15.py, sd21.py or sd21_base.py"
+    )
+  return None
+
+
+def read_json(path: str, what: str) -> dict:
+  return folders.read_json(path, what, IFError)
+
+
+def read_safetensors(path: str) -> dict:
+  """A safetensors file as numpy arrays (one-line IFError otherwise)."""
+  return folders.read_safetensors(path, IFError)
 
 
 def check_folder(path: str) -> dict:
   """Checks a diffusers IF folder; returns the UNet config."""
-  if not path:
-    raise IFError("teacher.path must name a diffusers DeepFloyd IF folder")
-  if not os.path.isdir(path):
-    raise IFError(f"teacher folder {path!r} does not exist")
-  index = os.path.join(path, "model_index.json")
-  kind = ""
-  if os.path.isfile(index):
-    kind = str(read_json(index, "the pipeline").get("_class_name", ""))
-  if kind.startswith("StableDiffusion") or os.path.isdir(
-    os.path.join(path, "vae")
-  ):
-    raise IFError(
-      f"{path} is a Stable Diffusion folder (it has a VAE), not DeepFloyd "
-      "IF: use configs/sd15.py, sd21.py or sd21_base.py"
-    )
-  missing = [p for p in PARTS if not os.path.isdir(os.path.join(path, p))]
-  if missing:
-    raise IFError(
-      f"{path} has no {missing[0]}/ folder: not a complete DeepFloyd IF "
-      f"folder (needs {', '.join(p + '/' for p in PARTS)})"
-    )
+  folders.check_parts(path, PARTS, "DeepFloyd IF", IFError, _not_if)
   cfg = read_json(os.path.join(path, "unet", "config.json"), "the UNet")
   if cfg.get("_class_name") != "UNet2DConditionModel":
     raise IFError(
@@ -135,14 +135,13 @@ def _flax_key(pt_key: str, ndim: int) -> tuple[tuple[str, ...], str]:
 
 def convert_unet(files: list[str], abstract) -> dict:
   """PyTorch UNet shards -> Flax params shaped like `abstract` (float32)."""
-  want = traverse_util.flatten_dict(abstract)
-  out = {}
+  params = weights.Assembly(abstract, IFError)
   for path in files:
     shard = read_safetensors(path)
     for key in list(shard):
       tensor = shard.pop(key)
       fkey, how = _flax_key(key, tensor.ndim)
-      if fkey not in want:
+      if fkey not in params:
         raise IFError(
           f"{os.path.basename(path)} holds {key}, which the UNet config "
           "does not have: weights of another model"
@@ -151,17 +150,9 @@ def convert_unet(files: list[str], abstract) -> dict:
         tensor = tensor.transpose(2, 3, 1, 0)
       elif how == "dense":
         tensor = tensor.T
-      if tuple(tensor.shape) != tuple(want[fkey].shape):
-        raise IFError(
-          f"weight {key} has shape {tuple(tensor.shape)}, which does not "
-          f"fit {'/'.join(fkey)} {tuple(want[fkey].shape)}"
-        )
-      out[fkey] = np.asarray(tensor, np.float32)
+      params.put(fkey, tensor, key)
     del shard
-  missing = sorted(set(want) - set(out))
-  if missing:
-    raise IFError(f"the UNet weights have no {'/'.join(missing[0])}")
-  return traverse_util.unflatten_dict(out)
+  return params.tree("the UNet weights")
 
 
 def convert_t5(files: list[str], abstract) -> dict:

@@ -21,7 +21,6 @@ them compute what their PyTorch originals compute.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import types
 
@@ -29,46 +28,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from boot_jax.models import weights
+from boot_jax.teachers import folders
 from boot_jax.teachers.sd import diffusers_flax
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 UNET_CLASS = "UNet2DConditionModel"
 
 
-class SDError(ValueError):
+class SDError(folders.FolderError):
   """A Stable Diffusion folder that cannot be loaded as configured."""
 
 
 def read_json(path: str, what: str) -> dict:
-  if not os.path.isfile(path):
-    raise SDError(f"{what}: {path} is missing")
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise SDError(f"cannot read {path}: {e}") from None
+  return folders.read_json(path, what, SDError)
+
+
+def _not_sd(kind: str, path: str) -> str | None:
+  if kind.startswith("IF"):
+    return (
+      f"{path} is a DeepFloyd IF folder ({kind}), not Stable Diffusion: "
+      "use configs/if_i_xl.py, if_i_l.py or if_i_m.py"
+    )
+  return None
 
 
 def check_folder(path: str) -> dict:
   """Checks a diffusers Stable Diffusion folder; returns the UNet config."""
-  if not path:
-    raise SDError("teacher.path must name a diffusers Stable Diffusion folder")
-  if not os.path.isdir(path):
-    raise SDError(f"teacher folder {path!r} does not exist")
-  index = os.path.join(path, "model_index.json")
-  if os.path.isfile(index):
-    kind = str(read_json(index, "the pipeline").get("_class_name", ""))
-    if kind.startswith("IF"):
-      raise SDError(
-        f"{path} is a DeepFloyd IF folder ({kind}), not Stable Diffusion: "
-        "use configs/if_i_xl.py, if_i_l.py or if_i_m.py"
-      )
-  missing = [p for p in PARTS if not os.path.isdir(os.path.join(path, p))]
-  if missing:
-    raise SDError(
-      f"{path} has no {missing[0]}/ folder: not a complete Stable Diffusion "
-      f"folder (needs {', '.join(p + '/' for p in PARTS)})"
-    )
+  folders.check_parts(path, PARTS, "Stable Diffusion", SDError, _not_sd)
   unet = read_json(os.path.join(path, "unet", "config.json"), "the UNet")
   kind = unet.get("_class_name")
   if kind != UNET_CLASS:
@@ -122,25 +109,16 @@ def convert_pt(pt: dict, abstract) -> dict:
   parameters, and checks that every parameter is found with its shape.
   """
   from diffusers.models import modeling_flax_pytorch_utils as conv  # noqa: PLC0415
-  from flax import traverse_util  # noqa: PLC0415
 
-  want = traverse_util.flatten_dict(abstract)
-  out = {}
+  params = weights.Assembly(abstract, SDError)
   for key, tensor in pt.items():
     renamed = tuple(conv.rename_key(key).split("."))
-    fkey, ftensor = conv.rename_key_and_reshape_tensor(renamed, tensor, want)
-    if fkey not in want:
-      continue  # e.g. buffers PyTorch saves that Flax does not keep
-    if tuple(ftensor.shape) != tuple(want[fkey].shape):
-      raise SDError(
-        f"weight {key} has shape {tuple(tensor.shape)}, which does not fit "
-        f"{'/'.join(fkey)} {tuple(want[fkey].shape)}"
-      )
-    out[fkey] = np.asarray(ftensor, np.float32)
-  missing = sorted(set(want) - set(out))
-  if missing:
-    raise SDError(f"the checkpoint has no weight for {'/'.join(missing[0])}")
-  return traverse_util.unflatten_dict(out)
+    fkey, ftensor = conv.rename_key_and_reshape_tensor(
+      renamed, tensor, params.want
+    )
+    if fkey in params:  # else e.g. buffers PyTorch saves and Flax does not
+      params.put(fkey, ftensor, key)
+  return params.tree()
 
 
 def _read_msgpack(path: str, abstract):
@@ -167,17 +145,8 @@ def load_params(folder: str, abstract, flax_name: str, pt_name: str):
 
 
 def read_safetensors(path: str) -> dict:
-  """A safetensors file as numpy arrays; a one-line SDError when it is
-  truncated, has a bad header, or is not safetensors at all."""
-  from safetensors.numpy import load_file  # noqa: PLC0415
-
-  try:
-    return load_file(path)
-  except Exception as e:  # noqa: BLE001 - SafetensorError is not exported
-    reason = " ".join(str(e).split())[:200]
-    raise SDError(
-      f"cannot read {path} (truncated, or not a safetensors file): {reason}"
-    ) from None
+  """A safetensors file as numpy arrays (one-line SDError otherwise)."""
+  return folders.read_safetensors(path, SDError)
 
 
 def _config_kwargs(cls, config: dict) -> dict:

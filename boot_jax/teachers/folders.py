@@ -1,0 +1,77 @@
+"""Reading the folders diffusers pipelines save: what every family shares.
+
+A pipeline folder (`save_pretrained`) holds `model_index.json` (the
+pipeline's class) and one subfolder per part, each with a `config.json`
+and its weights. Families check their folder with `check_parts` and read
+configs and weights with `read_json` and `read_safetensors`; every failure
+is one line, raised as the family's own error class (a `FolderError`).
+Weights are read from safetensors only, never from pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+class FolderError(ValueError):
+  """A pipeline folder that cannot be read as configured."""
+
+
+def read_json(path: str, what: str, error=FolderError) -> dict:
+  """A JSON file; `error` names `what` is missing, or why it is unreadable."""
+  if not os.path.isfile(path):
+    raise error(f"{what}: {path} is missing")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise error(f"cannot read {path}: {e}") from None
+
+
+def read_safetensors(path: str, error=FolderError) -> dict:
+  """A safetensors file as numpy arrays; one line of `error` when it is
+  truncated, has a bad header, or is not safetensors at all."""
+  from safetensors.numpy import load_file  # noqa: PLC0415 - the sd extra
+
+  try:
+    return load_file(path)
+  except Exception as e:  # noqa: BLE001 - SafetensorError is not exported
+    reason = " ".join(str(e).split())[:200]
+    raise error(
+      f"cannot read {path} (truncated, or not a safetensors file): {reason}"
+    ) from None
+
+
+def check_parts(
+  path: str, parts, family: str, error=FolderError, other=None
+) -> str:
+  """Checks that `path` is a folder holding every part of a `family`
+  pipeline; returns its `model_index.json` class name ('' without one).
+
+  Args:
+    path: the folder (teacher.path).
+    parts: the subfolders the family reads.
+    family: its name in messages ("Stable Diffusion").
+    error: the family's error class.
+    other: `(class_name, path) -> reason or None`: refuses another family's
+      folder before its missing parts are named.
+  """
+  if not path:
+    raise error(f"teacher.path must name a diffusers {family} folder")
+  if not os.path.isdir(path):
+    raise error(f"teacher folder {path!r} does not exist")
+  kind = ""
+  index = os.path.join(path, "model_index.json")
+  if os.path.isfile(index):
+    kind = str(read_json(index, "the pipeline", error).get("_class_name", ""))
+  reason = other(kind, path) if other is not None else None
+  if reason:
+    raise error(reason)
+  missing = [p for p in parts if not os.path.isdir(os.path.join(path, p))]
+  if missing:
+    raise error(
+      f"{path} has no {missing[0]}/ folder: not a complete {family} "
+      f"folder (needs {', '.join(p + '/' for p in parts)})"
+    )
+  return kind

@@ -1,0 +1,94 @@
+"""Config values are refused at start, in one line that names the key."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from boot_jax.config import defaults, recipes
+from boot_jax.training import teacher_run
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _config():
+  return recipes.gmm_config("circle")
+
+
+@pytest.mark.parametrize(
+  "key,value,expected",
+  [
+    ("optim.ema_decay", 1.0, "optim.ema_decay must be in [0, 1)"),
+    ("optim.ema_decay", 1.5, "optim.ema_decay must be in [0, 1)"),
+    ("optim.ema_decay", -0.1, "optim.ema_decay must be in [0, 1)"),
+    ("optim.ema_decay", float("nan"), "optim.ema_decay must be in [0, 1)"),
+    ("optim.lr", float("nan"), "optim.lr must be finite and > 0"),
+    ("optim.lr", -1.0, "optim.lr must be finite and > 0"),
+    ("optim.lr", float("inf"), "optim.lr must be finite and > 0"),
+    ("optim.b1", 2.0, "optim.b1 must be in [0, 1)"),
+    ("optim.b2", 1.0, "optim.b2 must be in [0, 1)"),
+    ("optim.eps", 0.0, "optim.eps must be finite and > 0"),
+    ("optim.weight_decay", -1.0, "optim.weight_decay must be finite"),
+    ("optim.grad_clip", float("nan"), "optim.grad_clip must be finite"),
+    ("optim.warmup_steps", -5, "optim.warmup_steps must be an integer >= 0"),
+    ("optim.final_lr_fraction", 2.0, "optim.final_lr_fraction must be in"),
+    ("optim.schedule", "linear", "optim.schedule must be"),
+    ("train.seed", -1, "train.seed must be an integer in [0, 2^63 - 1]"),
+    ("train.seed", 2**70, "train.seed must be an integer in [0, 2^63 - 1]"),
+    ("eval.seed", -3, "eval.seed must be an integer"),
+    ("refine.seed", -1, "refine.seed must be an integer"),
+  ],
+)
+def test_bad_values_are_refused_naming_the_key(key, value, expected):
+  config = _config()
+  section, name = key.split(".")
+  with config.unlocked():
+    config[section][name] = value
+  with pytest.raises(ValueError) as e:
+    defaults.validate(config)
+  assert expected in str(e.value)
+  assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+  "key,value",
+  [
+    ("optim.ema_decay", None),
+    ("optim.ema_decay", 0.0),
+    ("optim.ema_decay", 0.9999),
+    ("optim.grad_clip", None),
+    ("optim.grad_clip", 0.0),
+    ("optim.warmup_steps", 0),
+    ("train.seed", 2**63 - 1),
+  ],
+)
+def test_edge_values_that_make_sense_are_accepted(key, value):
+  config = _config()
+  section, name = key.split(".")
+  with config.unlocked():
+    config[section][name] = value
+  defaults.validate(config)
+
+
+def _shipped():
+  """(name, config) of every config file in configs/, each variant."""
+  out = []
+  for path in sorted(ROOT.glob("configs/*.py")):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for arg in getattr(module, "ARGS", ("",)):
+      out.append(
+        (f"{path.stem}:{arg}", module.get_config(*([arg] if arg else [])))
+      )
+  return out
+
+
+def test_every_shipped_config_validates():
+  shipped = _shipped()
+  assert len(shipped) >= 10
+  for name, config in shipped:
+    if name.startswith("digits_teacher"):
+      teacher_run.validate(config)  # a teacher config (train_teacher's)
+    else:
+      defaults.validate(config)
