@@ -157,6 +157,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.seed = 12345
   # Images in the PNG grid drawn at every evaluation of an image run.
   c.eval.grid_size = 64
+  # The image report (evaluation/evaluator.py): the teacher's DDIM step
+  # counts it measures, those the student is compared with on the same
+  # noise, and the hybrid sampler's.
+  c.eval.ddim_steps = (1, 2, 4, 10, 25, 50)
+  c.eval.agreement_steps = (10, 25, 50)
+  c.eval.hybrid_steps = (2, 4)
   c.eval.batch_size = 1000
   # Evaluate at the end of `train` (reads the real data for FID where the
   # teacher has any; distillation itself never does).

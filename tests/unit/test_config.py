@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import re
 
 import pytest
 
@@ -92,3 +93,32 @@ def test_every_shipped_config_validates():
       teacher_run.validate(config)  # a teacher config (train_teacher's)
     else:
       defaults.validate(config)
+
+
+def _reads(path: pathlib.Path):
+  """(section, key) of every `config.SECTION.KEY` and
+  `config.SECTION.get("KEY")` read in a module's code."""
+  text = path.read_text()
+  pattern = re.compile(r"\bconfig\.(\w+)(?:\.get\(\s*\"(\w+)\"|\.(\w+)\b)")
+  for m in pattern.finditer(text):
+    section, key = m.group(1), m.group(2) or m.group(3)
+    if key not in ("get", "to_dict", "items", "keys", "unlocked", "lock"):
+      yield section, key
+
+
+def test_code_reads_only_declared_keys():
+  """A key the code reads through `config.SECTION...` is declared in the
+  defaults (teacher training: in its recipe). The teacher section is each
+  family's own and is left out; reads through other names (`t.steps`
+  after `t = config.train`) are not seen by this check."""
+  boot = defaults.base_config().to_dict()
+  teacher = recipes.digits_teacher_config().to_dict()
+  undeclared = []
+  for path in sorted((ROOT / "boot_jax").rglob("*.py")):
+    schema = teacher if path.name == "teacher_run.py" else boot
+    for section, key in _reads(path):
+      if section == "teacher" or section not in schema:
+        continue
+      if not isinstance(schema[section], dict) or key not in schema[section]:
+        undeclared.append(f"{path.relative_to(ROOT)}: {section}.{key}")
+  assert not undeclared, undeclared
