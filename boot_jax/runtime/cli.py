@@ -231,9 +231,13 @@ def one_line_errors():
   """A program's body: a user error (`ValueError`, which checkpoint, config
   and guard errors are, `OSError`, `FloatingPointError`) leaves as one
   `error:` line with exit status 1; a stop signal's exception (one that
-  carries `signum`) with 128 + the signal's number."""
+  carries `signum`) with 128 + the signal's number; Ctrl-C that arrives
+  before a training loop handles it (while loading or compiling) with 130,
+  whatever was saved before kept."""
   try:
     yield
+  except KeyboardInterrupt:
+    fail("interrupted (Ctrl-C); what was saved before is kept", code=130)
   except (ValueError, OSError, FloatingPointError) as e:
     fail(e, code=1)
   except RuntimeError as e:

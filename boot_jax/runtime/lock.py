@@ -25,6 +25,7 @@ import atexit
 import contextlib
 import errno
 import json
+import math
 import os
 import socket
 import threading
@@ -51,13 +52,50 @@ def _alive(pid: int) -> bool:
   return True
 
 
-def _read(path: str) -> dict | None:
+def _started_after(pid: int, when: float) -> bool:
+  """Whether process `pid` started after `when` (seconds since the epoch):
+  then it is not the process that took a lock at `when` (its pid was
+  reused). False where the system does not say (not Linux)."""
   try:
-    return json.loads(paths.read_text(path))
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+      # Field 22, counted after the parenthesised command name.
+      ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/stat", encoding="ascii") as f:
+      boot = next(int(x.split()[1]) for x in f if x.startswith("btime"))
+  except (OSError, ValueError, IndexError, StopIteration):
+    return False
+  started = boot + ticks / os.sysconf("SC_CLK_TCK")
+  return started > when + 1.0  # /proc's times are rounded to ticks
+
+
+def _number(value, default: float = 0.0) -> float:
+  """A lock field as a finite number (`default` for garbage)."""
+  try:
+    out = float(value)
+  except (TypeError, ValueError, OverflowError):
+    return default
+  return out if math.isfinite(out) else default
+
+
+def _when(value) -> str:
+  """A lock's time field for messages; 'an unknown time' for garbage."""
+  t = _number(value, -1.0)
+  try:
+    return time.ctime(t) if t >= 0 else "an unknown time"
+  except (OverflowError, ValueError, OSError):
+    return "an unknown time"
+
+
+def _read(path: str) -> dict | None:
+  """The lock's fields; {} while being written or when it holds no JSON
+  object (garbage); None when there is no lock."""
+  try:
+    info = json.loads(paths.read_text(path))
   except FileNotFoundError:
     return None
   except (OSError, ValueError):
     return {}  # being written, or garbage
+  return info if isinstance(info, dict) else {}
 
 
 def holder(workdir: str) -> dict | None:
@@ -142,9 +180,10 @@ class WorkdirLock:
           "using it, delete that file"
         )
     host, pid = info.get("host"), info.get("pid")
-    since = time.ctime(info.get("since", 0))
+    since = _when(info.get("since"))
     if host == socket.gethostname() and isinstance(pid, int):
-      if not _alive(pid):
+      reused = _started_after(pid, _number(info.get("since"), float("inf")))
+      if not _alive(pid) or reused:
         self._remove_stale()
         return
       raise LockError(
@@ -152,7 +191,7 @@ class WorkdirLock:
         f"since {since}); wait for it or use another --workdir"
       )
     if self.remote:
-      age = time.time() - float(info.get("heartbeat", 0))
+      age = time.time() - _number(info.get("heartbeat"))
       if age > STALE_S:
         self._remove_stale()
         return

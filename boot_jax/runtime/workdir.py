@@ -148,21 +148,39 @@ def write_config(workdir: str, config) -> None:
   atomic_write(paths.join(workdir, CONFIG), text)
 
 
-def truncate_metrics(workdir: str, step: int) -> None:
-  """Drops rows after `step` (written before a crash, redone on resume)."""
+def truncate_metrics(workdir: str, step: int, printer=print) -> None:
+  """Drops rows after `step` (written before a crash, redone on resume).
+
+  A last line cut short by a kill (no newline, not JSON) is dropped; any
+  other line that is not a JSON object with a `step` (an edit, a bad byte)
+  is kept byte for byte and reported with the file and its line number.
+  """
   path = paths.join(workdir, METRICS)
   if not paths.exists(path):
     return
-  lines = paths.read_text(path).splitlines(keepends=True)
-  keep = []
-  for line in lines:
+  raw = paths.read_bytes(path).splitlines(keepends=True)
+  keep, report = [], []
+  for number, line in enumerate(raw, 1):
     try:
-      if json.loads(line)["step"] <= step:
-        keep.append(line)
-    except (json.JSONDecodeError, KeyError, TypeError):
-      continue  # a line cut short by a kill
-  if len(keep) != len(lines):
-    atomic_write(path, "".join(keep))
+      row = json.loads(line.decode("utf-8"))
+      row_step = row["step"] if isinstance(row, dict) else None
+      if not isinstance(row_step, int):
+        raise TypeError("no integer step")
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+      if number == len(raw) and not line.endswith(b"\n"):
+        report.append(f"{path} line {number} was cut short: dropped")
+        continue
+      report.append(
+        f"{path} line {number} is not a JSON object with a step: kept as it is"
+      )
+      keep.append(line)
+      continue
+    if row_step <= step:
+      keep.append(line)
+  for line in report:
+    printer(line)
+  if len(keep) != len(raw):
+    paths.write_atomic(path, b"".join(keep))
 
 
 def image_grid(images: np.ndarray, ncol: int | None = None, scale: int = 1):

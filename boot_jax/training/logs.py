@@ -20,10 +20,10 @@ class MetricWriter:
   def __init__(self, workdir: str, enabled: bool = True):
     self.path = paths.join(workdir, "metrics.jsonl")
     self.enabled = enabled
-    self._remote_text = None
+    self._remote = None  # the object's bytes, kept as they are
     if enabled and paths.is_remote(self.path):
-      self._remote_text = (
-        paths.read_text(self.path) if paths.exists(self.path) else ""
+      self._remote = (
+        paths.read_bytes(self.path) if paths.exists(self.path) else b""
       )
 
   def write(self, step: int, scalars: dict) -> None:
@@ -32,9 +32,9 @@ class MetricWriter:
     row = {"step": int(step), "wall_time": time.time()}
     row.update({k: float(v) for k, v in scalars.items() if k != "step"})
     line = json.dumps(row) + "\n"
-    if self._remote_text is not None:
-      self._remote_text += line
-      paths.write_atomic(self.path, self._remote_text)
+    if self._remote is not None:
+      self._remote += line.encode("utf-8")
+      paths.write_atomic(self.path, self._remote)
     else:
       paths.append_text(self.path, line)
 

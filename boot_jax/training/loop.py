@@ -271,7 +271,7 @@ def run_in_workdir(
   if lead and not pending:
     workdir_lib.write_config(workdir, config)
   if lead:
-    workdir_lib.truncate_metrics(workdir, int(state.step))
+    workdir_lib.truncate_metrics(workdir, int(state.step), printer)
   writer = logs.MetricWriter(workdir, enabled=lead)
   tb = logs.TensorBoard(workdir, enabled=lead)
   t = config.train
