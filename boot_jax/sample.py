@@ -109,7 +109,7 @@ def main(argv, f):
     )
     seed = f["seed"].value
     if noise is not None:
-      eps_rows = lambda s, n: noise[s : s + n]  # noqa: E731
+      eps_rows = noise.rows
     else:
       eps_rows = lambda s, n: inference.noise(shape, n, seed, s)  # noqa: E731
     writer = io.SampleWriter(

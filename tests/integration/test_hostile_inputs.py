@@ -194,6 +194,8 @@ def test_sample_refuses_bad_guidance_and_noise(finished, tmp_path):
   np.save(tmp_path / "empty.npy", np.zeros((0, 2), np.float32))
   np.save(tmp_path / "complex.npy", np.zeros((4, 2), np.complex64))
   np.save(tmp_path / "ok.npy", np.zeros((4, 2), np.float32))
+  np.save(tmp_path / "huge.npy", np.full((4, 2), 1e30, np.float32))
+  (tmp_path / "cut.npy").write_bytes((tmp_path / "ok.npy").read_bytes()[:-8])
   out = tmp_path / "s.npz"
   cases = [
     (["--guidance", "inf"], "finite"),
@@ -202,6 +204,8 @@ def test_sample_refuses_bad_guidance_and_noise(finished, tmp_path):
     (["--noise", tmp_path / "eps.npz"], "not a .npy array"),
     (["--noise", tmp_path / "empty.npy"], "has no rows"),
     (["--noise", tmp_path / "complex.npy"], "expected real floats"),
+    (["--noise", tmp_path / "huge.npy"], "not standard normal noise"),
+    (["--noise", tmp_path / "cut.npy"], "is truncated"),
     (["--batch_size", "-4"], "--batch_size must be >= 1"),
     (["--seed", "-1"], "--seed must be in"),
   ]
