@@ -122,15 +122,25 @@ def _read_jsonl(path, column):
     yield from _batched(rows(f))
 
 
+# The largest CSV field read (Python's csv stops at 128 KiB by default); a
+# long prompt is cut to its first words before tokenising anyway.
+CSV_FIELD_LIMIT = 64 * 2**20
+
+
 def _read_csv(path, column):
+  csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
   with open(path, encoding="utf-8", newline="") as f:
     reader = csv.DictReader(f)
-    names = reader.fieldnames or []
-    if column not in names:
-      raise PromptError(
-        f"{path} has no {column!r} column; its columns: {', '.join(names)}"
-      )
-    yield from _batched(row[column] or "" for row in reader)
+    try:
+      names = reader.fieldnames or []
+      if column not in names:
+        raise PromptError(
+          f"{path} has no {column!r} column; its columns: {', '.join(names)}"
+        )
+      yield from _batched(row[column] or "" for row in reader)
+    except csv.Error as e:
+      # The record that failed starts on the line after the last one read.
+      raise PromptError(f"{path} line {reader.line_num + 1}: {e}") from None
 
 
 def _read_parquet(path, column):

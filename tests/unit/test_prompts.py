@@ -150,3 +150,26 @@ def test_stable_shuffle_is_a_permutation_per_epoch():
   # Any split of the positions (e.g. over processes) gives the same.
   parts = [prompts.prompt_indices(0, np.arange(a, a + 6), n) for a in (0, 6)]
   np.testing.assert_array_equal(np.concatenate(parts), idx[:12])
+
+
+def test_csv_long_fields_are_read_and_bad_rows_named(tmp_path, monkeypatch):
+  import csv
+
+  from boot_jax.data import prompt_files
+
+  path = tmp_path / "p.csv"
+  long = "word " * 40_000  # 200 KB: over Python's default field limit
+  path.write_text(f'prompt\n"{long}"\na cat\n')
+  assert prompt_files.read_prompts(str(path), "prompt") == [
+    long.strip(),
+    "a cat",
+  ]
+  # A field over the limit is refused naming the file and its line.
+  limit = csv.field_size_limit(1000)
+  try:
+    monkeypatch.setattr(prompt_files, "CSV_FIELD_LIMIT", 1000)
+    path.write_text(f"prompt\na dog\n{'x' * 2000}\n")
+    with pytest.raises(prompt_files.PromptError, match=r"p\.csv line 3: "):
+      prompt_files.read_prompts(str(path), "prompt")
+  finally:
+    csv.field_size_limit(limit)
