@@ -3,7 +3,7 @@ r"""Sample from a trained work directory: student, teacher or hybrid.
     python -m boot_jax.sample --workdir W --out samples.npz \
       [--num 64] [--seed 0] [--sampler student|teacher|hybrid] [--steps K] \
       [--noise eps.npy] [--label 3 ...] [--guidance 2.0] [--batch_size 256] \
-      [--prompt "a red square" ...] [--prompts-file prompts.txt] \
+      [--prompt "a red square" ...] [--prompts_file prompts.txt] \
       [--mesh data=D,fsdp=F,tensor=T] [--dtype float32|bfloat16]
 
 * student: one network call, `x = g(eps, clean)`.
@@ -29,7 +29,7 @@ can overshoot the data range slightly; or `[N, D]` vectors, unchanged) and
 it. Latent (Stable Diffusion) samples are decoded by the VAE and kept as
 `latents` too. The output is written batch by batch (memory bounded by
 `--batch_size`, not `--num`). Prompts come from --prompt (repeatable,
-cycled), --prompts-file, or else the training prompts in order. The same
+cycled), --prompts_file, or else the training prompts in order. The same
 seed gives the same eps for every sampler and any `--num` (eps of example
 i depends only on the seed and i). Prints the images/s measured after
 compilation.
@@ -47,7 +47,7 @@ from boot_jax.sampling import sample_io as io
 
 def define_flags():
   """The CLI's flags (defined only when run as a program)."""
-  return dict(
+  out = dict(
     workdir=flags.DEFINE_string("workdir", None, "A work directory."),
     out=flags.DEFINE_string("out", None, "Output .npz path."),
     num=flags.DEFINE_integer("num", None, "Number of samples (default 64)."),
@@ -77,10 +77,13 @@ def define_flags():
       "prompt", None, "Prompt(s) for a text-to-image teacher, cycled."
     ),
     prompts_file=flags.DEFINE_string(
-      "prompts-file", None, "A prompt file (.txt, .jsonl, .csv, .parquet)."
+      "prompts_file", None, "A prompt file (.txt, .jsonl, .csv, .parquet)."
     ),
     **cli.define_inference_flags(inference.DTYPES),
   )
+  # The spelling of earlier releases keeps working.
+  flags.DEFINE_alias("prompts-file", "prompts_file")
+  return out
 
 
 def main(argv, f):

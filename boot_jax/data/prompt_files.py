@@ -8,7 +8,7 @@
 
 `iter_chunks` yields a file's raw prompts a chunk at a time (training
 prepares them into a `prompts.PromptIndex`); `read_prompts` deduplicates a
-small file in memory (e.g. `sample --prompts-file`).
+small file in memory (e.g. `sample --prompts_file`).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def remote_prompt_file(path: str) -> str:
 
 def read_prompts(path: str, column: str = "prompt") -> list[str]:
   """The deduplicated prompts of a small file, in memory (e.g. `sample
-  --prompts-file`); training uses `PromptIndex`."""
+  --prompts_file`); training uses `PromptIndex`."""
   path = remote_prompt_file(path)
   seen, prompts = set(), []
   for chunk in iter_chunks(path, column):

@@ -141,6 +141,19 @@ def _last_line(text: str) -> str:
   return lines[-1] if lines else str(text)
 
 
+def _program_help() -> str:
+  """Every flag the program defines, wherever it was declared (the main
+  module, or the shared ones here): absl's --help shows only the main
+  module's."""
+  main = flags.FLAGS.main_module_help()
+  shared = [
+    flags.FLAGS.module_help(name)
+    for name in sorted(flags.FLAGS.flags_by_module_dict())
+    if name.startswith("boot_jax.") and name != sys.argv[0]
+  ]
+  return "\n\n".join([main, *(h for h in shared if h.strip())])
+
+
 def parse_flags(argv):
   """absl flag parsing that turns every parse error into one line.
 
@@ -165,7 +178,7 @@ def parse_flags(argv):
     if asked[0] == "--helpfull":
       print(flags.FLAGS.get_help())
     else:
-      print(flags.FLAGS.main_module_help())
+      print(_program_help())
     sys.exit(0)
   try:
     return flags.FLAGS(argv)

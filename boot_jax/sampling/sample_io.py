@@ -49,7 +49,7 @@ def check_request(f) -> None:
       "give --noise or --num, not both (the noise file's rows are the samples)"
     )
   if f["prompt"].value and f["prompts_file"].value:
-    raise RequestError("give --prompt or --prompts-file, not both")
+    raise RequestError("give --prompt or --prompts_file, not both")
   out = f["out"].value
   if out.endswith(("/", os.sep)) or (
     not paths.is_remote(out) and os.path.isdir(out)

@@ -174,7 +174,7 @@ class Conditions:
         self.prompt_set = model.teacher.prompts()
         if self.prompt_set is None:
           raise SampleError(
-            "give --prompt or --prompts-file (the run has no training prompts)"
+            "give --prompt or --prompts_file (the run has no training prompts)"
           )
 
   def rows(self, start: int, num: int):

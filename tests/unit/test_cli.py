@@ -40,3 +40,30 @@ def test_one_line_errors(exc, code, expected):
   lines = [x for x in proc.stderr.splitlines() if x.strip()]
   assert proc.returncode == code, proc.stderr
   assert lines == [f"error: {expected}"], proc.stderr
+
+
+@pytest.mark.parametrize(
+  "program,names",
+  [
+    ("sample", ("workdir", "out", "noise", "prompts_file", "mesh", "dtype")),
+    (
+      "evaluate",
+      ("protocol", "clip", "inception", "reference", "mesh", "dtype"),
+    ),
+    ("export", ("workdir", "out", "overwrite", "platforms", "dtype")),
+    ("train", ("config", "workdir", "distributed", "coordinator")),
+  ],
+)
+def test_help_lists_every_flag(program, names):
+  """--help shows the flags declared in the shared plumbing too (absl's
+  own --help shows only the main module's)."""
+  proc = subprocess.run(
+    [sys.executable, "-m", f"boot_jax.{program}", "--help"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
+  assert proc.returncode == 0, proc.stderr
+  for name in names:
+    assert f"  --{name}:" in proc.stdout, name
