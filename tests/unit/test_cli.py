@@ -66,4 +66,5 @@ def test_help_lists_every_flag(program, names):
   )
   assert proc.returncode == 0, proc.stderr
   for name in names:
-    assert f"  --{name}:" in proc.stdout, name
+    shown = (f"  --{name}:", f"  --[no]{name}:")  # booleans: --[no]name
+    assert any(s in proc.stdout for s in shown), name
