@@ -159,9 +159,8 @@ def drive(state, d: Driver, last_saved: int | None = None):
         row = {k: float(v) for k, v in jax.device_get(m).items()}
         now = time.perf_counter()
         elapsed = now - t_last
-        row["steps_per_s"] = (
-          (done - step_last) / elapsed if done > step_last else float("nan")
-        )
+        if done > step_last:  # unknown at the first step (compilation)
+          row["steps_per_s"] = (done - step_last) / elapsed
         t_last, step_last = now, done
         history.append(dict(row, step=done))
         if d.log is not None:
@@ -194,7 +193,7 @@ def progress_logger(total: int, writer=None, tb=None, printer=print):
       writer.write(step, row)
     if tb is not None:
       tb.write(step, row)
-    printer(logs.progress_line(step, total, row["steps_per_s"], row))
+    printer(logs.progress_line(step, total, row.get("steps_per_s"), row))
 
   return log
 
