@@ -65,3 +65,76 @@ def progress_line(
     f"step {step}/{total} ({pct:.0f}%) {steps_per_s:.1f} steps/s "
     f"ETA {eta} {shown}"
   ).rstrip()
+
+
+class _ObjectRecordWriter:
+  """tensorboardX's record sink for object stores (through paths.py).
+
+  Keeps the event file's bytes and uploads them whole at every flush, so
+  the bucket always holds a complete, readable event file (TensorBoard
+  reads `gs://` directly) and an interrupted upload leaves the previous
+  one. `close` uploads only what changed, once.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self._data = bytearray()
+    self._uploaded = -1
+
+  def write(self, data: bytes) -> None:
+    self._data += data
+
+  def flush(self) -> None:
+    if self._uploaded != len(self._data):
+      paths.write_atomic(self.path, bytes(self._data))
+      self._uploaded = len(self._data)
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _ObjectWriterFactory:
+  def open(self, path):
+    return _ObjectRecordWriter(path)
+
+  def directory_check(self, path):
+    del path  # object stores have no directories to create
+
+
+class TensorBoard:
+  """Scalars (and images) to TensorBoard event files under `W/tb/`."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self._writer = None
+    if enabled:
+      from tensorboardX import (
+        SummaryWriter,  # imports protobuf: lazily
+        record_writer,
+      )
+
+      logdir = paths.join(workdir, "tb")
+      if paths.is_remote(logdir):
+        # Replaces tensorboardX's own gs:// writer (google-cloud-storage
+        # with its own credentials, uploading again from `__del__`).
+        scheme = logdir.split("://", 1)[0]
+        record_writer.register_writer_factory(scheme, _ObjectWriterFactory())
+      self._writer = SummaryWriter(logdir)
+
+  def write(self, step: int, scalars: dict) -> None:
+    if self._writer is None:
+      return
+    for k, v in scalars.items():
+      if k != "step":
+        self._writer.add_scalar(k, float(v), int(step))
+    self._writer.flush()
+
+  def image(self, tag: str, grid_uint8, step: int) -> None:
+    if self._writer is None:
+      return
+    fmt = "HW" if grid_uint8.ndim == 2 else "HWC"
+    self._writer.add_image(tag, grid_uint8, int(step), dataformats=fmt)
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
