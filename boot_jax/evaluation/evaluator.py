@@ -10,6 +10,7 @@ classifier's features, images/s; boot_jax/evaluate.py lists them) and
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -184,3 +185,17 @@ def format_report(report: dict) -> str:
       row += f" {e.get('fid_inception', float('nan')):>10.3f}"
     lines.append(row)
   return "\n".join(lines)
+
+
+def scalars(report: dict, prefix: str = "eval/") -> dict[str, float]:
+  """The report's numbers as flat `prefix/a/b` scalars (for metrics.jsonl
+  and TensorBoard); text, lists and non-finite values are left out."""
+  out = {}
+  for key, value in report.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(scalars(value, name + "/"))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      if math.isfinite(value):
+        out[name] = float(value)
+  return out

@@ -23,7 +23,7 @@ from boot_jax.evaluation import evaluator, pixel_eval
 from boot_jax.runtime import lock, paths, sharding
 from boot_jax.runtime import workdir as workdir_lib
 from boot_jax.sampling import inference
-from boot_jax.training import loop, teacher_run, trainer
+from boot_jax.training import logs, loop, teacher_run, trainer
 
 
 def resolve_teacher_path(config, workdir: str) -> None:
@@ -190,6 +190,10 @@ def _train_locked(config, workdir: str, printer) -> dict:
   )
   path = paths.join(workdir, "eval.json")
   workdir_lib.atomic_write(path, json.dumps(report, indent=2, sort_keys=True))
+  # The final numbers in TensorBoard beside the training curves.
+  tb = logs.TensorBoard(workdir)
+  tb.write(int(jax.device_get(state.step)), evaluator.scalars(report))
+  tb.close()
   printer(evaluator.format_report(report))
   where = f"wrote {path}"
   if setup.teacher.is_image:

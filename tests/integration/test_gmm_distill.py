@@ -142,3 +142,10 @@ def test_train_cli_writes_workdir(tmp_path, capsys):
   saved = json.loads((tmp_path / "eval.json").read_text())
   assert saved["agreement"] == report["agreement"]
   assert "ETA" in capsys.readouterr().out
+  # The final evaluation's numbers are in TensorBoard too.
+  from conftest import tb_tags
+
+  tags = {}
+  for events in (tmp_path / "tb").glob("events.out.tfevents*"):
+    tags.update(tb_tags(events.read_bytes()))
+  assert tags["eval/agreement"] == [(200, "scalar")]
