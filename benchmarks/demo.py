@@ -73,7 +73,7 @@ def bars(report: dict, refine: bool = False) -> list[tuple[str, bool, str]]:
   ratio = student["fid"] / ddim50["fid"]
   speed = student["images_per_s"] / ddim50["images_per_s"]
   extra = []
-  if refine:  # issue 15's bars for the refined student
+  if refine:  # the bars the refined student must meet
     ddim25 = s["teacher DDIM 25"]
     extra = [
       (
