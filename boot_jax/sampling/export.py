@@ -96,10 +96,18 @@ def _signature(model, inputs, step: int, platforms) -> dict:
   )
 
 
+# What loading the artifact imports (jax.export reads the serialized
+# module with flatbuffers, which jax does not install itself); the export
+# test runs the README's code in an environment holding only these.
+REQUIREMENTS = ("jax", "numpy", "flatbuffers")
+
 README = """# Exported one-step sampler
 
-Made by `python -m boot_jax.export` from {workdir} (checkpoint step
-{step}). Runs with jax and numpy alone (no boot_jax), on: {platforms}.
+Made by `python -m boot_jax.export` from the work directory `{workdir}`
+(checkpoint step {step}), lowered for: {platforms}. It runs without
+boot_jax; the Python packages it needs:
+
+    pip install {requirements}
 
 ```python
 import numpy as np
@@ -115,7 +123,7 @@ images = np.asarray(exp.call(params, {args}))
 
 Inputs (after `params`): {inputs}. Output: `images` of shape
 {out_shape}, {range_note}. The batch dimension `b` is {batch_note}.
-"""
+{family}"""
 
 
 def _readme(model, inputs, workdir, step, platforms, batch) -> str:
@@ -137,8 +145,12 @@ def _readme(model, inputs, workdir, step, platforms, batch) -> str:
     elif name == "guidance":
       w = model.default_guidance()
       lines.append(f"guidance = np.full((16,), {w:g}, np.float32)")
+  extra = model.teacher.export_readme()
   return README.format(
-    workdir=workdir,
+    # The folder's name only: no path of the training machine leaves it.
+    workdir=paths.basename(paths.abspath(workdir).rstrip("/")),
+    requirements=" ".join(REQUIREMENTS),
+    family=f"\n{extra.strip()}\n" if extra.strip() else "",
     step=step,
     platforms=", ".join(platforms),
     example="\n".join(lines),

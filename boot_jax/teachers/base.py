@@ -165,6 +165,11 @@ class Teacher:
     del out_dir, student, params
     return []
 
+  def export_readme(self) -> str:
+    """Markdown about the family's export files, appended to the export's
+    README.md (empty by default)."""
+    return ""
+
   def encode_text(self, texts: Sequence[str]):
     """Prompt embeddings `[len(texts), *condition.shape]` (text teachers)."""
     raise ValueError(

@@ -55,6 +55,31 @@ from boot_jax.teachers.sd import diffusers_flax, loading
 FORMAT = 1
 META_FILE = "boot_student.json"
 GUIDANCE_FILE = "boot_guidance.safetensors"
+# The section the export's README.md gets for this folder.
+README = """## PyTorch: `diffusers/` and `one_step.py`
+
+`diffusers/` holds the student as a diffusers folder (its UNet, the
+teacher's VAE, text encoder, tokenizer and scheduler) and `one_step.py`,
+the one-step sampler in PyTorch. It needs torch, diffusers and
+transformers (and safetensors for a guidance-conditioned student):
+
+```python
+import importlib.util
+import torch
+
+spec = importlib.util.spec_from_file_location(
+  "one_step", "diffusers/one_step.py"
+)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+noise = torch.randn(1, 4, 64, 64)  # latents: resolution / 8
+images = module.one_step("diffusers", ["a red square"], noise)  # NCHW
+```
+
+The UNet is not a multi-step denoiser: use it through `one_step.py`, not
+a diffusers pipeline's scheduler loop.
+"""
+
 ONE_STEP_FILE = "one_step.py"
 COPIED = ("vae", "text_encoder", "tokenizer", "scheduler")
 # Never carried into the export: pickled checkpoints.

@@ -213,6 +213,9 @@ class SDTeacher(base.Teacher):
     )
     return ["diffusers/"]
 
+  def export_readme(self) -> str:
+    return export.README
+
 
 def build(
   config, placement=None, dtype=None, attention: str = "auto"
