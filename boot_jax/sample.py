@@ -94,39 +94,31 @@ def main(argv, f):
     model, params, step = inference.load(
       f["workdir"].value, mesh, f["dtype"].value
     )
-    kind = f["sampler"].value or ("student" if model.student else "teacher")
-    guidance = samplers.resolve_guidance(
-      model, f["guidance"].value, kind, f["allow_extrapolation"].value
-    )
     shape = tuple(model.teacher.sample_shape)
     noise = io.read_noise(f["noise"].value, shape)
     num = len(noise) if noise is not None else (f["num"].value or 64)
     texts = f["prompt"].value
     if f["prompts_file"].value:
       texts = prompts.read_prompts(f["prompts_file"].value)
-    conds = samplers.Conditions(model, f["label"].value, texts)
-    batch = samplers.batch_for(model, num, f["batch_size"].value)
     steps = f["steps"].value
-    fn = samplers.jit_on_mesh(
-      model, samplers.make_sampler(model, params, kind, steps, guidance)
-    )
-    seed = f["seed"].value
-    if noise is not None:
-      eps_rows = noise.rows
-    else:
-      eps_rows = lambda s, n: inference.noise(shape, n, seed, s)  # noqa: E731
     writer = io.SampleWriter(
       f["out"].value, num, shape, model.teacher.pixel_shape
     )
     with writer:
-      rate = samplers.stream(
-        fn,
-        eps_rows,
-        conds.rows,
-        num,
-        batch,
+      kind, rate = samplers.run(
+        model,
+        params,
         writer.write,
-        lambda s: model.teacher.pixels(s, batch),
+        num=num,
+        seed=f["seed"].value,
+        kind=f["sampler"].value,
+        steps=steps,
+        guidance=f["guidance"].value,
+        allow_extrapolation=f["allow_extrapolation"].value,
+        noise_rows=None if noise is None else noise.rows,
+        labels=f["label"].value,
+        texts=texts,
+        batch_size=f["batch_size"].value,
         progress=lambda done, total: cli.printer(
           f"sample: {done:,}/{total:,} ({100 * done / total:.0f}%)"
         ),

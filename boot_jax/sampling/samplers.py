@@ -285,3 +285,60 @@ def stream_student(
     ),
   )
   return w, rate
+
+
+def run(
+  model: inference.Model,
+  params,
+  consume,
+  *,
+  num: int,
+  seed: int = 0,
+  kind: str | None = None,
+  steps: int = 50,
+  guidance: float | None = None,
+  allow_extrapolation: bool = False,
+  noise_rows=None,
+  labels=None,
+  texts=None,
+  batch_size: int = 256,
+  progress=None,
+):
+  """One sampling request, as `python -m boot_jax.sample` makes it.
+
+  Args:
+    model, params: a loaded work directory (`inference.load`).
+    consume: `(start, eps, samples, pixels) -> None` for each batch.
+    num: how many samples.
+    seed: the noise seed (`noise` rows); ignored with `noise_rows`.
+    kind: 'student', 'teacher' or 'hybrid' (None: the student when the run
+      has one, else the teacher).
+    steps: the teacher's DDIM steps (teacher, hybrid).
+    guidance, allow_extrapolation: see `resolve_guidance`.
+    noise_rows: `(start, n) -> eps rows` instead of the seed's noise.
+    labels, texts: class labels or prompts, cycled (`Conditions`).
+    batch_size: examples per call.
+    progress: `(done, num) -> None`, about every 10 s.
+
+  Returns:
+    `(kind, images/s)`.
+  """
+  kind = kind or ("student" if model.student else "teacher")
+  w = resolve_guidance(model, guidance, kind, allow_extrapolation)
+  shape = tuple(model.teacher.sample_shape)
+  conds = Conditions(model, labels, texts)
+  batch = batch_for(model, num, batch_size)
+  fn = jit_on_mesh(model, make_sampler(model, params, kind, steps, w))
+  if noise_rows is None:
+    noise_rows = lambda s, n: inference.noise(shape, n, seed, s)  # noqa: E731
+  rate = stream(
+    fn,
+    noise_rows,
+    conds.rows,
+    num,
+    batch,
+    consume,
+    lambda smp: model.teacher.pixels(smp, batch),
+    progress=progress,
+  )
+  return kind, rate
