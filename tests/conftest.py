@@ -114,6 +114,23 @@ def run_module_measured(
   return code, "".join(lines), stderr, peak, seen
 
 
+def train_mixture(workdir, *overrides) -> None:
+  """A short run of configs/gmm.py in `workdir` (2 steps, no final
+  evaluation), through the train program."""
+  code, _, err = run_module(
+    "boot_jax.train",
+    "--config",
+    str(ROOT / "configs" / "gmm.py"),
+    "--config.train.steps=2",
+    "--config.train.batch_size=64",
+    "--config.eval.final=false",
+    *overrides,
+    "--workdir",
+    workdir,
+  )
+  assert code == 0, err[-3000:]
+
+
 def error_lines(stderr: str) -> list[str]:
   """The `error: ...` lines of a CLI's stderr (absl may log other lines)."""
   return [line for line in stderr.splitlines() if line.startswith("error:")]

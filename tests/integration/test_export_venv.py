@@ -21,27 +21,16 @@ import jax
 import jaxlib
 import numpy as np
 import pytest
-from conftest import run_module
+from conftest import run_module, train_mixture
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-GMM = str(ROOT / "configs" / "gmm.py")
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
   base = tmp_path_factory.mktemp("venv_export")
   work, out = base / "w", base / "export"
-  code, _, err = run_module(
-    "boot_jax.train",
-    "--config",
-    GMM,
-    "--config.train.steps=2",
-    "--config.train.batch_size=64",
-    "--config.eval.final=false",
-    "--workdir",
-    work,
-  )
-  assert code == 0, err[-3000:]
+  train_mixture(work)
   code, _, err = run_module(
     "boot_jax.export", "--workdir", work, "--out", out, "--platforms", "cpu"
   )

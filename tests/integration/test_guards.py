@@ -14,7 +14,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import error_lines, run_module
+from conftest import error_lines, run_module, train_mixture
 
 from boot_jax import fid_stats as fid_stats_program
 from boot_jax.runtime import guards, paths
@@ -35,20 +35,9 @@ def listing(root) -> dict:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  """A 2-step mixture run and an export of it."""
-  base = tmp_path_factory.mktemp("guards")
-  work = base / "w"
-  code, _, err = run_module(
-    "boot_jax.train",
-    "--config",
-    GMM,
-    "--config.train.steps=2",
-    "--config.train.batch_size=64",
-    "--config.eval.final=false",
-    "--workdir",
-    work,
-  )
-  assert code == 0, err[-3000:]
+  """A 2-step mixture run."""
+  work = tmp_path_factory.mktemp("guards") / "w"
+  train_mixture(work)
   return work
 
 
