@@ -77,6 +77,14 @@ class Run:
     """
     if noise is not None:
       noise = np.asarray(noise, np.float32)
+      shape = tuple(self.model.teacher.sample_shape)
+      if noise.ndim != len(shape) + 1 or noise.shape[1:] != shape:
+        raise ValueError(
+          f"noise has shape {noise.shape}; expected [N, "
+          f"{', '.join(map(str, shape))}]"
+        )
+      if not np.all(np.isfinite(noise)):
+        raise ValueError("noise holds NaN or infinite values")
       num = len(noise)
     if num < 1:
       raise ValueError(f"num must be >= 1, got {num}")

@@ -73,3 +73,7 @@ def test_bad_requests_are_value_errors(work):
     run.sample(0)
   with pytest.raises(ValueError, match="not class-conditional"):
     run.sample(4, label=3)
+  with pytest.raises(ValueError, match="noise has shape"):
+    run.sample(noise=np.zeros((4, 3), np.float32))
+  with pytest.raises(ValueError, match="NaN or infinite"):
+    run.sample(noise=np.full((4, 2), np.nan, np.float32))
