@@ -24,11 +24,13 @@ teacher's samplers are evaluated.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 from absl import flags
 
+from boot_jax.config import defaults
 from boot_jax.evaluation import (
   evaluator,
   pixel_eval,
@@ -169,7 +171,11 @@ def main(argv, f):
         raise ValueError(
           f"--num_samples must be >= 1, got {f['num_samples'].value}"
         )
-      model.config.eval.num_samples = f["num_samples"].value
+      section = defaults.thaw(model.config.eval)
+      section.num_samples = f["num_samples"].value
+      model = dataclasses.replace(
+        model, config=defaults.derive(model.config, eval=section)
+      )
     if protocol != "default":
       report = protocol_report(f, model, params, cli.printer)
     else:

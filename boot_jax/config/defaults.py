@@ -3,8 +3,10 @@
 `base_config()` has every section with its defaults: `teacher`, `student`,
 `boot`, `optim`, `train`, `mesh`, `sharding`, `eval` (README.md's Configs
 section lists the keys); `discrete_schedule()` builds a DDPM schedule
-section; `validate()` checks a resolved config and `RESUMABLE_CHANGES` names
-the keys that may change when a run continues in the same work directory.
+section; `validate()` checks a resolved config, `freeze()` turns it into
+the read-only `Settings` that library code receives, and
+`RESUMABLE_CHANGES` names the keys that may change when a run continues in
+the same work directory.
 
 The ready-made configs that configs/*.py start from (the digits demo, Stable
 Diffusion, random test teachers, `TEACHER_RECIPES`) live in
@@ -13,6 +15,7 @@ Diffusion, random test teachers, `TEACHER_RECIPES`) live in
 
 from __future__ import annotations
 
+import copy
 import math
 
 import ml_collections
@@ -398,6 +401,106 @@ def validate(config) -> None:
     raise ValueError(
       f"model.attention={impl!r}: expected one of {ATTENTION_IMPLEMENTATIONS}"
     )
+
+
+class Settings(ml_collections.FrozenConfigDict):
+  """A run's configuration after `freeze`: validated once, read-only.
+
+  The programs build it at start; everything below them reads it (keys as
+  attributes, `.get` for optional ones) and none can change it: assigning
+  raises, and a key that is not there raises AttributeError. A step that
+  derives values (a teacher's resolved fields) returns a new `Settings`.
+  """
+
+
+def _kind(value) -> str | None:
+  if isinstance(value, bool):
+    return "bool"
+  if isinstance(value, int):
+    return "int"
+  if isinstance(value, float):
+    return "float"
+  if isinstance(value, str):
+    return "str"
+  if isinstance(value, (list, tuple)):
+    return "sequence"
+  return None
+
+
+_KIND_WORDS = dict(
+  bool="true or false",
+  int="an integer",
+  float="a number",
+  str="a string",
+  sequence="a list",
+)
+
+
+def check_types(config, declared=None, prefix: str = "") -> None:
+  """Each value has its declared default's type (one-line error naming it).
+
+  Only keys with a non-empty default in `declared` (default: `base_config()`)
+  are checked; an integer stands for a float. Sections that vary by family
+  (`teacher`, `student.model`) are checked by their families.
+  """
+  if declared is None:
+    declared = base_config()
+  for key, default in declared.items():
+    name = prefix + key
+    if name in ("teacher", "student.model") or key not in config:
+      continue
+    value = config[key]
+    if isinstance(default, ml_collections.ConfigDict):
+      if isinstance(value, ml_collections.ConfigDict):
+        check_types(value, default, name + ".")
+      continue
+    want, got = _kind(default), _kind(value)
+    if want is None or value is None or got == want:
+      continue
+    if want == "float" and got == "int":
+      continue
+    raise ValueError(f"{name} must be {_KIND_WORDS[want]}, got {value!r}")
+
+
+def freeze(config, validator=None, declared=None) -> Settings:
+  """Validates `config` once and returns it as read-only `Settings`.
+
+  Args:
+    config: a resolved ConfigDict (or `Settings`, returned as it is: it was
+      validated when it was made).
+    validator: the checks to run (default: `validate`, BOOT's); the teacher
+      trainer passes its own.
+    declared: the config whose default values give each key's type
+      (default: `base_config()`).
+
+  Raises:
+    ValueError: one line naming the first bad key.
+  """
+  if isinstance(config, Settings):
+    return config
+  check_types(config, declared)
+  (validator or validate)(config)
+  return Settings(config)
+
+
+def derive(config: Settings, **sections) -> Settings:
+  """`config` with whole sections replaced by values derived from it.
+
+  For fields a step computes from validated settings (a teacher's
+  resolved arrays, an evaluation's sample count); not validated again.
+  """
+  new = thaw(config)
+  for name, section in sections.items():
+    new[name] = section
+  return Settings(new)
+
+
+def thaw(config) -> ml_collections.ConfigDict:
+  """A mutable copy (of `Settings` or a ConfigDict) to derive a new one."""
+  if isinstance(config, ml_collections.FrozenConfigDict):
+    # as_configdict() shares the ConfigDict the view was made from.
+    return copy.deepcopy(config.as_configdict())
+  return copy.deepcopy(config)
 
 
 def attention(config) -> str:

@@ -133,6 +133,17 @@ def teacher_placement(config, mesh, rules):
   return place
 
 
+def settings(config) -> defaults.Settings:
+  """The run's read-only settings with the teacher's derived fields filled.
+
+  Validates a raw config once (`defaults.freeze`); `Settings` are not
+  validated again, only their teacher section resolved (a mixture's
+  arrays, a network teacher's fields from its work directory).
+  """
+  config = defaults.freeze(config)
+  return defaults.derive(config, teacher=teachers.resolved(config.teacher))
+
+
 def build(
   config,
   mesh,
@@ -146,7 +157,7 @@ def build(
   """Builds the teacher and the student of a resolved config on `mesh`.
 
   Args:
-    config: a BOOT config (validated here).
+    config: a BOOT config (`settings(config)` is what the model keeps).
     mesh: the device mesh.
     dtype: the student's computation dtype (None: float32).
     teacher_dtype: the teacher's computation dtype ('same': `dtype`).
@@ -154,6 +165,7 @@ def build(
     remat: rematerialise the student's blocks (training only).
     with_student: False for a teacher work directory.
   """
+  config = settings(config)
   rules = sharding.rules_from_config(config)
   place = teacher_placement(config, mesh, rules)
   if teacher_dtype == "same":
@@ -172,7 +184,6 @@ def build(
     )
   if not with_student:
     return Model(config, teacher, None, [], mesh)
-  defaults.validate(config)
   key = jax.random.key(config.train.seed)
   k_init, _ = jax.random.split(key)
   student, params_fn = student_lib.build_student(

@@ -10,6 +10,7 @@ particular to it). Adding a family = one module (or one subpackage, as
 
 from __future__ import annotations
 
+from boot_jax.config import defaults
 from boot_jax.teachers import gmm, network
 from boot_jax.teachers.base import ConditionSpec, Teacher
 from boot_jax.teachers.deepfloyd_if import if_teacher
@@ -80,6 +81,17 @@ def required_extras(teacher_config) -> tuple[str, ...]:
   return tuple(extras)
 
 
+def resolved(section):
+  """The `teacher` section with the fields its family derives filled in.
+
+  A mixture's arrays, a network teacher's fields read from its work
+  directory; other families' sections come back as a mutable copy. The
+  given section (possibly read-only `Settings`) is never changed.
+  """
+  fn = getattr(family(section.name), "resolved", None)
+  return fn(section) if fn is not None else defaults.thaw(section)
+
+
 def build_teacher(
   config, placement=None, dtype=None, attention: str = "auto"
 ) -> Teacher:
@@ -104,5 +116,6 @@ __all__ = [
   "Teacher",
   "build_teacher",
   "family",
+  "resolved",
   "required_extras",
 ]

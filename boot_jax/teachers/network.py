@@ -18,6 +18,7 @@ import jax
 import ml_collections
 
 from boot_jax import models
+from boot_jax.config import defaults
 from boot_jax.data import datasets
 from boot_jax.diffusion import predictions
 from boot_jax.runtime import checkpoint, paths, sharding
@@ -63,7 +64,15 @@ def _plain(v):
   return v
 
 
-def resolve_config(config) -> None:
+def resolved(section) -> ml_collections.ConfigDict:
+  """The `teacher` section with its derived fields filled (a new copy;
+  the given section, which may be read-only `Settings`, is unchanged)."""
+  config = defaults.thaw(section)
+  _resolve_in_place(config)
+  return config
+
+
+def _resolve_in_place(config) -> None:
   """Fills unset teacher fields from `config.path`'s own config.
 
   Raises:
@@ -140,7 +149,7 @@ def build(
       f"teacher.init must be checkpoint or random, got {init!r}"
     )
   if init == "checkpoint":
-    resolve_config(config)
+    config = resolved(config)
   prediction = predictions.canonical_prediction(config.prediction)
   schedule = predictions.make_schedule(config.schedule)
   sample_shape = tuple(config.sample_shape)
@@ -219,5 +228,5 @@ def teacher_section(workdir: str) -> ml_collections.ConfigDict:
   )
   for key in _INHERITED:
     section[key] = None
-  resolve_config(section)
+  _resolve_in_place(section)
   return section

@@ -27,7 +27,8 @@ from boot_jax.training import logs, loop, teacher_run, trainer
 
 
 def resolve_teacher_path(config, workdir: str) -> None:
-  """Makes a relative `teacher.path` relative to the work directory."""
+  """Makes a relative `teacher.path` relative to the work directory (in
+  a mutable ConfigDict, before it is frozen)."""
   path = config.teacher.get("path")
   if path and not paths.is_remote(path) and not os.path.isabs(path):
     config.teacher.path = paths.join(paths.abspath(workdir), path)
@@ -129,8 +130,9 @@ def train_and_evaluate(config, workdir: str, printer=print) -> dict:
   Phases: config (validate, resolve the teacher) -> teacher -> student
   state (abstract first) -> restore or init -> loop -> evaluate.
   """
-  defaults.validate(config)
+  config = defaults.thaw(config)  # the caller's config is never changed
   resolve_teacher_path(config, workdir)
+  config = defaults.freeze(config)
   # Read-only checks first, so a bad command never writes anything.
   workdir_lib.check(workdir, config, compare=False)
   with lock.WorkdirLock(workdir, enabled=sharding.is_lead()):
@@ -139,7 +141,8 @@ def train_and_evaluate(config, workdir: str, printer=print) -> dict:
 
 def _train_locked(config, workdir: str, printer) -> dict:
   teacher_run.ensure_teacher(config.teacher, printer)
-  setup = trainer.setup(config)  # resolves teacher fields into the config
+  setup = trainer.setup(config)
+  config = setup.config  # with the teacher's derived fields resolved
   workdir_lib.check(workdir, config)
   printer(
     f"teacher {setup.teacher.name} ({setup.teacher.prediction}-prediction), "

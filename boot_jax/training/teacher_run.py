@@ -74,7 +74,7 @@ class TeacherRun:
 
 def build(config, dataset: datasets.Dataset) -> TeacherRun:
   """The network, the optimizer and the jitted denoising step."""
-  validate(config)
+  config = settings(config)
   size, channels = dataset.images.shape[1], dataset.images.shape[-1]
   sample_shape = (size, size, channels)
   if config.data.image_size != size or config.data.channels != channels:
@@ -171,9 +171,16 @@ def sample_grid(run: TeacherRun, params, num: int, steps: int, seed: int):
   return np.asarray(fn(eps, cond))
 
 
+def settings(config) -> defaults.Settings:
+  """A teacher-training config validated once, as read-only `Settings`."""
+  return defaults.freeze(
+    config, validate, declared=recipes.digits_teacher_config(False)
+  )
+
+
 def train_and_evaluate(config, workdir: str, printer=print):
   """Trains a teacher in `workdir` (resuming from its last checkpoint)."""
-  validate(config)
+  config = settings(config)
   workdir_lib.check(workdir, config)
   with lock.WorkdirLock(workdir):
     return _train_locked(config, workdir, printer)

@@ -121,7 +121,7 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
   logical axis names and `config.sharding.rules`) -> the jitted step and
   the process-local input draw.
   """
-  defaults.validate(config)
+  config = inference.settings(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.batch_size_per_shard(mesh, config.train.batch_size)
   rules = sharding.rules_from_config(config)

@@ -122,3 +122,47 @@ def test_code_reads_only_declared_keys():
       if not isinstance(schema[section], dict) or key not in schema[section]:
         undeclared.append(f"{path.relative_to(ROOT)}: {section}.{key}")
   assert not undeclared, undeclared
+
+
+def test_settings_are_validated_once_and_read_only():
+  settings = defaults.freeze(_config())
+  assert isinstance(settings, defaults.Settings)
+  assert defaults.freeze(settings) is settings  # no second validation
+  with pytest.raises((AttributeError, ValueError)):
+    settings.optim.lr = 1.0
+  with pytest.raises(AttributeError):
+    _ = settings.train.no_such_key
+  derived = defaults.derive(settings, eval=dict(num_samples=3))
+  assert derived.eval.num_samples == 3
+  assert derived.train == settings.train
+
+
+@pytest.mark.parametrize(
+  "key,value,expected",
+  [
+    ("train.steps", "ten", "train.steps must be an integer, got 'ten'"),
+    ("optim.lr", "fast", "optim.lr must be a number, got 'fast'"),
+    ("train.steps", 2.5, "train.steps must be an integer, got 2.5"),
+  ],
+)
+def test_a_value_of_the_wrong_type_is_refused_in_one_line(key, value, expected):
+  config = _config()
+  section, name = key.split(".")
+  with config[section].ignore_type():
+    config[section][name] = value
+  with pytest.raises(ValueError) as error:
+    defaults.freeze(config)
+  assert str(error.value) == expected
+
+
+def test_building_settings_leaves_the_callers_config_unchanged():
+  """The teacher's derived fields go into a new view, not into the
+  ConfigDict the caller holds (a program may save it as given)."""
+  from boot_jax.sampling import inference
+
+  config = _config()
+  before = config.to_dict()
+  settings = inference.settings(config)
+  assert config.to_dict() == before
+  assert isinstance(settings, defaults.Settings)
+  assert len(settings.teacher.means) == config.teacher.num_components
