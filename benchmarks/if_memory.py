@@ -239,12 +239,9 @@ def _abstract_family(cfg: dict):
       name="",
     )
 
-    def apply(params, x_t, t, cond=None):
-      return module.apply({"params": params}, x_t, t, cond)
-
     return if_teacher.IFTeacher(
       name="if",
-      apply=apply,
+      apply=base.module_apply(module),
       params=params,
       schedule=schedules.make_schedule(ml_collections.ConfigDict(table)),
       prediction="eps",

@@ -21,30 +21,18 @@ import subprocess
 import sys
 import time
 
+from boot_jax import testing
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BEGIN = "<!-- inference-memory: begin -->"
 END = "<!-- inference-memory: end -->"
-
-_WRAP = """
-import atexit, runpy, sys
-# VmHWM, not ru_maxrss: the latter keeps the peak of the process that
-# forked this one across exec (a large parent reads as a large child).
-def peak():
-  for line in open("/proc/self/status"):
-    if line.startswith("VmHWM:"):
-      print("MAXRSS_KB", line.split()[1], file=sys.stderr)
-atexit.register(peak)
-module = sys.argv[1]
-sys.argv = [module] + sys.argv[2:]
-runpy.run_module(module, run_name="__main__")
-"""
 
 
 def peak_rss(module: str, *args) -> tuple[float, float]:
   """Runs `python -m module args`; returns (peak RSS in MiB, seconds)."""
   t0 = time.perf_counter()
   proc = subprocess.run(
-    [sys.executable, "-c", _WRAP, module, *map(str, args)],
+    testing.peak_rss_argv(module, *args),
     capture_output=True,
     text=True,
     cwd=ROOT,
@@ -53,8 +41,7 @@ def peak_rss(module: str, *args) -> tuple[float, float]:
   seconds = time.perf_counter() - t0
   if proc.returncode != 0:
     sys.exit(f"{module} failed:\n{proc.stderr[-3000:]}")
-  kb = int(proc.stderr.split("MAXRSS_KB")[-1].split()[0])
-  return kb / 1024, seconds
+  return testing.peak_rss_mib(proc.stderr), seconds
 
 
 def main():

@@ -66,6 +66,7 @@ from boot_jax.config import (
 from boot_jax.diffusion import predictions, schedules  # noqa: E402
 from boot_jax.distill import state as state_lib  # noqa: E402
 from boot_jax.runtime import sharding  # noqa: E402
+from boot_jax.teachers import base  # noqa: E402
 from boot_jax.teachers.sd import sd_teacher  # noqa: E402
 from boot_jax.training import trainer  # noqa: E402
 
@@ -210,12 +211,9 @@ def _abstract_family(unet_config: dict, width: int):
       "scaled_linear", 1000, 0.00085, 0.012, set_alpha_to_one=False
     )
 
-    def apply(params, x_t, t, cond=None):
-      return module.apply({"params": params}, x_t, t, cond)
-
     return sd_teacher.SDTeacher(
       name="sd",
-      apply=apply,
+      apply=base.module_apply(module),
       params=params,
       schedule=schedules.make_schedule(schedule),
       prediction=predictions.canonical_prediction(config.prediction),

@@ -1,7 +1,8 @@
-"""Tiny random Stable Diffusion folders, written by diffusers' PyTorch code.
+"""Shared by tests and benchmarks: tiny random folders written by the
+reference libraries, and a child process's peak memory.
 
-For tests and benchmarks (it needs the test extra: diffusers, PyTorch);
-nothing of the library imports it. The parity tests load these folders
+The folders need the test extra (diffusers, PyTorch); nothing of the
+library imports this module. The parity tests load these folders
 through our Flax teacher loader and compare with the PyTorch modules that
 wrote them. Sizes are the smallest that
 diffusers' Flax modules accept (GroupNorm over 32 groups needs channel
@@ -10,6 +11,37 @@ counts that are multiples of 32).
 
 import json
 import string
+import sys
+
+# Runs `python -m <module> <args>` and prints the process's own peak
+# resident memory at exit. VmHWM, not ru_maxrss: the latter keeps the
+# peak of the process that forked this one across exec (a large parent
+# reads as a large child).
+_PEAK_RSS = """
+import atexit, runpy, sys
+def peak():
+  for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+      print("PEAK_RSS_KB", line.split()[1], file=sys.stderr)
+atexit.register(peak)
+module = sys.argv[1]
+sys.argv = [module] + sys.argv[2:]
+runpy.run_module(module, run_name="__main__")
+"""
+
+
+def peak_rss_argv(module: str, *args) -> list[str]:
+  """The argv that runs `python -m module args` and reports its peak RSS
+  on stderr (read it back with `peak_rss_mib`); Linux only."""
+  return [sys.executable, "-c", _PEAK_RSS, module, *map(str, args)]
+
+
+def peak_rss_mib(stderr: str) -> float | None:
+  """The peak RSS in MiB that a `peak_rss_argv` process printed (None if
+  it died before printing it)."""
+  if "PEAK_RSS_KB" not in stderr:
+    return None
+  return int(stderr.split("PEAK_RSS_KB")[-1].split()[0]) / 1024
 
 
 def tokenizer_files(directory) -> None:

@@ -24,6 +24,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from boot_jax import testing  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _CACHE = os.environ.get(
@@ -53,17 +55,62 @@ def run_module(module, *args, cwd=None, timeout=900, env=None):
   return proc.returncode, proc.stdout, proc.stderr
 
 
-_PEAK_WRAPPER = """
-import atexit, runpy, sys
-def peak():
-  for line in open("/proc/self/status"):
-    if line.startswith("VmHWM:"):
-      print("PEAK_RSS_KB", line.split()[1], file=sys.stderr)
-atexit.register(peak)
-module = sys.argv[1]
-sys.argv = [module] + sys.argv[2:]
-runpy.run_module(module, run_name="__main__")
-"""
+def run_sample(workdir, out, *args, **kwargs):
+  """`python -m boot_jax.sample --workdir workdir --out out args` through
+  `run_module` (its keyword arguments as there)."""
+  return run_module(
+    "boot_jax.sample", "--workdir", workdir, "--out", out, *args, **kwargs
+  )
+
+
+def free_port() -> int:
+  """A TCP port on localhost that nothing listens on now."""
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def launch_local(workdir, *train_args, env=None, popen=False):
+  """`launch/local.sh`: 2 processes of 4 CPU devices each running
+  `train train_args --workdir workdir` (stdout and stderr together)."""
+  cmd = ["bash", str(ROOT / "launch" / "local.sh"), "--processes", "2"]
+  cmd += ["--devices-per-process", "4", "--port", str(free_port()), "--"]
+  cmd += [*map(str, train_args), "--workdir", str(workdir)]
+  env = dict(os.environ, PYTHON=sys.executable, **(env or {}))
+  env.pop("XLA_FLAGS", None)  # the processes choose their device counts
+  kw = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  if popen:
+    return subprocess.Popen(cmd, env=env, **kw)
+  return subprocess.run(cmd, env=env, timeout=600, check=False, **kw)
+
+
+def wait_for(pred, proc, timeout=300):
+  """Polls `pred()` until true; fails if `proc` exits first or on timeout."""
+  import time
+
+  t0 = time.time()
+  while not pred():
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.time() - t0 < timeout, "timed out"
+    time.sleep(0.02)
+
+
+def saved_state(workdir, one_device=False):
+  """The latest checkpointed train state of a BOOT work directory (local or
+  gs://), restored on the run's own mesh or on one device."""
+  from boot_jax.runtime import checkpoint, paths
+  from boot_jax.runtime import workdir as workdir_lib
+  from boot_jax.training import trainer
+
+  config = workdir_lib.load_config(str(workdir))
+  if one_device:
+    config.mesh.data, config.mesh.fsdp = 1, 1
+  setup = trainer.setup(config)
+  return checkpoint.read_item(
+    paths.join(str(workdir), "checkpoints"), "state", setup.abstract_state()
+  )
 
 
 def run_module_measured(
@@ -76,7 +123,6 @@ def run_module_measured(
   the first stdout line containing `marker` (None if never seen).
   """
   import subprocess
-  import sys
   import tempfile
   import time
 
@@ -92,7 +138,7 @@ def run_module_measured(
   lines = []
   with tempfile.TemporaryFile("w+") as err:
     proc = subprocess.Popen(
-      [sys.executable, "-c", _PEAK_WRAPPER, module, *map(str, args)],
+      testing.peak_rss_argv(module, *args),
       stdout=subprocess.PIPE,
       stderr=err,
       text=True,
@@ -108,10 +154,7 @@ def run_module_measured(
     code = proc.wait()
     err.seek(0)
     stderr = err.read()
-  peak = None
-  if "PEAK_RSS_KB" in stderr:
-    peak = int(stderr.split("PEAK_RSS_KB")[-1].split()[0]) / 1024
-  return code, "".join(lines), stderr, peak, seen
+  return code, "".join(lines), stderr, testing.peak_rss_mib(stderr), seen
 
 
 def train_mixture(workdir, *overrides) -> None:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import http.server
 import logging
 import os
-import socket
 import types
+
+import conftest
 
 BUCKET = "test"
 DENIED = "denied"
@@ -30,12 +31,6 @@ DENIED = "denied"
 class _QuietServer(http.server.HTTPServer):
   def handle_error(self, request, client_address):
     del request, client_address
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _deny_writes_to(server_module, bucket: str) -> None:
@@ -93,7 +88,7 @@ def start_fake_gcs(tmp_dir: str):
 
   binary = _server._get_binary_path()  # noqa: SLF001
   os.makedirs(os.path.join(tmp_dir, BUCKET), exist_ok=True)
-  port = _free_port()
+  port = conftest.free_port()
   proc = subprocess.Popen(
     [
       str(binary),
@@ -139,7 +134,7 @@ def start_denying():
   _deny_writes_to(server_module, DENIED)
   # Clients that hang up early would make socketserver print tracebacks.
   server_module.server = types.SimpleNamespace(HTTPServer=_QuietServer)
-  port = _free_port()
+  port = conftest.free_port()
   server = server_module.create_server(
     "127.0.0.1", port, in_memory=True, default_bucket=DENIED
   )

@@ -1,6 +1,6 @@
 """Ready-made configs: the digits demo, Stable Diffusion and test teachers.
 
-Builders on top of `config_lib.base_config()`:
+Builders on top of `defaults.base_config()`:
 
 * `digits_unet`, `digits_teacher_config` and `TEACHER_RECIPES`: teacher
   training on scikit-learn's digits (configs/digits_teacher.py), and the
@@ -9,11 +9,11 @@ Builders on top of `config_lib.base_config()`:
   (configs/digits.py, configs/digits_cond.py).
 * `sd_boot_config`: BOOT on a Stable Diffusion teacher (configs/sd*.py).
 * `if_boot_config`: BOOT on DeepFloyd IF stage I (configs/if_i_*.py).
+* `gmm_config`, `gmm_teacher`: the analytic mixture (configs/gmm.py) and
+  its `teacher` section.
+* `unet_model`: our UNet's `model` section (the demo's sizes by default).
 * `random_unet_teacher`: a `teacher` section with random weights, for tests
   and benchmarks.
-
-`boot_jax.config_lib` re-exports every name here, so
-`recipes.digits_boot_config` and the like keep working.
 """
 
 from __future__ import annotations
@@ -24,26 +24,35 @@ from ml_collections.config_dict import placeholder
 from boot_jax.config import defaults
 
 
-def digits_unet() -> ml_collections.ConfigDict:
-  """The demo's UNet on 8x8 digits: attention only at 4x4.
+def unet_model(**fields) -> ml_collections.ConfigDict:
+  """A `model` section for our UNet: the demo's sizes, `fields` replaced.
 
-  16 base channels (256K parameters) is what fits the 10-minute CPU demo:
-  a forward pass costs about 0.38 ms per image on 2 cores.
+  The demo's UNet on 8x8 digits has 16 base channels, attention only at
+  4x4 (256K parameters): what fits the 10-minute CPU demo, a forward pass
+  costs about 0.38 ms per image on 2 cores. Tests and benchmarks change
+  the sizes they need.
   """
-  return ml_collections.ConfigDict(
-    dict(
-      name="unet",
-      channels=16,
-      channel_mult=(1, 2),
-      num_res_blocks=2,
-      attention_resolutions=(4,),
-      num_heads=2,
-      groups=8,
-      dropout=0.0,
-      time_scale=1.0,
-      remat=False,
-    )
+  section = dict(
+    name="unet",
+    channels=16,
+    channel_mult=(1, 2),
+    num_res_blocks=2,
+    attention_resolutions=(4,),
+    num_heads=2,
+    groups=8,
+    dropout=0.0,
+    time_scale=1.0,
+    remat=False,
   )
+  unknown = set(fields) - set(section)
+  if unknown:
+    raise ValueError(f"unknown unet model keys {sorted(unknown)}")
+  return ml_collections.ConfigDict(dict(section, **fields))
+
+
+def digits_unet() -> ml_collections.ConfigDict:
+  """The demo's UNet on 8x8 digits (`unet_model()` as it is)."""
+  return unet_model()
 
 
 def digits_teacher_config(conditional: bool = False):
@@ -147,11 +156,7 @@ def digits_boot_config(recipe: str = "digits") -> ml_collections.ConfigDict:
   c.train.ckpt_every = 500
   c.train.eval_every = 2000
   c.eval.num_samples = 2000
-  c.eval.batch_size = 500
-  c.eval.grid_size = 64
-  c.eval.ddim_steps = (1, 2, 4, 10, 25, 50)
-  c.eval.agreement_steps = (10, 25, 50)
-  c.eval.hybrid_steps = (2, 4)
+  c.eval.batch_size = 500  # grid size and DDIM step counts: the defaults
   return c
 
 
@@ -301,6 +306,30 @@ def random_unet_teacher(
   )
 
 
+def gmm_teacher(**fields) -> ml_collections.ConfigDict:
+  """The analytic mixture's `teacher` section: configs/gmm.py's circle (8
+  components of std 0.15 on a circle of radius 2), `fields` replaced."""
+  section = dict(
+    name="gmm",
+    dim=2,
+    num_components=8,
+    scale=2.0,
+    std=0.15,
+    seed=0,
+    layout="circle",
+    conditional=False,
+    schedule=defaults.discrete_schedule("linear"),
+    # Filled in by the teacher builder when left None.
+    means=None,
+    stds=None,
+    weights=None,
+  )
+  unknown = set(fields) - set(section)
+  if unknown:
+    raise ValueError(f"unknown gmm teacher keys {sorted(unknown)}")
+  return ml_collections.ConfigDict(dict(section, **fields))
+
+
 GMM_PRESETS = ("circle", "random16", "circle_cond", "circle_guided")
 
 
@@ -312,20 +341,11 @@ def gmm_config(arg: str = "circle") -> ml_collections.ConfigDict:
       f"unknown gmm preset {arg!r}; expected one of {GMM_PRESETS}"
     )
   c = defaults.base_config()
-  t = c.teacher = ml_collections.ConfigDict()
-  t.name = "gmm"
-  t.dim = 16 if arg == "random16" else 2
-  t.num_components = 8
-  t.scale = 2.0
-  t.std = 0.15
-  t.seed = 0
-  t.layout = "random" if arg == "random16" else "circle"
-  t.conditional = arg in ("circle_cond", "circle_guided")
-  t.schedule = defaults.discrete_schedule("linear")
-  # Filled in by the teacher builder when left None.
-  t.means = None
-  t.stds = None
-  t.weights = None
+  c.teacher = gmm_teacher(
+    dim=16 if arg == "random16" else 2,
+    layout="random" if arg == "random16" else "circle",
+    conditional=arg in ("circle_cond", "circle_guided"),
+  )
 
   c.student.init = "fresh"
   c.student.model = ml_collections.ConfigDict(

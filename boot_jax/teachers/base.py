@@ -244,6 +244,16 @@ DEFAULT_PROMPT_CACHE = os.path.join(
 )
 
 
+def module_apply(module):
+  """`apply(params, x_t, t, cond)` of a Flax network whose whole parameter
+  tree is the teacher's `params` (our UNets, SD's and IF's)."""
+
+  def apply(params, x_t, t, cond=None):
+    return module.apply({"params": params}, x_t, t, cond)
+
+  return apply
+
+
 def prompt_loader(config, encode, encoder_dir: str):
   """`() -> PromptSet` for a text teacher's config section, loaded on
   first call and kept (None without `config.prompts`).

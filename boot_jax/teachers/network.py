@@ -187,12 +187,9 @@ def build(
     except checkpoint.CheckpointError as e:
       raise TeacherError(f"teacher {config.path}: {e}") from None
 
-  def apply(params, x_t, t, cond=None):
-    return module.apply({"params": params}, x_t, t, cond)
-
   return NetworkTeacher(
     name=config.name,
-    apply=apply,
+    apply=base.module_apply(module),
     params=params,
     schedule=schedule,
     prediction=prediction,

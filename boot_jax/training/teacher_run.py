@@ -57,12 +57,9 @@ class TeacherRun:
     """The run's network as a Teacher (for sampling)."""
     module = self.module
 
-    def apply(p, x_t, t, cond=None):
-      return module.apply({"params": p}, x_t, t, cond)
-
     return base.Teacher(
       name="unet",
-      apply=apply,
+      apply=base.module_apply(module),
       params=params,
       schedule=self.schedule,
       prediction=self.prediction,

@@ -265,7 +265,9 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
       )
     # The prompts are part of what the run is: a work directory refuses
     # another prompt file's contents as it refuses another config.
-    config.teacher.prompts_sha256 = prompt_set.source_sha256
+    section = defaults.thaw(config.teacher)
+    section.prompts_sha256 = prompt_set.source_sha256
+    config = defaults.derive(config, teacher=section)
     if prompt_set.encoding == "online":
       # Each batch's token ids are encoded on the devices by the frozen
       # text encoder, placed like the teacher.

@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import run_export, run_module
+from conftest import run_export, run_sample
 
 import boot_jax
 
@@ -30,11 +30,8 @@ def test_sample_equals_the_sample_program(work, tmp_path):
   assert run.step == 4 and "BOOT" in repr(run)
   got = run.sample(16, seed=0)
   out = tmp_path / "s.npz"
-  code, _, err = run_module(
-    "boot_jax.sample",
-    "--workdir",
+  code, _, err = run_sample(
     work,
-    "--out",
     out,
     "--num",
     "16",

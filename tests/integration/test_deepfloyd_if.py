@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import error_lines, run_export, run_module
 
 from boot_jax import teachers
 from boot_jax.data import datasets
@@ -282,7 +283,6 @@ def test_train_resume_sample_export_end_to_end(folder, tmp_path, monkeypatch):
   image (every dataset loader raises), checkpoints, resumes from the
   command line, `sample --prompt` writes 64x64x3 images, and `export`'s
   artifact reproduces them (1e-5) from the same noise and T5 embeddings."""
-  from conftest import error_lines, run_export, run_module
 
   path = folder[0]
   prompts = tmp_path / "prompts.txt"

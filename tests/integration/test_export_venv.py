@@ -21,7 +21,7 @@ import jax
 import jaxlib
 import numpy as np
 import pytest
-from conftest import run_module, train_mixture
+from conftest import run_module, run_sample, train_mixture
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -93,11 +93,8 @@ def test_the_readme_runs_in_a_fresh_environment(exported, tmp_path):
   rng = np.random.default_rng(0)
   eps = rng.standard_normal((16, 2)).astype(np.float32)
   np.save(tmp_path / "eps.npy", eps)
-  code, _, err = run_module(
-    "boot_jax.sample",
-    "--workdir",
+  code, _, err = run_sample(
     work,
-    "--out",
     tmp_path / "s.npz",
     "--noise",
     tmp_path / "eps.npy",

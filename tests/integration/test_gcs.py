@@ -10,7 +10,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,12 +17,11 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import tb_tags
+from conftest import launch_local, saved_state, tb_tags, wait_for
 
 from boot_jax.data import prompts
 from boot_jax.runtime import checkpoint, lock, paths
 from boot_jax.runtime import workdir as workdir_lib
-from boot_jax.training import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 120
@@ -104,22 +102,6 @@ def _start(workdir, env):
   )
 
 
-def _wait_for(pred, proc, timeout=300):
-  t0 = time.time()
-  while not pred():
-    assert proc.poll() is None, proc.communicate()[1][-3000:]
-    assert time.time() - t0 < timeout, "timed out"
-    time.sleep(0.05)
-
-
-def _state(workdir):
-  config = workdir_lib.load_config(str(workdir))
-  setup = trainer.setup(config)
-  return checkpoint.read_item(
-    paths.join(str(workdir), "checkpoints"), "state", setup.abstract_state()
-  )
-
-
 def _logged_steps(workdir) -> list[int]:
   path = paths.join(workdir, "metrics.jsonl")
   if not paths.exists(path):
@@ -148,7 +130,7 @@ def bucket_run(gcs, local_run):
   # Killed once step 40's checkpoint is finished and step 80 was logged:
   # most often while step 80's checkpoint is being written.
   ckpts = paths.join(workdir, "checkpoints")
-  _wait_for(
+  wait_for(
     lambda: (
       max(_logged_steps(workdir), default=0) >= 80
       and 40 in checkpoint.finished_steps(ckpts)
@@ -175,9 +157,9 @@ def bucket_run(gcs, local_run):
 def test_kill_and_resume_on_the_bucket_equals_a_local_run(
   bucket_run, local_run
 ):
-  state = _state(bucket_run)
+  state = saved_state(bucket_run)
   assert int(state.step) == STEPS
-  ref = _state(local_run)
+  ref = saved_state(local_run)
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # Each logged step once, in order; the bucket's config.json as local.
@@ -197,14 +179,14 @@ def test_kill_and_resume_on_the_bucket_equals_a_local_run(
 def test_sigterm_saves_on_the_bucket(gcs):
   workdir = "gs://test/term"
   proc = _start(workdir, gcs)
-  _wait_for(lambda: max(_logged_steps(workdir), default=0) >= 20, proc)
+  wait_for(lambda: max(_logged_steps(workdir), default=0) >= 20, proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
   step = int(err.split("received SIGTERM at step ")[1].split(";")[0])
   ckpts = paths.join(workdir, "checkpoints")
   assert max(checkpoint.finished_steps(ckpts)) == step
-  assert int(_state(workdir).step) == step
+  assert int(saved_state(workdir).step) == step
 
 
 def test_sample_evaluate_export_read_and_write_the_bucket(
@@ -277,54 +259,18 @@ def test_sample_evaluate_export_read_and_write_the_bucket(
   )
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_on_the_bucket_equal_one(gcs, tmp_path):
   mesh = ["--config.mesh.data=2", "--config.mesh.fsdp=4"]
   short = ["--config.train.steps=20", "--config.train.ckpt_every=10"]
   workdir = "gs://test/mp"
-  env = dict(os.environ, PYTHON=sys.executable, **gcs)
-  env.pop("XLA_FLAGS", None)  # the processes choose their device counts
-  proc = subprocess.run(
-    [
-      "bash",
-      str(ROOT / "launch" / "local.sh"),
-      "--processes",
-      "2",
-      "--devices-per-process",
-      "4",
-      "--port",
-      str(_free_port()),
-      "--",
-      *ARGS,
-      *mesh,
-      *short,
-      "--workdir",
-      workdir,
-    ],
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-    env=env,
-    timeout=600,
-    check=False,
-  )
+  proc = launch_local(workdir, *ARGS, *mesh, *short, env=gcs)
   assert proc.returncode == 0, proc.stdout[-3000:]
   assert _logged_steps(workdir) == [10, 20]
   single = tmp_path / "sp"
   _train(str(single), {}, *mesh, *short)
 
   def params(w):
-    config = workdir_lib.load_config(str(w))
-    config.mesh.data, config.mesh.fsdp = 1, 1
-    s = trainer.setup(config)
-    state = checkpoint.read_item(
-      paths.join(str(w), "checkpoints"), "state", s.abstract_state()
-    )
+    state = saved_state(w, one_device=True)
     return jax.device_get(state.params), int(state.step)
 
   # Restored here onto one device: a topology-changing restore from the

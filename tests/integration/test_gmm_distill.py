@@ -13,6 +13,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from conftest import tb_tags
 
 from boot_jax.distill import conditions
 from boot_jax.evaluation import evaluator, mixture_eval
@@ -143,7 +144,6 @@ def test_train_cli_writes_workdir(tmp_path, capsys):
   assert saved["agreement"] == report["agreement"]
   assert "ETA" in capsys.readouterr().out
   # The final evaluation's numbers are in TensorBoard too.
-  from conftest import tb_tags
 
   tags = {}
   for events in (tmp_path / "tb").glob("events.out.tfevents*"):

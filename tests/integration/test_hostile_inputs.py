@@ -14,8 +14,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import error_lines, run_module, tree_hash
+from conftest import error_lines, run_module, run_sample, tree_hash
 
+from boot_jax import testing
 from boot_jax.data import datasets, prompts
 from boot_jax.sampling import inference
 from boot_jax.teachers.sd import loading, sd_teacher
@@ -217,13 +218,9 @@ def test_sample_refuses_bad_guidance_and_noise(finished, tmp_path):
     assert not out.exists()
   code, _, err = _sample(work, out, "--noise", tmp_path / "ok.npy")
   _one_line(code, err, "give --noise or --num, not both")
-  code, _, err = run_module(
-    "boot_jax.sample", "--workdir", work, "--out", tmp_path
-  )
+  code, _, err = run_sample(work, tmp_path)
   _one_line(code, err, "is a directory")
-  code, _, err = run_module(
-    "boot_jax.sample", "--workdir", work, "--out", tmp_path / "s.txt"
-  )
+  code, _, err = run_sample(work, tmp_path / "s.txt")
   _one_line(code, err, "must end in .npz")
   assert not (tmp_path / "s.txt").exists()
 
@@ -231,31 +228,14 @@ def test_sample_refuses_bad_guidance_and_noise(finished, tmp_path):
 def test_huge_sample_is_refused_up_front(finished, tmp_path):
   """4. What cannot fit on the disk is refused, with the size, at once."""
   work, _ = finished
-  code, _, err = run_module(
-    "boot_jax.sample",
-    "--workdir",
+  code, _, err = run_sample(
     work,
-    "--out",
     tmp_path / "s.npz",
     "--num",
     str(10**12),
   )
   _one_line(code, err, "GiB free")
   assert not list(tmp_path.iterdir())
-
-
-_RSS = """
-import atexit, runpy, sys
-# VmHWM, not ru_maxrss: the latter keeps the peak of the process that
-# forked this one across exec (a large parent reads as a large child).
-def peak():
-  for line in open("/proc/self/status"):
-    if line.startswith("VmHWM:"):
-      print("MAXRSS_KB", line.split()[1], file=sys.stderr)
-atexit.register(peak)
-sys.argv = ["sample"] + sys.argv[1:]
-runpy.run_module("boot_jax.sample", run_name="__main__")
-"""
 
 
 def test_ten_million_samples_stream(finished, tmp_path):
@@ -266,19 +246,11 @@ def test_ten_million_samples_stream(finished, tmp_path):
   work, _ = finished
   big = tmp_path / "big.npz"
   proc = subprocess.run(
-    [
-      sys.executable,
-      "-c",
-      _RSS,
-      "--workdir",
-      str(work),
-      "--out",
-      str(big),
-      "--num",
-      "10000000",
-      "--batch_size",
-      "8192",
-    ],
+    testing.peak_rss_argv(
+      "boot_jax.sample",
+      *("--workdir", work, "--out", big),
+      *("--num", 10000000, "--batch_size", 8192),
+    ),
     capture_output=True,
     text=True,
     env=dict(
@@ -290,14 +262,11 @@ def test_ten_million_samples_stream(finished, tmp_path):
     check=False,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  rss_kb = int(proc.stderr.split("MAXRSS_KB")[-1].split()[0])
-  print(f"sample --num 10000000: peak RSS {rss_kb / 2**20:.2f} GiB")
-  assert rss_kb < 2**20, rss_kb  # 1 GiB
-  code, _, err = run_module(
-    "boot_jax.sample",
-    "--workdir",
+  peak = testing.peak_rss_mib(proc.stderr)
+  print(f"sample --num 10000000: peak RSS {peak / 1024:.2f} GiB")
+  assert peak < 1024, peak  # 1 GiB
+  code, _, err = run_sample(
     work,
-    "--out",
     tmp_path / "small.npz",
     "--num",
     "256",

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import error_lines, run_export, run_module
+from conftest import error_lines, run_export, run_module, run_sample
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GMM = str(ROOT / "configs" / "gmm.py")
@@ -45,11 +45,8 @@ def fsdp_run(tmp_path_factory):
 
 
 def _sample(work, out, *extra, devices=8):
-  code, stdout, err = run_module(
-    "boot_jax.sample",
-    "--workdir",
+  code, stdout, err = run_sample(
     work,
-    "--out",
     out,
     "--num",
     "300",

@@ -198,21 +198,9 @@ def test_slurm_dry_run_quotes_values(tmp_path):
   proc = _run(
     LAUNCH / "slurm_gpu.sh",
     "--dry-run",
-    "--nodes",
-    "2",
-    "--gpus-per-node",
-    "8",
-    "--time",
-    "1-12:00:00",
-    "--partition",
-    value,
-    "--account",
-    value,
-    "--python",
-    value,
-    "--",
-    "--workdir",
-    value,
+    *("--nodes", "2", "--gpus-per-node", "8", "--time", "1-12:00:00"),
+    *("--partition", value, "--account", value, "--python", value),
+    *("--", "--workdir", value),
   )
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
@@ -247,19 +235,9 @@ def test_tpu_dry_run_quotes_values(tmp_path):
   proc = _run(
     LAUNCH / "tpu_pod.sh",
     "--dry-run",
-    "--name",
-    "boot-v4",
-    "--zone",
-    value,
-    "--accelerator",
-    value,
-    "--version",
-    value,
-    "--project",
-    value,
-    "--",
-    "--workdir",
-    value,
+    *("--name", "boot-v4", "--zone", value, "--accelerator", value),
+    *("--version", value, "--project", value),
+    *("--", "--workdir", value),
   )
   assert proc.returncode == 0, proc.stderr
   # Comments naming the work directory (quoted: one line) and the install,
@@ -521,83 +499,55 @@ def test_slurm_extras(tmp_path, train_args, extras, want):
   assert install[-2:] == ["-e", f"{REPO}[{want}]"]
 
 
+_SD, _GMM = ("--config", "configs/sd15.py"), ("--config", "configs/gmm.py")
+
+
+# (script, --extras or None, the train flags, the error's words)
 @pytest.mark.parametrize(
-  "script, args, message",
+  "script, extras, train, message",
   [
+    ("tpu_pod.sh", "tpu,gcs", _SD, "lacks sd"),
+    ("tpu_pod.sh", "gcs,sd", _SD, "lacks tpu"),
+    ("tpu_pod.sh", "tpu", (*_GMM, "--workdir", "gs://b/w"), "lacks gcs"),
+    ("tpu_pod.sh", "tpu,sd,bogus", _SD, "'bogus' is not an extra of boot_jax"),
+    ("tpu_pod.sh", "tpu,,sd", _SD, "'' is not an extra of boot_jax"),
+    ("tpu_pod.sh", "tpu" + INJECTED, _GMM, "is not an extra of boot_jax"),
     (
       "tpu_pod.sh",
-      (*TPU, "--extras", "tpu,gcs", "--", "--config", "configs/sd15.py"),
-      "lacks sd",
-    ),
-    (
-      "tpu_pod.sh",
-      (*TPU, "--extras", "gcs,sd", "--", "--config", "configs/sd15.py"),
-      "lacks tpu",
-    ),
-    (
-      "tpu_pod.sh",
-      (*TPU, "--extras", "tpu", "--", "--config", "configs/gmm.py")
-      + ("--workdir", "gs://b/w"),
-      "lacks gcs",
-    ),
-    (
-      "tpu_pod.sh",
-      (*TPU, "--extras", "tpu,sd,bogus", "--", "--config", "configs/sd15.py"),
-      "'bogus' is not an extra of boot_jax",
-    ),
-    (
-      "tpu_pod.sh",
-      (*TPU, "--extras", "tpu,,sd", "--", "--config", "configs/sd15.py"),
-      "'' is not an extra of boot_jax",
-    ),
-    (
-      "tpu_pod.sh",
-      (*TPU, "--extras", "tpu" + INJECTED, "--", "--config", "configs/gmm.py"),
-      "is not an extra of boot_jax",
-    ),
-    (
-      "tpu_pod.sh",
-      (*TPU, "--", "--config", "configs/sd15.py:x", "--workdir", "gs://b/w")
+      None,
+      ("--config", "configs/sd15.py:x", "--workdir", "gs://b/w")
       + ("--config.teacher.name=nope",),
       "unknown teacher 'nope'",
     ),
-    ("tpu_pod.sh", (*TPU, "--", "--config", "configs/nope.py"), "cannot load"),
+    ("tpu_pod.sh", None, ("--config", "configs/nope.py"), "cannot load"),
     (
       "tpu_pod.sh",
-      (*TPU, "--", "--config", "configs/digits_teacher.py"),
+      None,
+      ("--config", "configs/digits_teacher.py"),
       "has no teacher section",
     ),
     (
       "tpu_pod.sh",
-      (*TPU, "--", "--config", "configs/gmm.py", "--config.bogus.key=1"),
+      None,
+      (*_GMM, "--config.bogus.key=1"),
       "unknown config key 'bogus'",
     ),
-    (
-      "slurm_gpu.sh",
-      (*SLURM, "--extras", "cuda", "--", "--config", "configs/sd15.py"),
-      "lacks sd",
-    ),
-    (
-      "slurm_gpu.sh",
-      (*SLURM, "--extras", "tpu,if", "--", "--config", "configs/if_i_m.py"),
-      "lacks cuda",
-    ),
-    (
-      "slurm_gpu.sh",
-      (*SLURM, "--extras", "cuda,sd,nope", "--", "--config", "configs/sd15.py"),
-      "'nope' is not an extra of boot_jax",
-    ),
+    ("slurm_gpu.sh", "cuda", _SD, "lacks sd"),
+    ("slurm_gpu.sh", "tpu,if", ("--config", "configs/if_i_m.py"), "lacks cuda"),
+    ("slurm_gpu.sh", "cuda,sd,nope", _SD, "'nope' is not an extra of boot_jax"),
   ],
 )
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_refuses_extras_before_anything_runs(
-  tmp_path, script, args, message, dry_run
+  tmp_path, script, extras, train, message, dry_run
 ):
   env, calls, tmp = _stub_env(tmp_path)
   work = tmp_path / "cwd"
   work.mkdir()
   flags = ("--dry-run",) if dry_run else ()
-  proc = _run(LAUNCH / script, *flags, *args, env=env, cwd=work)
+  flags += TPU if script == "tpu_pod.sh" else SLURM
+  flags += ("--extras", extras) if extras is not None else ()
+  proc = _run(LAUNCH / script, *flags, "--", *train, env=env, cwd=work)
   assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr

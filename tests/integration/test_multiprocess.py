@@ -9,7 +9,6 @@ sum in another order than the in-process ones, a few ulp per value.
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,13 +16,11 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import launch_local, run_module, run_sample, saved_state
 
 from boot_jax.runtime import checkpoint
-from boot_jax.runtime import workdir as workdir_lib
-from boot_jax.training import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-LAUNCH = ROOT / "launch" / "local.sh"
 ARGS = [
   "--config",
   str(ROOT / "configs" / "gmm.py"),
@@ -39,53 +36,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
-def _env():
-  env = dict(os.environ, PYTHON=sys.executable)
-  # The processes choose their own device counts.
-  env.pop("XLA_FLAGS", None)
-  return env
-
-
-def _launch(workdir, *extra, popen=False):
-  cmd = [
-    "bash",
-    str(LAUNCH),
-    "--processes",
-    "2",
-    "--devices-per-process",
-    "4",
-    "--port",
-    str(_free_port()),
-    "--",
-    *ARGS,
-    *extra,
-    "--workdir",
-    str(workdir),
-  ]
-  kw = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  if popen:
-    return subprocess.Popen(cmd, env=_env(), **kw)
-  return subprocess.run(cmd, env=_env(), timeout=600, check=False, **kw)
-
-
 def _final_params(workdir):
-  config = workdir_lib.load_config(str(workdir))
-  config.mesh.data, config.mesh.fsdp = 1, 1
-  s = trainer.setup(config)
-  state = checkpoint.read_item(
-    str(workdir / "checkpoints"), "state", s.abstract_state()
-  )
+  state = saved_state(workdir, one_device=True)
   return jax.device_get(state.params), int(state.step)
 
 
 def test_two_processes_equal_one(tmp_path):
-  proc = _launch(tmp_path / "mp", "--config.train.steps=20")
+  proc = launch_local(tmp_path / "mp", *ARGS, "--config.train.steps=20")
   assert proc.returncode == 0, proc.stdout[-3000:]
   # Only process 0 printed progress and wrote metrics.
   assert "[process 0] step 20/20" in proc.stdout
@@ -121,14 +78,10 @@ def test_two_processes_equal_one(tmp_path):
 
   # The 2-process run samples on 1 and 2 devices as on the 8-device mesh
   # it was trained on (relative 1e-5: partitioned reductions, a few ulp).
-  from conftest import run_module
 
   def sample(out, devices, *extra):
-    code, _, err = run_module(
-      "boot_jax.sample",
-      "--workdir",
+    code, _, err = run_sample(
       tmp_path / "mp",
-      "--out",
       tmp_path / out,
       "--num",
       "96",
@@ -164,8 +117,9 @@ def _pid_of(process_id: int) -> int | None:
 
 def test_killed_process_stops_the_other_then_resume(tmp_path):
   workdir = tmp_path / "w"
-  launcher = _launch(
+  launcher = launch_local(
     workdir,
+    *ARGS,
     "--config.train.steps=100000",
     "--config.train.ckpt_every=20",
     popen=True,
@@ -201,7 +155,7 @@ def test_killed_process_stops_the_other_then_resume(tmp_path):
     str(workdir / "checkpoints"), read_only=True
   ).latest_step()
   assert last is not None and last >= 20
-  proc = _launch(workdir, f"--config.train.steps={last + 20}")
+  proc = launch_local(workdir, *ARGS, f"--config.train.steps={last + 20}")
   assert proc.returncode == 0, proc.stdout[-3000:]
   assert f"resuming from the checkpoint of step {last}" in proc.stdout
   _, step = _final_params(workdir)

@@ -13,7 +13,15 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import error_lines, run_module, tree_hash
+from conftest import (
+  error_lines,
+  random_weights_file,
+  run_export,
+  run_module,
+  run_sample,
+  tb_tags,
+  tree_hash,
+)
 
 from boot_jax import fid_stats as fid_stats_program
 from boot_jax.config import recipes
@@ -79,7 +87,6 @@ def student_dir(tmp_path_factory, teacher_dir):
   """The digits run most tests read. Its evaluation also measures
   Inception FID/KID/precision/recall on 16 samples (random Inception
   weights; a reference of 40 digits) and draws the teacher's grid once."""
-  from conftest import random_weights_file
 
   path = tmp_path_factory.mktemp("student")
   extra = tmp_path_factory.mktemp("inception")
@@ -115,7 +122,6 @@ def student_dir(tmp_path_factory, teacher_dir):
 
 
 def _tb_images(workdir):
-  from conftest import tb_tags
 
   out = set()
   for events in (workdir / "tb").glob("events.out.tfevents*"):
@@ -181,11 +187,8 @@ def test_sample_cli_same_eps_for_every_sampler(student_dir, tmp_path):
   outs = {}
   for sampler, steps in (("student", 1), ("teacher", 4), ("hybrid", 2)):
     out = tmp_path / f"{sampler}.npz"
-    code, stdout, err = run_module(
-      "boot_jax.sample",
-      "--workdir",
+    code, stdout, err = run_sample(
       student_dir,
-      "--out",
       out,
       "--num",
       12,
@@ -211,11 +214,8 @@ def test_sample_cli_same_eps_for_every_sampler(student_dir, tmp_path):
   # --noise replays a given eps: the same images as that seed's.
   noise_file = tmp_path / "eps.npy"
   np.save(noise_file, outs["student"][1])
-  code, _, err = run_module(
-    "boot_jax.sample",
-    "--workdir",
+  code, _, err = run_sample(
     student_dir,
-    "--out",
     tmp_path / "replay.npz",
     "--noise",
     noise_file,
@@ -496,11 +496,8 @@ def test_train_trains_the_missing_teacher_first(tmp_path, monkeypatch):
 def test_teacher_workdir_samples_and_evaluates(teacher_dir, tmp_path):
   """A teacher work directory samples with its DDIM; student samplers are
   refused in one line."""
-  code, out, err = run_module(
-    "boot_jax.sample",
-    "--workdir",
+  code, out, err = run_sample(
     teacher_dir,
-    "--out",
     tmp_path / "t.npz",
     "--num",
     "16",
@@ -511,11 +508,8 @@ def test_teacher_workdir_samples_and_evaluates(teacher_dir, tmp_path):
   images = np.load(tmp_path / "t.npz")["images"]
   assert images.shape[0] == 16 and images.ndim == 4
   assert -1.0 <= images.min() and images.max() <= 1.0
-  code, _, err = run_module(
-    "boot_jax.sample",
-    "--workdir",
+  code, _, err = run_sample(
     teacher_dir,
-    "--out",
     tmp_path / "s.npz",
     "--sampler",
     "student",
@@ -535,18 +529,14 @@ def test_teacher_workdir_samples_and_evaluates(teacher_dir, tmp_path):
 
 def test_export_digits_student(student_dir, tmp_path):
   """The exported artifact equals `sample` on the same eps (<= 1e-6)."""
-  from conftest import run_export
 
   out = tmp_path / "export"
   code, _, err = run_module(
     "boot_jax.export", "--workdir", student_dir, "--out", out
   )
   assert code == 0, err[-3000:]
-  code, _, err = run_module(
-    "boot_jax.sample",
-    "--workdir",
+  code, _, err = run_sample(
     student_dir,
-    "--out",
     tmp_path / "s.npz",
     "--num",
     "24",
@@ -567,7 +557,6 @@ def test_fid_stats_then_evaluate_pixel_protocol(student_dir, tmp_path, capsys):
   of what `sample` writes for the same seed (1e-6 relative); a reference
   made with other preprocessing, an empty folder and a .pth are refused
   in one line."""
-  from conftest import random_weights_file
   from PIL import Image
 
   weights = tmp_path / "inception.safetensors"
@@ -597,8 +586,8 @@ def test_fid_stats_then_evaluate_pixel_protocol(student_dir, tmp_path, capsys):
   assert report["num_samples"] == 24 and report["reference_count"] == 40
   assert 0 <= report["precision"] <= 1 and 0 <= report["recall"] <= 1
   assert np.isfinite(report["kid"])
-  code, _, err = run_module(
-    "boot_jax.sample", "--workdir", student_dir, "--out", tmp_path / "s.npz",
+  code, _, err = run_sample(
+    student_dir, tmp_path / "s.npz",
     "--num", 24, "--seed", 0,
   )  # fmt: skip
   assert code == 0, err[-3000:]

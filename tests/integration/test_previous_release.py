@@ -15,7 +15,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import run_export, run_module
+from conftest import run_export, run_module, run_sample
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "previous_release"
@@ -42,11 +42,8 @@ def old_run(tmp_path):
 )
 def test_samples_bit_for_bit(old_run, tmp_path, sampler, extra):
   out = tmp_path / "s.npz"
-  code, _, err = run_module(
-    "boot_jax.sample",
-    "--workdir",
+  code, _, err = run_sample(
     old_run,
-    "--out",
     out,
     "--num",
     "16",

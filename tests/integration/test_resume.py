@@ -13,15 +13,13 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
+from conftest import saved_state, wait_for
 
 from boot_jax.runtime import checkpoint
-from boot_jax.runtime import workdir as workdir_lib
-from boot_jax.training import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 300  # BOOT_STEPS, then the refinement's
@@ -72,22 +70,6 @@ def _logged_step(workdir) -> int:
   return max(steps, default=0)
 
 
-def _wait_for(pred, proc, timeout=300):
-  t0 = time.time()
-  while not pred():
-    assert proc.poll() is None, proc.communicate()[1][-2000:]
-    assert time.time() - t0 < timeout, "timed out"
-    time.sleep(0.02)
-
-
-def _final_state(workdir):
-  config = workdir_lib.load_config(str(workdir))
-  setup = trainer.setup(config)
-  return checkpoint.read_item(
-    str(workdir / "checkpoints"), "state", setup.abstract_state()
-  )
-
-
 def _assert_same(a, b):
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(leaves_a) == len(leaves_b)
@@ -99,7 +81,7 @@ def _assert_same(a, b):
 def reference(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("uninterrupted")
   _finish(workdir)
-  return _final_state(workdir)
+  return saved_state(workdir)
 
 
 @pytest.mark.parametrize("kill_after_step", [0, 120, 270])
@@ -109,15 +91,15 @@ def test_sigkill_then_resume_is_bitwise_identical(
   workdir = tmp_path / "w"
   proc = _start(workdir)
   if kill_after_step:
-    _wait_for(lambda: _logged_step(workdir) >= kill_after_step, proc)
+    wait_for(lambda: _logged_step(workdir) >= kill_after_step, proc)
   else:
-    _wait_for(lambda: (workdir / "config.json").exists(), proc)
+    wait_for(lambda: (workdir / "config.json").exists(), proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   out = _finish(workdir)
   if kill_after_step:
     assert "resuming from the checkpoint of step" in out
-  state = _final_state(workdir)
+  state = saved_state(workdir)
   assert int(state.step) == STEPS
   _assert_same(state, reference)
   # metrics.jsonl holds each logged step once, in order.
@@ -131,7 +113,7 @@ def test_sigkill_then_resume_is_bitwise_identical(
 def test_sigterm_saves_a_restorable_checkpoint(tmp_path, reference):
   workdir = tmp_path / "w"
   proc = _start(workdir)
-  _wait_for(lambda: _logged_step(workdir) >= 70, proc)
+  wait_for(lambda: _logged_step(workdir) >= 70, proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 128 + signal.SIGTERM
@@ -141,7 +123,7 @@ def test_sigterm_saves_a_restorable_checkpoint(tmp_path, reference):
   assert ckpt.latest_step() == step
   ckpt.close()
   # Restorable, and the run continues to the same final parameters.
-  state = _final_state(workdir)
+  state = saved_state(workdir)
   assert int(state.step) == step
   _finish(workdir)
-  _assert_same(_final_state(workdir), reference)
+  _assert_same(saved_state(workdir), reference)

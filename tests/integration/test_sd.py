@@ -18,6 +18,15 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from conftest import (
+  error_lines,
+  random_weights_file,
+  run_export,
+  run_module,
+  run_module_measured,
+  run_sample,
+  tree_hash,
+)
 
 from boot_jax import teachers, testing
 from boot_jax.config import defaults, recipes
@@ -168,8 +177,6 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
   (the time is printed, not asserted: timings belong to benchmarks)."""
   import json
 
-  from conftest import error_lines, run_module, run_module_measured
-
   from boot_jax.data import prompts as prompts_lib
 
   path, _, prediction = folder
@@ -230,11 +237,8 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
     pos = prompts_lib.prompt_indices(0, step * 2 + np.arange(2), len(index))
     assert index.texts(pos) == [distinct[i] for i in pos]
 
-  code, out, err = run_module(
-    "boot_jax.sample",
-    "--workdir",
+  code, out, err = run_sample(
     work,
-    "--out",
     tmp_path / "s.npz",
     "--num",
     "2",
@@ -255,7 +259,6 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
   # reference, the FID of the same images (random Inception weights, a
   # reference of 6 random images) equals the Frechet distance of their
   # features (1e-6 relative).
-  from conftest import random_weights_file
 
   clip_dir = tmp_path / "clip"
   testing.clip_folder(clip_dir)
@@ -286,11 +289,8 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
   assert code == 0, err[-3000:]
   report = json.loads((work / "eval_text.json").read_text())
   assert report["num_captions"] == 3  # distinct captions, in file order
-  code, _, err = run_module(
-    "boot_jax.sample",
-    "--workdir",
+  code, _, err = run_sample(
     work,
-    "--out",
     tmp_path / "c.npz",
     "--num",
     "3",
@@ -335,7 +335,6 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
   # Export: the jax artifact gives the sampled images from the same latents
   # and text embeddings; the diffusers folder is checked in
   # test_sd_export.py (library level).
-  from conftest import run_export
 
   code, out, err = run_module(
     "boot_jax.export", "--workdir", work, "--out", tmp_path / "e", cwd=root
@@ -377,7 +376,6 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
 
   # Other prompts in the same file: the work directory refuses them as it
   # refuses another config, and is left as it was.
-  from conftest import tree_hash
 
   before = tree_hash(work)
   testing.prompt_parquet(prompts, 1000, seed=1)
@@ -400,7 +398,6 @@ def test_teacher_ddim_matches_stable_diffusion_pipeline(folder, tmp_path):
   6.9e-6 (epsilon) and 8.6e-6 (v). The same run sampled with `--dtype
   bfloat16` is off by 0.073 and 0.090 (checked to be > 10x the float32
   gap, so the float32 default is what makes the teacher a reference)."""
-  from conftest import run_module
 
   path, pipe, _ = folder
   rng = np.random.default_rng(3)
@@ -441,11 +438,8 @@ def test_teacher_ddim_matches_stable_diffusion_pipeline(folder, tmp_path):
   ref = ref * 2.0 - 1.0  # [0, 1] -> [-1, 1]
   errors = {}
   for dtype in ("float32", "bfloat16"):
-    code, _, err = run_module(
-      "boot_jax.sample",
-      "--workdir",
+    code, _, err = run_sample(
       work,
-      "--out",
       tmp_path / f"t_{dtype}.npz",
       "--sampler",
       "teacher",
@@ -648,7 +642,6 @@ def test_sd15_as_shipped_at_512_px(tmp_path):
   grid, then `sample --num 16`; each command's peak resident memory is
   measured (<= 4 GiB; it was killed at 24 GiB before the grid was drawn in
   batches and attention held one block of scores at a time)."""
-  from conftest import run_module_measured
 
   testing.make_folder(tmp_path, vae_levels=4, heads=1)
   src = tmp_path / "p.txt"

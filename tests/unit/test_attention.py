@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from boot_jax import models, testing
+from boot_jax.config import recipes
 from boot_jax.models import attention
 from boot_jax.teachers.sd import sd_teacher
 
@@ -101,19 +102,10 @@ def small_blocks(monkeypatch):
   monkeypatch.setattr(attention, "CHUNK_SCORES", 64)
 
 
+@pytest.mark.slow  # a UNet or multi-mesh compile: tens of seconds
 def test_our_unet_chunked_matches_plain(small_blocks):
   del small_blocks
-  cfg = ml_collections.ConfigDict(
-    dict(
-      name="unet",
-      channels=16,
-      channel_mult=(1, 2),
-      num_res_blocks=1,
-      attention_resolutions=(16, 8),
-      num_heads=2,
-      groups=8,
-    )
-  )
+  cfg = recipes.unet_model(num_res_blocks=1, attention_resolutions=(16, 8))
   outs = {}
   params = None
   rng = np.random.default_rng(0)
@@ -134,6 +126,7 @@ def test_our_unet_chunked_matches_plain(small_blocks):
   assert np.abs(outs["auto"] - outs["plain"]).max() <= TOL
 
 
+@pytest.mark.slow  # a UNet or multi-mesh compile: tens of seconds
 def test_sd_unet_and_vae_chunked_match_plain(small_blocks, tmp_path):
   del small_blocks
   pytest.importorskip("torch")

@@ -21,24 +21,16 @@ except ImportError:  # pragma: no cover
 
 
 def _gmm_teacher(schedule_cfg, conditional=False):
-  return teachers.build_teacher(
-    ml_collections.ConfigDict(
-      dict(
-        name="gmm",
-        dim=3,
-        num_components=5,
-        scale=2.0,
-        std=0.3,
-        seed=4,
-        layout="random",
-        conditional=conditional,
-        schedule=schedule_cfg,
-        means=None,
-        stds=None,
-        weights=None,
-      )
-    )
+  section = recipes.gmm_teacher(
+    dim=3,
+    num_components=5,
+    std=0.3,
+    seed=4,
+    layout="random",
+    conditional=conditional,
+    schedule=schedule_cfg,
   )
+  return teachers.build_teacher(section)
 
 
 _SCHEDULES = {
@@ -280,6 +272,7 @@ def _unet_teacher(num_classes=3):
   )
 
 
+@pytest.mark.slow  # a UNet or multi-mesh compile: tens of seconds
 def test_guided_student_starts_as_the_teacher():
   teacher = _unet_teacher()
   # Random init zeroes every output layer; perturb so outputs depend on

@@ -166,3 +166,16 @@ def test_building_settings_leaves_the_callers_config_unchanged():
   assert config.to_dict() == before
   assert isinstance(settings, defaults.Settings)
   assert len(settings.teacher.means) == config.teacher.num_components
+
+
+def test_section_builders_replace_only_known_fields():
+  """`unet_model` and `gmm_teacher` start from the shipped sections."""
+  assert recipes.unet_model() == recipes.digits_unet()
+  assert recipes.unet_model(channels=8).channels == 8
+  assert recipes.gmm_config("circle").teacher == recipes.gmm_teacher()
+  random16 = recipes.gmm_config("random16").teacher
+  assert (random16.dim, random16.layout) == (16, "random")
+  with pytest.raises(ValueError, match="unknown unet model keys"):
+    recipes.unet_model(chanels=8)
+  with pytest.raises(ValueError, match="unknown gmm teacher keys"):
+    recipes.gmm_teacher(components=3)

@@ -117,6 +117,7 @@ def _circle_cond():
   return config, teacher
 
 
+@pytest.mark.slow  # a UNet or multi-mesh compile: tens of seconds
 def test_fake_starts_as_the_guided_teacher():
   """The mixture's fake network starts at the teacher, guided or not (up
   to its copies' jitter), so the first generator gradient (before the
@@ -181,6 +182,7 @@ def test_refine_guidance_setting():
       refine.guidance(config)
 
 
+@pytest.mark.slow  # a UNet or multi-mesh compile: tens of seconds
 def test_boot_weight_adds_boots_loss():
   """refine.boot_weight: the student's loss in the phase is SiD's plus the
   weight times BOOT's own loss on the same batch (the one BOOT's step

@@ -43,17 +43,10 @@ def _gmm_config(mesh, steps=20):
 def _unet_config(mesh, teacher_placement="auto"):
   """A random-weight UNet teacher and its student (sizes, not quality)."""
   c = defaults.base_config()
-  c.teacher = recipes.random_unet_teacher(
-    dict(
-      name="unet",
-      channels=32,
-      channel_mult=(1, 2),
-      num_res_blocks=1,
-      attention_resolutions=(8,),
-      num_heads=2,
-    ),
-    (16, 16, 1),
+  model = recipes.unet_model(
+    channels=32, num_res_blocks=1, attention_resolutions=(8,)
   )
+  c.teacher = recipes.random_unet_teacher(model, (16, 16, 1))
   c.student.init = "teacher"
   c.boot.num_steps = 8
   c.train.steps = 4
@@ -89,7 +82,14 @@ def reference():
 # (2, 2, 2): every axis > 1, the mesh where XLA's partitioner bug showed
 # (sharding.BATCH_AXES explains the batch order that avoids it).
 @pytest.mark.parametrize(
-  "mesh", [(2, 4, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)]
+  "mesh",
+  [
+    (2, 4, 1),
+    pytest.param((8, 1, 1), marks=pytest.mark.slow),
+    (1, 8, 1),
+    (2, 2, 2),
+    pytest.param((1, 4, 2), marks=pytest.mark.slow),
+  ],
 )
 def test_meshes_agree_and_trace_once(reference, mesh):
   s, state = _run(_gmm_config(mesh))
@@ -112,6 +112,7 @@ def test_retrace_is_detected():
   assert len(s.traces) == 2
 
 
+@pytest.mark.slow  # a UNet or multi-mesh compile: tens of seconds
 def test_fsdp_state_bytes_per_device():
   s = trainer.setup(_unet_config((1, 8, 1), teacher_placement="fsdp"))
   state = s.init_state()
@@ -131,6 +132,7 @@ def test_fsdp_state_bytes_per_device():
   assert min(counts) == sharding.tree_bytes(r.teacher.params)
 
 
+@pytest.mark.slow  # a UNet or multi-mesh compile: tens of seconds
 def test_unet_meshes_agree():
   """The FSDP-sharded UNet student trains like the one-device one."""
   _, ref = _run(_unet_config((1, 1, 1)))
@@ -147,6 +149,7 @@ def _flat(tree):
   )
 
 
+@pytest.mark.slow  # a UNet or multi-mesh compile: tens of seconds
 def test_refine_meshes_agree():
   """The refinement phase (boot.refine) on a sharded mesh: 2 BOOT then 2
   refinement steps give the one-device run's student and fake network, and
@@ -253,6 +256,7 @@ def test_bad_sharding_config():
     trainer.setup(c)
 
 
+@pytest.mark.slow  # a UNet or multi-mesh compile: tens of seconds
 def test_bf16_and_remat_switches():
   """bf16 compute keeps float32 state; remat leaves the math unchanged."""
   base = _unet_config((1, 1, 1))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from boot_jax import models, teachers
-from boot_jax.config import defaults
+from boot_jax.config import defaults, recipes
 from boot_jax.diffusion import predictions
 from boot_jax.teachers import gmm
 
@@ -73,22 +73,7 @@ def test_gmm_posterior_mean_matches_importance_sampling(dim, layout):
 
 def test_gmm_conditional_and_guided_forms():
   means, stds, weights = gmm.mixture_arrays(2, 4, 2.0, 0.3, 0, "circle")
-  config = ml_collections.ConfigDict(
-    dict(
-      name="gmm",
-      dim=2,
-      num_components=4,
-      scale=2.0,
-      std=0.3,
-      seed=0,
-      layout="circle",
-      conditional=True,
-      schedule=defaults.discrete_schedule("linear"),
-      means=None,
-      stds=None,
-      weights=None,
-    )
-  )
+  config = recipes.gmm_teacher(num_components=4, std=0.3, conditional=True)
   teacher = teachers.build_teacher(config)
   assert config.means is None  # the given section is never changed
   np.testing.assert_allclose(teachers.resolved(config).means, means)
@@ -176,17 +161,7 @@ def _net_teacher_config(name, model, sample_shape, prediction, classes=0):
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 def test_unet_teacher_interface(prediction):
-  model = ml_collections.ConfigDict(
-    dict(
-      name="unet",
-      channels=16,
-      channel_mult=(1, 2),
-      num_res_blocks=1,
-      attention_resolutions=(4,),
-      num_heads=2,
-      groups=4,
-    )
-  )
+  model = recipes.unet_model(num_res_blocks=1, groups=4)
   config = _net_teacher_config("unet", model, (8, 8, 1), prediction, 10)
   teacher = teachers.build_teacher(config)
   pred = predictions.canonical_prediction(prediction)
@@ -225,19 +200,15 @@ def test_unet_teacher_interface(prediction):
 
 def test_unet_attention_only_where_named():
   def count_attention(resolutions):
-    module = models.make_model(
-      ml_collections.ConfigDict(
-        dict(
-          name="unet",
-          channels=8,
-          channel_mult=(1, 2, 2),
-          num_res_blocks=1,
-          attention_resolutions=resolutions,
-          groups=4,
-        )
-      ),
-      (16, 16, 3),
+    model = recipes.unet_model(
+      channels=8,
+      channel_mult=(1, 2, 2),
+      num_res_blocks=1,
+      attention_resolutions=resolutions,
+      num_heads=1,
+      groups=4,
     )
+    module = models.make_model(model, (16, 16, 3))
     variables = jax.eval_shape(
       module.init,
       jax.random.key(0),

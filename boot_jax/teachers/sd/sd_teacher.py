@@ -281,12 +281,9 @@ def build(
     config, encode, os.path.join(path, "text_encoder")
   )
 
-  def apply(params, x_t, t, cond=None):
-    return module.apply({"params": params}, x_t, t, cond)
-
   return SDTeacher(
     name=config.name,
-    apply=apply,
+    apply=base.module_apply(module),
     params=params,
     schedule=predictions.make_schedule(ml_collections.ConfigDict(table)),
     prediction=prediction,
