@@ -1,4 +1,5 @@
-"""The demo: BOOT on a UNet teacher trained on scikit-learn's 8x8 digits.
+"""The demo: BOOT, then the refinement phase, on a UNet teacher trained on
+scikit-learn's 8x8 digits.
 
     python -m boot_jax.train --config configs/digits.py \\
       --workdir /tmp/boot_digits
@@ -13,13 +14,15 @@ classifier's feature space, and images/s.
 
 Use an existing teacher:  --config.teacher.path=/path/to/teacher_workdir
 
-`configs/digits.py:refine` adds 600 steps of the refinement phase after
-BOOT (boot.refine; docs/method.md), about a minute more on 2 CPU cores.
+Variants (the part after ':'):
+  (none), refine  4000 BOOT steps, then 600 steps of the refinement phase
+                  (boot.refine; docs/method.md): the demo.
+  boot            BOOT alone (the demo before the refinement existed).
 """
 
 from boot_jax.config import recipes
 
-ARGS = ("", "refine")
+ARGS = ("", "refine", "boot")
 REFINE_STEPS = 600
 
 
@@ -27,7 +30,7 @@ def get_config(arg: str = ""):
   if arg not in ARGS:
     raise ValueError(f"unknown digits variant {arg!r}; expected {ARGS}")
   c = recipes.digits_boot_config("digits")
-  if arg == "refine":
+  if arg != "boot":
     c.boot.refine = True
     c.refine.steps = REFINE_STEPS
   return c

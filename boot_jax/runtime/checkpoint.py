@@ -298,37 +298,71 @@ def read_params(directory: str, target, step: int | None = None):
   step, from the item `state`, onto `target` (ShapeDtypeStructs with
   shardings: any mesh); the optimizer state is never read.
 
+  A running training may remove the checkpoint being read (it keeps only
+  the latest few): the latest one is then read instead (a few times at
+  most); a `step` asked for that is removed is one error line saying so.
+
   Returns:
     `(params, step)`.
   """
+  for attempt in range(_ROTATION_RETRIES + 1):
+    try:
+      return _read_params(directory, target, step)
+    except CheckpointError as e:
+      chosen = getattr(e, "step", None)
+      if chosen is None or paths.exists(paths.join(directory, str(chosen))):
+        raise  # not a checkpoint that retention removed
+      if step is not None or attempt == _ROTATION_RETRIES:
+        raise CheckpointError(
+          f"checkpoint {chosen} in {directory} was removed while it was "
+          "read (a running training keeps only its latest checkpoints)"
+        ) from None
+  raise AssertionError("unreachable")
+
+
+# How often `read_params` moves on to a newer checkpoint when the one it
+# reads is removed under it (each removal means a newer save finished).
+_ROTATION_RETRIES = 3
+
+
+def _read_params(directory: str, target, step: int | None):
   ckpt = Checkpointer(directory, read_only=True)
   try:
     step = ckpt.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {ckpt.directory}")
     item_dir = paths.join(ckpt.directory, str(step), "state")
-    saved = _saved_tree(item_dir)
-    if not hasattr(saved, "get") or saved.get("params") is None:
-      raise CheckpointError(
-        f"{item_dir} has unreadable metadata or is not a train state (a "
-        "corrupt checkpoint, or one of an older layout)"
-      )
-    has_ema = saved.get("ema_params") is not None
-    name = "ema_params" if has_ema else "params"
-    check_fits(item_dir, target, key=name)
-    item = {
-      name: abstract_like(target),
-      "step": jax.ShapeDtypeStruct((), jax.numpy.int32),
-    }
-    args = ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(
-        item=item,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-        partial_restore=True,
-      )
-    )
-    manager = ckpt._manager  # noqa: SLF001
-    restored = _restore(manager, step, args, paths.dirname(item_dir))["state"]
-    return restored[name], int(restored["step"])
+    try:
+      return _read_state_params(ckpt, item_dir, target, step)
+    except CheckpointError as e:
+      e.step = step  # read_params checks whether retention removed it
+      raise
   finally:
     ckpt.close()
+
+
+def _read_state_params(ckpt, item_dir: str, target, step: int):
+  """`read_params` of one step, from an open read-only Checkpointer."""
+  saved = _saved_tree(item_dir)
+  if not hasattr(saved, "get") or saved.get("params") is None:
+    raise CheckpointError(
+      f"{item_dir} has unreadable metadata or is not a train state (a "
+      "corrupt checkpoint, or one of an older layout)"
+    )
+  has_ema = saved.get("ema_params") is not None
+  name = "ema_params" if has_ema else "params"
+  check_fits(item_dir, target, key=name)
+  item = {
+    name: abstract_like(target),
+    "step": jax.ShapeDtypeStruct((), jax.numpy.int32),
+  }
+  args = ocp.args.Composite(
+    state=ocp.args.PyTreeRestore(
+      item=item,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=True,
+    )
+  )
+  manager = ckpt._manager  # noqa: SLF001
+  restored = _restore(manager, step, args, paths.dirname(item_dir))["state"]
+  return restored[name], int(restored["step"])

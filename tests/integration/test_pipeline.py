@@ -50,7 +50,7 @@ TINY_TEACHER = [
 def _boot_args(teacher_dir, steps=10):
   return [
     "--config",
-    DIGITS,
+    f"{DIGITS}:boot",
     f"--config.teacher.path={teacher_dir}",
     f"--config.train.steps={steps}",
     "--config.train.batch_size=16",
@@ -165,7 +165,7 @@ def _config_from_args(args):
   spec = importlib.util.spec_from_file_location("digits", DIGITS)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  config = module.get_config("boot")
   for arg in args:
     if not str(arg).startswith("--config."):
       continue
