@@ -5,8 +5,9 @@ docs/BENCHMARKS.md.
     python benchmarks/inference_memory.py [--workdir /tmp/boot_mem] \
       [--teacher_steps 200] [--steps 200]
 
-The demo's configs as shipped (configs/digits.py, its teacher recipe);
-only the step counts are shortened (memory does not grow with steps).
+The demo's configs as shipped (configs/digits.py: BOOT, then the
+refinement phase; its teacher recipe); only the step counts are shortened
+(memory does not grow with steps).
 Peak resident memory is the process's own VmHWM, read at exit.
 """
 
@@ -68,7 +69,7 @@ def main():
   )
   rows.append(
     (
-      "train (configs/digits.py, final evaluation off)",
+      "train (configs/digits.py, BOOT and refinement, no final evaluation)",
       *peak_rss(
         "boot_jax.train",
         "--config",
@@ -77,6 +78,8 @@ def main():
         work / "boot",
         f"--config.teacher.path={teacher}",
         f"--config.train.steps={args.steps}",
+        # The refinement phase holds a fake network and its Adam too.
+        f"--config.refine.steps={args.steps}",
         "--config.eval.final=false",
       ),
     )

@@ -216,3 +216,32 @@ def clip_folder(path, seed: int = 0):
   model.save_pretrained(str(path), safe_serialization=True)
   tokenizer.save_pretrained(str(path))
   return model
+
+
+def random_inception_weights(path, seed: int = 0) -> None:
+  """A safetensors file of the FID Inception's PyTorch keys with random
+  weights (unit batch norms), for tests of the code around the network."""
+  import numpy as np
+  from flax import traverse_util
+  from safetensors.numpy import save_file
+
+  from boot_jax.evaluation import inception
+
+  rng = np.random.default_rng(seed)
+  names = {"bn_scale": "weight", "bn_bias": "bias"}
+  names |= {"bn_mean": "running_mean", "bn_var": "running_var"}
+  arrays = {}
+  flat = traverse_util.flatten_dict(inception._abstract())  # noqa: SLF001
+  for key, leaf in flat.items():
+    if key[-1] == "kernel":
+      kh, kw, cin, cout = leaf.shape
+      w = rng.standard_normal((cout, cin, kh, kw)) * np.sqrt(
+        2 / (kh * kw * cin)
+      )
+      arrays[".".join((*key[:-1], "weight"))] = w.astype("f4")
+    else:
+      value = np.ones(leaf.shape) if key[-1] in ("bn_scale", "bn_var") else 0
+      arrays[".".join((*key[:-1], "bn", names[key[-1]]))] = np.zeros(
+        leaf.shape, "f4"
+      ) + np.asarray(value, "f4")
+  save_file(arrays, str(path))

@@ -10,8 +10,7 @@ particular to it). Adding a family = one module (or one subpackage, as
 
 from __future__ import annotations
 
-from boot_jax.config import defaults
-from boot_jax.teachers import gmm, network
+from boot_jax.teachers import base, gmm, network
 from boot_jax.teachers.base import ConditionSpec, Teacher
 from boot_jax.teachers.deepfloyd_if import if_teacher
 from boot_jax.teachers.sd import sd_teacher
@@ -88,8 +87,8 @@ def resolved(section):
   directory; other families' sections come back as a mutable copy. The
   given section (possibly read-only `Settings`) is never changed.
   """
-  fn = getattr(family(section.name), "resolved", None)
-  return fn(section) if fn is not None else defaults.thaw(section)
+  fill = getattr(family(section.name), "fill", None)
+  return base.resolved(section, fill)
 
 
 def build_teacher(

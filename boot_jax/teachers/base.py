@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from boot_jax.config import defaults
 from boot_jax.data import prompts as prompts_lib
 from boot_jax.diffusion import predictions
 
@@ -242,6 +243,15 @@ class Teacher:
 DEFAULT_PROMPT_CACHE = os.path.join(
   os.path.expanduser("~"), ".cache", "boot_jax", "prompts"
 )
+
+
+def resolved(section, fill=None):
+  """A mutable copy of a `teacher` section, `fill(copy)` applied (a
+  family's derived fields); `section`, possibly read-only, is unchanged."""
+  config = defaults.thaw(section)
+  if fill is not None:
+    fill(config)
+  return config
 
 
 def module_apply(module):

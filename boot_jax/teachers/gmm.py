@@ -20,10 +20,8 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from boot_jax.config import defaults
 from boot_jax.diffusion import predictions
 from boot_jax.teachers import base
 
@@ -71,16 +69,9 @@ def mixture_arrays(
   return means, stds, weights
 
 
-def resolved(section) -> ml_collections.ConfigDict:
-  """The `teacher` section with its derived fields filled (a new copy;
-  the given section, which may be read-only `Settings`, is unchanged)."""
-  config = defaults.thaw(section)
-  _resolve_in_place(config)
-  return config
-
-
-def _resolve_in_place(config) -> None:
-  """Fills `means`, `stds` and `weights` into a gmm teacher config section.
+def fill(config) -> None:
+  """Fills `means`, `stds` and `weights` into a mutable copy of a gmm
+  `teacher` section (`teachers.resolved` makes the copy).
 
   Explicit arrays already present are kept (and checked); otherwise they
   are computed from (dim, num_components, scale, std, seed, layout), so the
@@ -245,7 +236,7 @@ def build(
   `attention` (there is none).
   """
   del dtype, attention
-  config = resolved(config)
+  config = base.resolved(config, fill)
   schedule = predictions.make_schedule(config.schedule)
   params = make_params(config.means, config.stds, config.weights)
   if placement is not None:

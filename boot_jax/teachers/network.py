@@ -18,7 +18,6 @@ import jax
 import ml_collections
 
 from boot_jax import models
-from boot_jax.config import defaults
 from boot_jax.data import datasets
 from boot_jax.diffusion import predictions
 from boot_jax.runtime import checkpoint, paths, sharding
@@ -64,16 +63,9 @@ def _plain(v):
   return v
 
 
-def resolved(section) -> ml_collections.ConfigDict:
-  """The `teacher` section with its derived fields filled (a new copy;
-  the given section, which may be read-only `Settings`, is unchanged)."""
-  config = defaults.thaw(section)
-  _resolve_in_place(config)
-  return config
-
-
-def _resolve_in_place(config) -> None:
-  """Fills unset teacher fields from `config.path`'s own config.
+def fill(config) -> None:
+  """Fills unset fields of a mutable copy of a `teacher` section from
+  `config.path`'s own config (`teachers.resolved` makes the copy).
 
   Raises:
     TeacherError: missing directory, or a set field that disagrees with the
@@ -149,7 +141,7 @@ def build(
       f"teacher.init must be checkpoint or random, got {init!r}"
     )
   if init == "checkpoint":
-    config = resolved(config)
+    config = base.resolved(config, fill)
   prediction = predictions.canonical_prediction(config.prediction)
   schedule = predictions.make_schedule(config.schedule)
   sample_shape = tuple(config.sample_shape)
@@ -225,5 +217,5 @@ def teacher_section(workdir: str) -> ml_collections.ConfigDict:
   )
   for key in _INHERITED:
     section[key] = None
-  _resolve_in_place(section)
+  fill(section)
   return section
