@@ -49,13 +49,14 @@ step gives, the student's whole trajectory, its speed, the quality dial
 between one step and the teacher, and noise interpolation.
 
 Runs on a CPU, one GPU or a TPU runtime. Set `FAST = True` for a run of a
-few minutes on a laptop CPU.
+few minutes on a laptop CPU: it loads the demo's trained digits run that
+ships with this notebook (`notebooks/digits_run`) instead of training one.
 """)
 
 code(
   """
 # Parameters (papermill style: a tool may overwrite this cell).
-FAST = False  # True: tiny runs (a few minutes on 2 CPU cores)
+FAST = False  # True: the shipped digits run (a few minutes on 2 CPU cores)
 WORKDIR = ""  # an existing BOOT work directory ("" trains the demos below)
 LABEL = None  # for a class-conditional student: the class to draw
 GUIDANCE = None  # for a guided student: the guidance scale w
@@ -124,9 +125,12 @@ md("""
 By default: BOOT on the analytic Gaussian mixture (its teacher is exact,
 so the student can be checked against the true DDIM map) and on a small
 UNet teacher of scikit-learn's 8x8 digits (the teacher is trained here
-first, on the digits; the student never reads them). With `WORKDIR` set,
-your run is loaded instead, on this runtime's devices whatever mesh
-trained it.
+first, on the digits; the student never reads them). With `FAST`, the
+digits run is the demo's (`configs/digits.py`: BOOT, then the refinement
+phase), shipped in `notebooks/digits_run` (parameters only, made by
+`notebooks/make_digits_run.py`). With `WORKDIR` set, your run is loaded
+instead, on this runtime's devices whatever mesh trained it. Each run is
+opened with `boot_jax.load`, the Python API.
 """)
 
 code(
@@ -137,6 +141,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import logging
 
+import boot_jax
 from boot_jax.config import recipes
 from boot_jax.runtime import workdir as workdir_lib
 from boot_jax.sampling import inference, samplers
@@ -171,25 +176,37 @@ def distil_digits(work):
   boot_run.train_and_evaluate(config, work, printer=quiet)
 
 
+def shipped_digits_run():
+  # The demo's run, shipped beside this notebook in a checkout.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(boot_jax.__file__)))
+  path = os.path.join(root, "notebooks", "digits_run")
+  return path if os.path.isfile(os.path.join(path, "config.json")) else None
+
+
 runs = {}
 if WORKDIR:
   runs["yours"] = WORKDIR
 else:
   for name, fn in (("mixture", distil_mixture), ("digits", distil_digits)):
+    if name == "digits" and FAST and shipped_digits_run():
+      runs[name] = shipped_digits_run()
+      print("digits: the demo's trained run, shipped in notebooks/digits_run")
+      continue
     t0 = time.perf_counter()
     work = os.path.join(OUT, "fast" if FAST else "full", name)
     fn(work)
     print(f"{name}: distilled in {time.perf_counter() - t0:.0f} s -> {work}")
     runs[name] = work
 
-models = {}
+loaded, models = {}, {}
 for name, work in runs.items():
-  model, params, step = inference.load(work)
-  models[name] = (model, params)
+  loaded[name] = boot_jax.load(work)  # the Python API: any devices, any mesh
+  model = loaded[name].model
+  models[name] = (model, loaded[name].params)
   s = model.student
   print(
     f"{name}: {model.teacher.name} teacher, {s.condition.kind} condition, "
-    f"grid N={model.grid.num_steps}, checkpoint step {step}"
+    f"grid N={model.grid.num_steps}, checkpoint step {loaded[name].step}"
   )
 """
 )
@@ -240,12 +257,13 @@ def show(ax, x, title, model):
   ax.set_title(title)
 
 
-for name, (model, params) in models.items():
+for name, api in loaded.items():
+  model = api.model
   num = 64 if model.teacher.is_image else 2000
-  eps = inference.noise(model.teacher.sample_shape, num, seed=0)
-  cond = conditions(model, num)
-  one = run(model, params, "student", 1, eps, cond)
-  ddim = run(model, params, "teacher", 50, eps, cond)
+  # The Python API: the same noise (seed) for the student and the teacher.
+  one = api.sample(num, seed=0, label=LABEL, guidance=GUIDANCE)
+  ddim = api.teacher_sample(num, seed=0, steps=50, label=LABEL,
+                            guidance=GUIDANCE)
   fig, axes = plt.subplots(1, 2, figsize=(8, 4))
   show(axes[0], one, f"{name}: student, 1 step", model)
   show(axes[1], ddim, f"{name}: teacher DDIM 50", model)
@@ -387,17 +405,17 @@ def mixture_quality(model, params, eps, cond):
 
 
 def fid_quality(reference):
-  # Frechet distance in a small classifier's features, to the real data.
-  net = digits_classifier.train_classifier(
-    reference, steps=300 if FAST else 1500, printer=quiet
-  )
+  # FID-digits: the Frechet distance in the features of the small
+  # classifier that the runs' own evaluation uses (eval.json), to the
+  # real digits (trained once, then cached).
+  net = digits_classifier.train_classifier(reference, printer=quiet)
   real = digits_classifier.gaussian(net.features(reference.images))
 
   def quality(x):
     fake = digits_classifier.gaussian(net.features(x))
     return digits_classifier.frechet_distance(*real, *fake)
 
-  return quality, "Frechet distance (lower is better)"
+  return quality, "FID-digits (lower is better)"
 
 
 for name, (model, params) in models.items():

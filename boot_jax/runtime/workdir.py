@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import ml_collections
 import numpy as np
@@ -140,6 +141,14 @@ def config_changed(workdir: str, config) -> bool:
 def atomic_write(path: str, text: str) -> None:
   """Writes so that readers never see a half-written file (paths.py)."""
   paths.write_atomic(path, text)
+
+
+def resolve_teacher_path(config, workdir: str) -> None:
+  """Makes a relative `teacher.path` relative to the work directory (in a
+  mutable ConfigDict): a run whose teacher lives inside it can be moved."""
+  path = config.teacher.get("path")
+  if path and not paths.is_remote(path) and not os.path.isabs(path):
+    config.teacher.path = paths.join(paths.abspath(workdir), path)
 
 
 def write_config(workdir: str, config) -> None:

@@ -332,6 +332,7 @@ def load(
     model = build(config, mesh, dtype=compute, with_student=False)
     return model, None, step
   config = workdir_lib.load_config(workdir)
+  workdir_lib.resolve_teacher_path(config, workdir)
   if attention is not None:
     config.model = ml_collections.ConfigDict(dict(attention=attention))
   _latest_step(ckpt_dir, workdir)

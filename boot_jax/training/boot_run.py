@@ -11,7 +11,6 @@ take its lock, train a missing recipe teacher
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -24,14 +23,6 @@ from boot_jax.runtime import lock, paths, sharding
 from boot_jax.runtime import workdir as workdir_lib
 from boot_jax.sampling import inference
 from boot_jax.training import logs, loop, teacher_run, trainer
-
-
-def resolve_teacher_path(config, workdir: str) -> None:
-  """Makes a relative `teacher.path` relative to the work directory (in
-  a mutable ConfigDict, before it is frozen)."""
-  path = config.teacher.get("path")
-  if path and not paths.is_remote(path) and not os.path.isabs(path):
-    config.teacher.path = paths.join(paths.abspath(workdir), path)
 
 
 def sample_grid_fn(setup: trainer.Setup, config, workdir: str):
@@ -131,7 +122,7 @@ def train_and_evaluate(config, workdir: str, printer=print) -> dict:
   state (abstract first) -> restore or init -> loop -> evaluate.
   """
   config = defaults.thaw(config)  # the caller's config is never changed
-  resolve_teacher_path(config, workdir)
+  workdir_lib.resolve_teacher_path(config, workdir)
   config = defaults.freeze(config)
   # Read-only checks first, so a bad command never writes anything.
   workdir_lib.check(workdir, config, compare=False)

@@ -2,14 +2,19 @@
 
 The notebook runs from a clean kernel with its FAST setting on one CPU
 device; every figure cell must draw, and the printed speed ratio and
-quality numbers must be finite. Parameter errors stop at the checking
-cell with one readable line.
+quality numbers must be finite. FAST loads the demo's run shipped in
+notebooks/digits_run, whose one-step FID-digits must be within 2x the
+demo student's in docs/BENCHMARKS.md (the notebook scores 500 samples,
+the demo 2,000: FID is biased upwards at fewer samples, so the notebook's
+number is the higher of the two for the same student). Parameter errors
+stop at the checking cell with one readable line.
 """
 
 import importlib.util
 import math
 import pathlib
 import re
+import time
 
 import pytest
 
@@ -91,9 +96,20 @@ def test_committed_notebook_is_its_builders(tmp_path):
   assert ours == [c.source for c in committed]
 
 
+def _demo_student_fid() -> float:
+  """The demo student's FID-digits as docs/BENCHMARKS.md documents it."""
+  text = (ROOT / "docs" / "BENCHMARKS.md").read_text()
+  section = text.split("<!-- demo-refine: begin -->", 1)[1]
+  section = section.split("<!-- demo-refine: end -->", 1)[0]
+  return float(re.search(r"\| student 1 step \| ([\d.]+) \|", section)[1])
+
+
 def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   nb, client = _run(tmp_path, monkeypatch, FAST=True, OUT=str(tmp_path))
+  t0 = time.perf_counter()
   client.execute()
+  seconds = time.perf_counter() - t0
+  print(f"the notebook with FAST = True ran in {seconds:.0f} s")
   code = [c for c in nb.cells if c.cell_type == "code"]
   assert not any(o.output_type == "error" for c in code for o in c.outputs)
   setup = next(c for c in code if "find_spec" in c.source)
@@ -108,6 +124,11 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   assert len(dials) == 2
   for line in dials:
     assert all(math.isfinite(float(v)) for v in line.split(", "))
+  assert "the demo's trained run, shipped in" in text
+  [digits] = re.findall(r"digits: K = \[[\d, ]+\]: ([\d.]+)", text)
+  demo = _demo_student_fid()
+  print(f"notebook student FID-digits {digits} (the demo's: {demo})")
+  assert float(digits) <= 2 * demo, (digits, demo)
   assert "skipped: set SD_FOLDER and SD_WORKDIR" in text
 
 
