@@ -29,7 +29,7 @@ import numpy as np
 
 from boot_jax.data import datasets
 from boot_jax.evaluation import reference_stats
-from boot_jax.runtime import guards, paths
+from boot_jax.runtime import cli, guards, paths
 
 
 def _features(args, extractor) -> tuple[np.ndarray, str]:
@@ -73,7 +73,9 @@ def main(argv=None) -> int:
   )
   p.add_argument("--batch", type=int, default=50)
   args = p.parse_args(argv)
-  try:
+  done = []
+
+  def body():
     if args.size is not None and args.size < 1:
       raise reference_stats.StatsError(f"--size must be >= 1, got {args.size}")
     if args.batch < 1:
@@ -89,11 +91,12 @@ def main(argv=None) -> int:
       reference_stats.make(feats, extractor.identity, source, args.keep),
       args.out,
     )
-  except (ValueError, OSError) as e:
-    print(f"error: {' '.join(str(e).split())[:300]}", file=sys.stderr)
-    return 1
-  print(f"wrote {args.out} ({len(feats):,} images)")
-  return 0
+    done.append(len(feats))
+
+  code = cli.status_of(body)
+  if code == 0:
+    print(f"wrote {args.out} ({done[0]:,} images)")
+  return code
 
 
 if __name__ == "__main__":

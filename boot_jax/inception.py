@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from boot_jax.evaluation import inception as inception_lib
-from boot_jax.runtime import guards
+from boot_jax.runtime import cli
 
 
 def main(argv=None) -> int:
@@ -28,18 +28,14 @@ def main(argv=None) -> int:
   p.add_argument("--pth", required=True, help="pt_inception-2015-12-05 .pth")
   p.add_argument("--out", required=True, help="the .safetensors to write")
   args = p.parse_args(argv)
-  try:
-    inception_lib.convert(args.pth, args.out)
-  except (
-    inception_lib.InceptionError,
-    guards.RefusedError,
-    OSError,
-    RuntimeError,
-  ) as e:
-    print(f"error: {' '.join(str(e).split())[:300]}", file=sys.stderr)
-    return 1
-  print(f"wrote {args.out}")
-  return 0
+  code = cli.status_of(
+    lambda: inception_lib.convert(args.pth, args.out),
+    # RuntimeError: PyTorch's, for a file that is not a checkpoint.
+    errors=(ValueError, OSError, RuntimeError),
+  )
+  if code == 0:
+    print(f"wrote {args.out}")
+  return code
 
 
 if __name__ == "__main__":

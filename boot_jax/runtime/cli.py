@@ -232,6 +232,22 @@ def define_inference_flags(dtypes, mesh: bool = True) -> dict:
   )
 
 
+def status_of(body, errors=(ValueError, OSError)) -> int:
+  """Runs `body()` for a program whose `main` returns its exit status
+  (callable in process): 0; an error of `errors` is one `error:` line on
+  stderr and 1; Ctrl-C is one line and 130."""
+  try:
+    body()
+  except KeyboardInterrupt:
+    message, code = "interrupted (Ctrl-C); nothing was written", 130
+  except errors as e:
+    message, code = " ".join(str(e).split())[:300], 1
+  else:
+    return 0
+  print(f"error: {message}", file=sys.stderr)
+  return code
+
+
 def run(define_flags, main) -> None:
   """Runs a program: defines its flags, then calls `main(argv, flags)`
   under absl, every flag error one line (`parse_flags`)."""
