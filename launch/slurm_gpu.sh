@@ -56,13 +56,6 @@ dry_run=0
 # shellcheck source=launch/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-# Fails unless $2, the value of option $1, is a positive integer.
-check_int() {
-  if ! [[ "$2" =~ ^[1-9][0-9]{0,8}$ ]]; then
-    die "$1 takes a positive integer, got $(printf '%q' "$2")"
-  fi
-}
-
 while (($#)); do
   case "$1" in
     --nodes) need_value "$@"; nodes=$2; shift 2 ;;

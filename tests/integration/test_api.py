@@ -30,14 +30,7 @@ def test_sample_equals_the_sample_program(work, tmp_path):
   assert run.step == 4 and "BOOT" in repr(run)
   got = run.sample(16, seed=0)
   out = tmp_path / "s.npz"
-  code, _, err = run_sample(
-    work,
-    out,
-    "--num",
-    "16",
-    "--seed",
-    "0",
-  )
+  code, _, err = run_sample(work, out, "--num", "16", "--seed", "0")
   assert code == 0, err[-3000:]
   want = np.load(out)
   assert got.dtype == np.float32

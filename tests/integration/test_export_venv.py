@@ -94,10 +94,7 @@ def test_the_readme_runs_in_a_fresh_environment(exported, tmp_path):
   eps = rng.standard_normal((16, 2)).astype(np.float32)
   np.save(tmp_path / "eps.npy", eps)
   code, _, err = run_sample(
-    work,
-    tmp_path / "s.npz",
-    "--noise",
-    tmp_path / "eps.npy",
+    work, tmp_path / "s.npz", "--noise", tmp_path / "eps.npy"
   )
   assert code == 0, err[-3000:]
   want = np.load(tmp_path / "s.npz")["images"]

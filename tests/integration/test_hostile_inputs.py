@@ -228,12 +228,7 @@ def test_sample_refuses_bad_guidance_and_noise(finished, tmp_path):
 def test_huge_sample_is_refused_up_front(finished, tmp_path):
   """4. What cannot fit on the disk is refused, with the size, at once."""
   work, _ = finished
-  code, _, err = run_sample(
-    work,
-    tmp_path / "s.npz",
-    "--num",
-    str(10**12),
-  )
+  code, _, err = run_sample(work, tmp_path / "s.npz", "--num", str(10**12))
   _one_line(code, err, "GiB free")
   assert not list(tmp_path.iterdir())
 
@@ -265,12 +260,7 @@ def test_ten_million_samples_stream(finished, tmp_path):
   peak = testing.peak_rss_mib(proc.stderr)
   print(f"sample --num 10000000: peak RSS {peak / 1024:.2f} GiB")
   assert peak < 1024, peak  # 1 GiB
-  code, _, err = run_sample(
-    work,
-    tmp_path / "small.npz",
-    "--num",
-    "256",
-  )
+  code, _, err = run_sample(work, tmp_path / "small.npz", "--num", "256")
   assert code == 0, err[-3000:]
   small = np.load(tmp_path / "small.npz")
   with np.load(big, mmap_mode="r") as f:

@@ -215,10 +215,7 @@ def test_sample_cli_same_eps_for_every_sampler(student_dir, tmp_path):
   noise_file = tmp_path / "eps.npy"
   np.save(noise_file, outs["student"][1])
   code, _, err = run_sample(
-    student_dir,
-    tmp_path / "replay.npz",
-    "--noise",
-    noise_file,
+    student_dir, tmp_path / "replay.npz", "--noise", noise_file
   )
   assert code == 0, err[-3000:]
   with np.load(tmp_path / "replay.npz") as f:
@@ -497,22 +494,14 @@ def test_teacher_workdir_samples_and_evaluates(teacher_dir, tmp_path):
   """A teacher work directory samples with its DDIM; student samplers are
   refused in one line."""
   code, out, err = run_sample(
-    teacher_dir,
-    tmp_path / "t.npz",
-    "--num",
-    "16",
-    "--steps",
-    "4",
+    teacher_dir, tmp_path / "t.npz", "--num", "16", "--steps", "4"
   )
   assert code == 0, err[-3000:]
   images = np.load(tmp_path / "t.npz")["images"]
   assert images.shape[0] == 16 and images.ndim == 4
   assert -1.0 <= images.min() and images.max() <= 1.0
   code, _, err = run_sample(
-    teacher_dir,
-    tmp_path / "s.npz",
-    "--sampler",
-    "student",
+    teacher_dir, tmp_path / "s.npz", "--sampler", "student"
   )
   lines = error_lines(err)
   assert code != 0 and len(lines) == 1 and "no student" in lines[0], err
@@ -535,12 +524,7 @@ def test_export_digits_student(student_dir, tmp_path):
     "boot_jax.export", "--workdir", student_dir, "--out", out
   )
   assert code == 0, err[-3000:]
-  code, _, err = run_sample(
-    student_dir,
-    tmp_path / "s.npz",
-    "--num",
-    "24",
-  )
+  code, _, err = run_sample(student_dir, tmp_path / "s.npz", "--num", "24")
   assert code == 0, err[-3000:]
   s = np.load(tmp_path / "s.npz")
   np.save(tmp_path / "eps.npy", s["noise"])
@@ -588,7 +572,7 @@ def test_fid_stats_then_evaluate_pixel_protocol(student_dir, tmp_path, capsys):
   assert np.isfinite(report["kid"])
   code, _, err = run_sample(
     student_dir, tmp_path / "s.npz",
-    "--num", 24, "--seed", 0,
+    "--num", 24, "--seed", 0
   )  # fmt: skip
   assert code == 0, err[-3000:]
   images = np.load(tmp_path / "s.npz")["images"]

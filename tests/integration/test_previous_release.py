@@ -43,15 +43,7 @@ def old_run(tmp_path):
 def test_samples_bit_for_bit(old_run, tmp_path, sampler, extra):
   out = tmp_path / "s.npz"
   code, _, err = run_sample(
-    old_run,
-    out,
-    "--num",
-    "16",
-    "--seed",
-    "0",
-    "--sampler",
-    sampler,
-    *extra,
+    old_run, out, "--num", "16", "--seed", "0", "--sampler", sampler, *extra
   )
   assert code == 0, err[-3000:]
   got, want = np.load(out), np.load(DATA / f"{sampler}.npz")

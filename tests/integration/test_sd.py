@@ -238,13 +238,7 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
     assert index.texts(pos) == [distinct[i] for i in pos]
 
   code, out, err = run_sample(
-    work,
-    tmp_path / "s.npz",
-    "--num",
-    "2",
-    "--prompt",
-    "a red square",
-    cwd=root,
+    work, tmp_path / "s.npz", "--num", "2", "--prompt", "a red square", cwd=root
   )
   assert code == 0, err[-3000:]
   s = np.load(tmp_path / "s.npz")
@@ -290,13 +284,7 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
   report = json.loads((work / "eval_text.json").read_text())
   assert report["num_captions"] == 3  # distinct captions, in file order
   code, _, err = run_sample(
-    work,
-    tmp_path / "c.npz",
-    "--num",
-    "3",
-    "--prompts-file",
-    captions,
-    cwd=root,
+    work, tmp_path / "c.npz", "--num", "3", "--prompts-file", captions, cwd=root
   )
   assert code == 0, err[-3000:]
   images = np.load(tmp_path / "c.npz")["images"]

@@ -60,3 +60,26 @@ def test_citation_cff():
   assert sid["title"].startswith("Score identity Distillation")
   assert sid["year"] == 2024 and "ICML" in sid["conference"]["name"]
   assert "arXiv:2404.04057" in [i["value"] for i in sid["identifiers"]]
+
+
+def _commands(text: str) -> list[str]:
+  """The `python3 -m ...` commands of a shell text, continuations joined,
+  `--quiet` dropped (CI's output choice, not a different command)."""
+  joined = text.replace("\\\n", " ")
+  out = []
+  for line in joined.splitlines():
+    line = line.strip()
+    if line.startswith("python3 -m "):
+      out.append(" ".join(w for w in line.split() if w != "--quiet"))
+  return out
+
+
+def test_the_readme_test_commands_are_cis():
+  """The README's install and test commands are the ones .ci/run runs."""
+  readme = (REPO / "README.md").read_text(encoding="utf-8")
+  block = readme.split('python3 -m pip install -e ".[test]"', 1)[1]
+  block = 'python3 -m pip install -e ".[test]"' + block.split("```", 1)[0]
+  ci = _commands((REPO / ".ci" / "run").read_text(encoding="utf-8"))
+  ci = [c for c in ci if c != "python3 -m pip install --upgrade pip"]
+  assert _commands(block) == ci
+  assert ci[-1] == "python3 -m pytest -q tests"
