@@ -49,9 +49,7 @@ def _one_line(code, err, expected):
 
 
 def _sample(work, out, *extra):
-  return run_module(
-    "boot_jax.sample", "--workdir", work, "--out", out, "--num", "64", *extra
-  )
+  return run_sample(work, out, "--num", "64", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -444,3 +442,26 @@ def test_the_finished_run_still_samples_bit_for_bit(finished, tmp_path):
   for bit as it did when it was made (its files are checked after every
   case by `finished_run_unchanged`)."""
   _still_samples(finished, tmp_path)
+
+
+def test_a_checkpoints_folder_that_is_a_link(tmp_path):
+  """9. checkpoints/ as a link to another disk is legitimate: the run
+  saves through it and samples from it. A link to a folder that does not
+  exist is refused in one line, and nothing is created."""
+  disk = tmp_path / "disk2"
+  disk.mkdir()
+  work = tmp_path / "w"
+  work.mkdir()
+  (work / "checkpoints").symlink_to(disk)
+  code, _, err = _train(work, "--config.train.steps=10")
+  assert code == 0, err[-3000:]
+  assert sorted(p.name for p in disk.iterdir()) == ["10"]
+  code, _, err = _sample(work, tmp_path / "s.npz")
+  assert code == 0, err[-3000:]
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "checkpoints").symlink_to(tmp_path / "missing")
+  code, _, err = _train(bad, "--config.train.steps=10")
+  _one_line(code, err, "is not a work directory")
+  assert os.listdir(bad) == ["checkpoints"]
+  assert not (tmp_path / "missing").exists()
