@@ -246,11 +246,15 @@ class Checkpointer:
     )
 
   def _good_steps(self) -> list[int]:
-    return finished_steps(self.directory)
+    try:
+      return finished_steps(self.directory)
+    except CheckpointError:  # unreadable: the failure at hand says more
+      return []
 
 
 def finished_steps(directory: str) -> list[int]:
-  """The steps of finished checkpoints under `directory`, unsorted.
+  """The steps of finished checkpoints under `directory`, unsorted (none
+  when it does not exist; CheckpointError when it cannot be read).
 
   Locally orbax renames a step's temporary directory to its number once
   complete; on an object store (no atomic rename) it writes the step's
@@ -258,6 +262,11 @@ def finished_steps(directory: str) -> list[int]:
   """
   try:
     steps = [int(d) for d in paths.listdir(directory) if d.isdigit()]
+  except PermissionError:
+    # Not "nothing trained": the checkpoints are there, unreadable to us.
+    raise CheckpointError(
+      f"cannot read {directory}: permission denied"
+    ) from None
   except OSError:
     return []
   if paths.is_remote(directory):

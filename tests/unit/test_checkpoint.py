@@ -87,3 +87,18 @@ def test_a_corrupt_checkpoint_is_not_retried(tmp_path):
   with pytest.raises(checkpoint.CheckpointError) as e:
     checkpoint.read_params(str(directory), _target())
   assert "was removed" not in str(e.value)
+
+
+def test_unreadable_checkpoints_are_not_nothing_trained(tmp_path, monkeypatch):
+  """A checkpoints folder this user may not read is said to be so, not
+  reported as holding no checkpoint. (Simulated: the tests may run as
+  root, who reads any folder.)"""
+  directory = tmp_path / "checkpoints"
+  _save(directory, 1)
+
+  def denied(path):
+    raise PermissionError(13, "Permission denied", path)
+
+  monkeypatch.setattr(checkpoint.paths, "listdir", denied)
+  with pytest.raises(checkpoint.CheckpointError, match="permission denied"):
+    checkpoint.finished_steps(str(directory))
