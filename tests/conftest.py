@@ -25,6 +25,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from boot_jax import testing  # noqa: E402
+from boot_jax.runtime import checkpoint, paths  # noqa: E402
+from boot_jax.runtime import workdir as workdir_lib  # noqa: E402
+from boot_jax.training import trainer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -100,10 +103,6 @@ def wait_for(pred, proc, timeout=300):
 def saved_state(workdir, one_device=False):
   """The latest checkpointed train state of a BOOT work directory (local or
   gs://), restored on the run's own mesh or on one device."""
-  from boot_jax.runtime import checkpoint, paths
-  from boot_jax.runtime import workdir as workdir_lib
-  from boot_jax.training import trainer
-
   config = workdir_lib.load_config(str(workdir))
   if one_device:
     config.mesh.data, config.mesh.fsdp = 1, 1

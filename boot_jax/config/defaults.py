@@ -488,11 +488,12 @@ def derive(config: Settings, **sections) -> Settings:
 
   For fields a step computes from validated settings (a teacher's
   resolved arrays, an evaluation's sample count); not validated again.
+  The result has `config`'s type (a subclass marks a further step done).
   """
   new = thaw(config)
   for name, section in sections.items():
     new[name] = section
-  return Settings(new)
+  return type(config)(new) if isinstance(config, Settings) else Settings(new)
 
 
 def thaw(config) -> ml_collections.ConfigDict:

@@ -24,6 +24,14 @@ from ml_collections.config_dict import placeholder
 from boot_jax.config import defaults
 
 
+def _replaced(section: dict, fields: dict, what: str):
+  """`section` with `fields` replaced; a field it lacks is refused."""
+  unknown = set(fields) - set(section)
+  if unknown:
+    raise ValueError(f"unknown {what} keys {sorted(unknown)}")
+  return ml_collections.ConfigDict(dict(section, **fields))
+
+
 def unet_model(**fields) -> ml_collections.ConfigDict:
   """A `model` section for our UNet: the demo's sizes, `fields` replaced.
 
@@ -44,10 +52,7 @@ def unet_model(**fields) -> ml_collections.ConfigDict:
     time_scale=1.0,
     remat=False,
   )
-  unknown = set(fields) - set(section)
-  if unknown:
-    raise ValueError(f"unknown unet model keys {sorted(unknown)}")
-  return ml_collections.ConfigDict(dict(section, **fields))
+  return _replaced(section, fields, "unet model")
 
 
 def digits_unet() -> ml_collections.ConfigDict:
@@ -324,10 +329,7 @@ def gmm_teacher(**fields) -> ml_collections.ConfigDict:
     stds=None,
     weights=None,
   )
-  unknown = set(fields) - set(section)
-  if unknown:
-    raise ValueError(f"unknown gmm teacher keys {sorted(unknown)}")
-  return ml_collections.ConfigDict(dict(section, **fields))
+  return _replaced(section, fields, "gmm teacher")
 
 
 GMM_PRESETS = ("circle", "random16", "circle_cond", "circle_guided")

@@ -133,15 +133,22 @@ def teacher_placement(config, mesh, rules):
   return place
 
 
-def settings(config) -> defaults.Settings:
+class ResolvedSettings(defaults.Settings):
+  """`Settings` whose teacher section has its derived fields filled."""
+
+
+def settings(config) -> ResolvedSettings:
   """The run's read-only settings with the teacher's derived fields filled.
 
-  Validates a raw config once (`defaults.freeze`); `Settings` are not
-  validated again, only their teacher section resolved (a mixture's
-  arrays, a network teacher's fields from its work directory).
+  Validates a raw config once (`defaults.freeze`) and resolves its teacher
+  section once (a mixture's arrays, a network teacher's fields read from
+  its work directory); `ResolvedSettings` come back as they are.
   """
+  if isinstance(config, ResolvedSettings):
+    return config
   config = defaults.freeze(config)
-  return defaults.derive(config, teacher=teachers.resolved(config.teacher))
+  teacher = teachers.resolved(config.teacher)
+  return ResolvedSettings(defaults.derive(config, teacher=teacher))
 
 
 def build(
