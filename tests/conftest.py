@@ -15,6 +15,14 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for this session and every program it
+# starts (the end-to-end tests' subprocesses inherit these variables), so a
+# program compiled once, by a test or a subprocess, is not compiled again.
+_CACHE = os.environ.setdefault(
+  "BOOT_JAX_TEST_CACHE", os.path.expanduser("~/.cache/boot_jax_test_jit")
+)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402
@@ -31,11 +39,6 @@ from boot_jax.training import trainer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-_CACHE = os.environ.get(
-  "BOOT_JAX_TEST_CACHE", os.path.expanduser("~/.cache/boot_jax_test_jit")
-)
-jax.config.update("jax_compilation_cache_dir", _CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def run_module(module, *args, cwd=None, timeout=900, env=None):
