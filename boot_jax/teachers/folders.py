@@ -75,3 +75,27 @@ def check_parts(
       f"folder (needs {', '.join(p + '/' for p in parts)})"
     )
   return kind
+
+
+def noise_table(
+  cfg: dict,
+  beta_schedule: str,
+  beta_start: float,
+  beta_end: float,
+  set_alpha_to_one: bool,
+) -> dict:
+  """The discrete noise table (diffusion/schedules.py's keys) that
+  diffusers' DDPM/DDIM schedulers build from a scheduler_config.json `cfg`.
+
+  The other arguments are what the family's scheduler defaults to where
+  the file is silent; the number of training steps defaults to 1,000.
+  """
+  return dict(
+    type="discrete",
+    beta_schedule=cfg.get("beta_schedule", beta_schedule),
+    num_train_steps=int(cfg.get("num_train_timesteps", 1000)),
+    beta_start=float(cfg.get("beta_start", beta_start)),
+    beta_end=float(cfg.get("beta_end", beta_end)),
+    set_alpha_to_one=bool(cfg.get("set_alpha_to_one", set_alpha_to_one)),
+    name="",
+  )

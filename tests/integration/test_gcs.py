@@ -192,30 +192,12 @@ def test_sigterm_saves_on_the_bucket(gcs):
 def test_sample_evaluate_export_read_and_write_the_bucket(
   gcs, bucket_run, local_run, tmp_path
 ):
-  out = "gs://test/outputs/s.npz"
-  proc = _run(
-    "boot_jax.sample",
-    "--workdir",
-    bucket_run,
-    "--out",
-    out,
-    "--num",
-    "32",
-    env=gcs,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  local_out = tmp_path / "s.npz"
-  proc = _run(
-    "boot_jax.sample",
-    "--workdir",
-    local_run,
-    "--out",
-    local_out,
-    "--num",
-    "32",
-    env={},
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  out, local_out = "gs://test/outputs/s.npz", tmp_path / "s.npz"
+  for work, where, env in ((bucket_run, out, gcs), (local_run, local_out, {})):
+    proc = _run(
+      "boot_jax.sample", "--workdir", work, "--out", where, "--num", 32, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
   remote = np.load(io.BytesIO(paths.read_bytes(out)))
   local = np.load(local_out)
   np.testing.assert_array_equal(remote["images"], local["images"])

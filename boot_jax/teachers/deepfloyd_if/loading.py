@@ -278,15 +278,8 @@ def schedule_config(path: str) -> tuple[dict, dict]:
     raise IFError(
       f"{path}/scheduler predicts {prediction!r}: IF stage I predicts epsilon"
     )
-  table = dict(
-    type="discrete",
-    beta_schedule=cfg.get("beta_schedule", "squaredcos_cap_v2"),
-    num_train_steps=int(cfg.get("num_train_timesteps", 1000)),
-    beta_start=float(cfg.get("beta_start", 0.0001)),
-    beta_end=float(cfg.get("beta_end", 0.02)),
-    set_alpha_to_one=bool(cfg.get("set_alpha_to_one", True)),
-    name="",
-  )
+  # Where the file is silent: IF's scheduler's defaults.
+  table = folders.noise_table(cfg, "squaredcos_cap_v2", 0.0001, 0.02, True)
   sampler = dict(
     spacing=cfg.get("timestep_spacing", "leading"),
     offset=int(cfg.get("steps_offset", 0)),

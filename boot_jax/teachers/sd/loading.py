@@ -76,15 +76,8 @@ def schedule_config(path: str) -> tuple[dict, str]:
   cfg = read_json(
     os.path.join(path, "scheduler", "scheduler_config.json"), "the scheduler"
   )
-  table = dict(
-    type="discrete",
-    beta_schedule=cfg.get("beta_schedule", "scaled_linear"),
-    num_train_steps=int(cfg.get("num_train_timesteps", 1000)),
-    beta_start=float(cfg.get("beta_start", 0.00085)),
-    beta_end=float(cfg.get("beta_end", 0.012)),
-    set_alpha_to_one=bool(cfg.get("set_alpha_to_one", False)),
-    name="",
-  )
+  # Where the file is silent: SD's scheduler's defaults.
+  table = folders.noise_table(cfg, "scaled_linear", 0.00085, 0.012, False)
   table["ddim_spacing"] = cfg.get("timestep_spacing", "leading")
   table["ddim_steps_offset"] = int(cfg.get("steps_offset", 0))
   return table, cfg.get("prediction_type", "epsilon")
