@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from boot_jax.config import defaults
@@ -262,6 +263,24 @@ def module_apply(module):
     return module.apply({"params": params}, x_t, t, cond)
 
   return apply
+
+
+def text_teacher_fields(config, path: str, module, params, table, encode):
+  """The fields a text-to-image family's teacher fills the same way: its
+  name, network and parameters, noise table, the embedding of the
+  negative prompt (guidance's unconditional branch) and the prompt loader
+  of `config.prompts` (the encoder folder is `path`/text_encoder)."""
+  return dict(
+    name=config.name,
+    apply=module_apply(module),
+    params=params,
+    schedule=predictions.make_schedule(ml_collections.ConfigDict(table)),
+    module=module,
+    null_embedding=encode([config.get("negative_prompt") or ""])[0],
+    prompt_loader=prompt_loader(
+      config, encode, os.path.join(path, "text_encoder")
+    ),
+  )
 
 
 def prompt_loader(config, encode, encoder_dir: str):

@@ -25,7 +25,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from boot_jax.diffusion import predictions
 from boot_jax.models import if_unet
@@ -173,24 +172,13 @@ def build(
   def encode(texts):
     return t5["forward_jit"](t5["params"], tokenize(t5["tokenizer"], texts))
 
-  null = encode([config.get("negative_prompt") or ""])[0]
-  loader = base.prompt_loader(
-    config, encode, os.path.join(path, "text_encoder")
-  )
-
   return IFTeacher(
-    name=config.name,
-    apply=base.module_apply(module),
-    params=params,
-    schedule=predictions.make_schedule(ml_collections.ConfigDict(table)),
+    **base.text_teacher_fields(config, path, module, params, table, encode),
     prediction="eps",
     sample_shape=sample_shape,
     condition=condition,
-    module=module,
-    null_embedding=null,
     ddim_spacing=(sampler["spacing"], sampler["offset"]),
     t5=t5,
-    prompt_loader=loader,
     folder=path,
     x0_fn=x0_processing(sampler, bool(config.get("thresholding", False))),
   )

@@ -17,7 +17,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from boot_jax.diffusion import predictions
@@ -276,25 +275,14 @@ def build(
     specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)
     params = jax.device_put(params, placement(params, specs))
   encode = functools.partial(encode_prompts, parts)
-  null = encode([config.get("negative_prompt") or ""])[0]
-  loader = base.prompt_loader(
-    config, encode, os.path.join(path, "text_encoder")
-  )
-
   return SDTeacher(
-    name=config.name,
-    apply=base.module_apply(module),
-    params=params,
-    schedule=predictions.make_schedule(ml_collections.ConfigDict(table)),
+    **base.text_teacher_fields(config, path, module, params, table, encode),
     prediction=prediction,
     sample_shape=sample_shape,
     condition=condition,
-    module=module,
-    null_embedding=null,
     # How this model's pipelines space DDIM steps (for parity with them).
     ddim_spacing=(spacing, offset),
     parts=parts,
-    prompt_loader=loader,
     folder=os.path.abspath(path),
     attention=attention,
   )
