@@ -47,7 +47,7 @@ def old_run(tmp_path):
 @pytest.mark.parametrize(
   "sampler,extra", [("student", ()), ("teacher", ("--steps", "4"))]
 )
-def test_samples_bit_for_bit(old_run, tmp_path, sampler, extra):
+def test_samples_as_that_release_did(old_run, tmp_path, sampler, extra):
   out = tmp_path / "s.npz"
   code, _, err = run_sample(
     old_run, out, "--num", "16", "--seed", "0", "--sampler", sampler, *extra
