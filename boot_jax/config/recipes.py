@@ -19,6 +19,7 @@ Builders on top of `defaults.base_config()`:
 from __future__ import annotations
 
 import ml_collections
+import numpy as np
 from ml_collections.config_dict import placeholder
 
 from boot_jax.config import defaults
@@ -332,15 +333,77 @@ def gmm_teacher(**fields) -> ml_collections.ConfigDict:
   return _replaced(section, fields, "gmm teacher")
 
 
+# The seed of `sweep_mixture`'s draws: not one the presets use (they use 0).
+SWEEP_SEED = 20261207
+
+
+def sweep_mixture(index: int, seed: int = SWEEP_SEED) -> dict:
+  """Mixture `index` of a family of random mixtures nobody tuned for
+  (benchmarks/mixture_sweep.py runs the first 12; `configs/gmm.py:sweepI`
+  trains on one).
+
+  Even indices are 2-D, odd ones 8-D. From `default_rng((seed, index))`:
+  4 to 16 components; a scale in [1.5, 3]; means uniform in the disk of
+  that radius (2-D) or drawn `N(0, scale^2 / dim I)` (8-D), redrawn until
+  every pair is at least `0.15 scale` apart; each component's std uniform
+  in [0.06, 0.25], capped at a fifth of the distance to its nearest
+  neighbour (components stay 2.5 stds apart on each side, so "which
+  component" is well defined); weights proportional to U[0.5, 2].
+
+  Returns:
+    `dict(name, dim, scale, means [K, D], stds [K], weights [K])`, the
+    arrays float64 numpy (weights summing to 1).
+  """
+  if index < 0:
+    raise ValueError(f"sweep mixture index must be >= 0, got {index}")
+  rng = np.random.default_rng((seed, index))
+  dim = 2 if index % 2 == 0 else 8
+  k = int(rng.integers(4, 17))
+  scale = float(rng.uniform(1.5, 3.0))
+  for _ in range(1000):
+    if dim == 2:
+      radius = scale * np.sqrt(rng.uniform(0, 1, k))
+      angle = rng.uniform(0, 2 * np.pi, k)
+      means = np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1)
+    else:
+      means = rng.standard_normal((k, dim)) * scale / np.sqrt(dim)
+    dist = np.sqrt(((means[:, None] - means[None]) ** 2).sum(-1))
+    np.fill_diagonal(dist, np.inf)
+    if dist.min() >= 0.15 * scale:
+      break
+  else:
+    raise RuntimeError(f"sweep mixture {index}: no layout in 1000 draws")
+  stds = np.minimum(rng.uniform(0.06, 0.25, k), dist.min(1) / 5)
+  weights = rng.uniform(0.5, 2.0, k)
+  weights /= weights.sum()
+  return dict(
+    name=f"sweep{index}: {dim}-D, {k} comp., scale {scale:.2f}, "
+    f"std {stds.min():.2f}-{stds.max():.2f}",
+    dim=dim,
+    scale=scale,
+    means=means,
+    stds=stds,
+    weights=weights,
+  )
+
+
 GMM_PRESETS = ("circle", "random16", "circle_cond", "circle_guided")
+
+
+def _sweep_index(arg: str) -> int | None:
+  """I for a preset named `sweepI`, else None."""
+  digits = arg[len("sweep") :] if arg.startswith("sweep") else ""
+  return int(digits) if digits.isdigit() else None
 
 
 def gmm_config(arg: str = "circle") -> ml_collections.ConfigDict:
   """The analytic mixture's BOOT config (configs/gmm.py; presets above)."""
   arg = arg or "circle"
-  if arg not in GMM_PRESETS:
+  sweep = _sweep_index(arg)
+  if arg not in GMM_PRESETS and sweep is None:
     raise ValueError(
-      f"unknown gmm preset {arg!r}; expected one of {GMM_PRESETS}"
+      f"unknown gmm preset {arg!r}; expected one of {GMM_PRESETS} or "
+      "sweepI (I >= 0: recipes.sweep_mixture(I))"
     )
   c = defaults.base_config()
   c.teacher = gmm_teacher(
@@ -348,6 +411,18 @@ def gmm_config(arg: str = "circle") -> ml_collections.ConfigDict:
     layout="random" if arg == "random16" else "circle",
     conditional=arg in ("circle_cond", "circle_guided"),
   )
+  if sweep is not None:
+    # One of the random mixtures nobody tuned for, with the circle's
+    # settings otherwise (benchmarks/mixture_sweep.py).
+    mix = sweep_mixture(sweep)
+    c.teacher.update(
+      dim=mix["dim"],
+      num_components=len(mix["weights"]),
+      layout="random",
+      means=mix["means"].tolist(),
+      stds=mix["stds"].tolist(),
+      weights=mix["weights"].tolist(),
+    )
 
   c.student.init = "fresh"
   c.student.model = ml_collections.ConfigDict(

@@ -100,7 +100,7 @@ def gmm_report(
   p = teacher.params
   comp_ref = np.asarray(gmm.assign(p, jnp.asarray(ref)))
   comp_out = np.asarray(gmm.assign(p, jnp.asarray(out)))
-  data_var = _data_variance(p)
+  data_var = data_variance(p)
   mse = float(np.mean((out - ref) ** 2))
   report = dict(
     agreement=float(np.mean(comp_ref == comp_out)),
@@ -146,7 +146,7 @@ def _weight_error(params, components) -> float:
   return float(np.max(np.abs(freq - weights)))
 
 
-def _data_variance(params) -> float:
+def data_variance(params) -> float:
   """Per-coordinate variance of the mixture, averaged over coordinates."""
   mu = np.asarray(params["means"], np.float64)
   s = np.asarray(params["stds"], np.float64)

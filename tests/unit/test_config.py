@@ -4,6 +4,7 @@ import importlib.util
 import pathlib
 import re
 
+import numpy as np
 import pytest
 
 from boot_jax.config import defaults, recipes
@@ -179,3 +180,38 @@ def test_section_builders_replace_only_known_fields():
     recipes.unet_model(chanels=8)
   with pytest.raises(ValueError, match="unknown gmm teacher keys"):
     recipes.gmm_teacher(components=3)
+
+
+def test_sweep_mixtures_keep_their_documented_ranges():
+  """`recipes.sweep_mixture` draws what its docstring promises, the same
+  mixture every time, and `configs/gmm.py:sweepI` trains on exactly it."""
+  dims = []
+  for i in range(40):
+    mix = recipes.sweep_mixture(i)
+    means, stds, weights = mix["means"], mix["stds"], mix["weights"]
+    k, dim = means.shape
+    dims.append(dim)
+    assert dim == (2 if i % 2 == 0 else 8) and 4 <= k <= 16
+    assert 1.5 <= mix["scale"] <= 3.0
+    dist = np.sqrt(((means[:, None] - means[None]) ** 2).sum(-1))
+    np.fill_diagonal(dist, np.inf)
+    assert dist.min() >= 0.15 * mix["scale"]
+    assert np.all(stds <= 0.25) and np.all(stds <= dist.min(1) / 5 + 1e-12)
+    assert np.all(stds >= min(0.06, dist.min() / 5))
+    assert np.isclose(weights.sum(), 1.0) and weights.max() <= 4 * weights.min()
+    if dim == 2:
+      assert np.all(np.linalg.norm(means, axis=1) <= mix["scale"])
+  assert set(dims) == {2, 8}
+  again = recipes.sweep_mixture(5)
+  np.testing.assert_array_equal(
+    again["means"], recipes.sweep_mixture(5)["means"]
+  )
+  assert not np.allclose(again["stds"], again["stds"][0])  # unequal stds
+  config = recipes.gmm_config("sweep5")
+  np.testing.assert_array_equal(config.teacher.means, again["means"])
+  np.testing.assert_array_equal(config.teacher.weights, again["weights"])
+  assert config.teacher.dim == 8 and config.refine == _config().refine
+  with pytest.raises(ValueError, match="unknown gmm preset 'sweep'"):
+    recipes.gmm_config("sweep")
+  with pytest.raises(ValueError, match="index must be >= 0"):
+    recipes.sweep_mixture(-1)
