@@ -452,7 +452,7 @@ def plot(results, refine_factors, path) -> None:
   np.atleast_1d(axes)[0].set_ylabel("||g(eps, t) - y_t||^2 / var")
   np.atleast_1d(axes)[-1].legend(fontsize=6, ncol=2)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  fig.savefig(path, dpi=60)
   if not all(r.get("trace") for r in results):
     return
   keys = ("mmd_ratio",) + SIGNALS
@@ -464,7 +464,7 @@ def plot(results, refine_factors, path) -> None:
     ax.set_xlabel("refinement step")
     ax.set_title(key)
   fig.tight_layout()
-  fig.savefig(path.with_name(path.stem + "_trace.png"), dpi=90)
+  fig.savefig(path.with_name(path.stem + "_trace.png"), dpi=60)
 
 
 def results_command(results) -> str:
