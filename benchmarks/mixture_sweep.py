@@ -69,14 +69,18 @@ def mixture_config(index: int, refine_factor: int = 0, overrides=()):
 
   config = recipes.gmm_config(f"sweep{index}")
   for item in overrides:
-    key, value = item.split("=", 1)
-    node = config
+    key, _, value = item.partition("=")
     *parents, leaf = key.split(".")
-    for part in parents:
-      node = node[part]
-    node[leaf] = (
-      type(node[leaf])(value) if node[leaf] is not None else (json.loads(value))
-    )
+    node = config
+    try:
+      for part in parents:
+        node = node[part]
+      old = node[leaf]
+      node[leaf] = json.loads(value) if old is None else type(old)(value)
+    except (KeyError, AttributeError):
+      raise SystemExit(f"--set {item}: the config has no key {key!r}") from None
+    except (TypeError, ValueError) as e:
+      raise SystemExit(f"--set {item}: bad value ({e})") from None
   # The phase's metrics every 50 steps for the trace (logging only).
   config.train.log_every = 50
   if refine_factor:
@@ -481,7 +485,7 @@ def main():
   p.add_argument("--only", help="comma-separated mixture indices")
   p.add_argument("--jobs", type=int, default=2)
   p.add_argument("--refine-factors", default="1,5")
-  p.add_argument("--json")
+  p.add_argument("--json", help="write the results here (a new file)")
   p.add_argument(
     "--set",
     action="append",
@@ -503,6 +507,8 @@ def main():
   )
   p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
   args = p.parse_args()
+  if args.json and args.worker is None and os.path.lexists(args.json):
+    raise SystemExit(f"--json {args.json} exists; give a new path")
   if args.compare:
     print(compare([tuple(item.split("=", 1)) for item in args.compare]))
     return
@@ -515,6 +521,8 @@ def main():
   indices = (
     [int(i) for i in args.only.split(",")] if args.only else range(args.num)
   )
+  for i in indices:  # bad --set values: one line, before any work
+    mixture_config(i, max(factors, default=1), args.set)
   if args.results:
     with open(args.results) as f:
       results = json.load(f)

@@ -403,7 +403,7 @@ def gmm_config(arg: str = "circle") -> ml_collections.ConfigDict:
   if arg not in GMM_PRESETS and sweep is None:
     raise ValueError(
       f"unknown gmm preset {arg!r}; expected one of {GMM_PRESETS} or "
-      "sweepI (I >= 0: recipes.sweep_mixture(I))"
+      "sweepI (random mixture I >= 0 of boot_jax.config.recipes.sweep_mixture)"
     )
   c = defaults.base_config()
   c.teacher = gmm_teacher(
