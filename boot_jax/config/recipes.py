@@ -10,7 +10,8 @@ Builders on top of `defaults.base_config()`:
 * `sd_boot_config`: BOOT on a Stable Diffusion teacher (configs/sd*.py).
 * `if_boot_config`: BOOT on DeepFloyd IF stage I (configs/if_i_*.py).
 * `gmm_config`, `gmm_teacher`: the analytic mixture (configs/gmm.py) and
-  its `teacher` section.
+  its `teacher` section; `sweep_mixture`: random mixtures nobody tuned
+  for (`configs/gmm.py:sweepI`, benchmarks/mixture_sweep.py).
 * `unet_model`: our UNet's `model` section (the demo's sizes by default).
 * `random_unet_teacher`: a `teacher` section with random weights, for tests
   and benchmarks.
