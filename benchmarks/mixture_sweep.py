@@ -66,7 +66,6 @@ def mixture_config(index: int, refine_factor: int = 0, overrides=()):
   `recipes.sweep_mixture(index)`); `refine_factor` > 0 turns the refinement
   on at that multiple of its default steps; `overrides`: `key=value`
   strings over the config (ablations)."""
-
   config = recipes.gmm_config(f"sweep{index}")
   for item in overrides:
     key, _, value = item.partition("=")
@@ -99,7 +98,6 @@ def per_time_error(setup, params, num: int = 2000, seed: int = 7):
   from `alpha_T f(eps, T) + sigma_T eps` instead of `eps`: the same up to
   `alpha_T`, 0.0064 for the mixture's table.) Returns `(t / T [N + 1],
   error [N + 1])`, ascending in t."""
-
   teacher, student, grid = setup.teacher, setup.student, setup.grid
   eps, cond = conditions.eval_inputs(teacher, num, seed)
   eps = jnp.asarray(eps)
@@ -132,7 +130,6 @@ def shape(params, x) -> tuple[float, float]:
   fraction farther than that component's 99% radius, `core` the RMS of
   `(x - mu_k) / s_k` per coordinate over the others (about 0.95 for exact
   samples: the 99% radius cuts the tails)."""
-
   k = np.asarray(gmm.assign(params, x))
   mu = np.asarray(params["means"], np.float64)[k]
   s = np.asarray(params["stds"], np.float64)[k]
@@ -145,7 +142,6 @@ def shape(params, x) -> tuple[float, float]:
 def shapes(setup, params, num: int = 20000, seed: int = 7) -> dict:
   """`shape` of the student's samples, the teacher's DDIM-N's from the
   same eps, and exact samples."""
-
   teacher = setup.teacher
   eps, cond = conditions.eval_inputs(teacher, num, seed)
   samples = dict(
