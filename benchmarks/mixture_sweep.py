@@ -61,11 +61,11 @@ EVAL_SEEDS = (12345, 1, 2)
 TIME_BINS = (0.0, 0.05, 0.25, 0.5, 0.75, 1.01)
 
 
-def mixture_config(index: int, refine_factor: int = 0, overrides=()):
+def mixture_config(index: int, overrides=()):
   """configs/gmm.py:sweep<index> (the circle's settings, the teacher
-  `recipes.sweep_mixture(index)`); `refine_factor` > 0 turns the refinement
-  on at that multiple of its default steps; `overrides`: `key=value`
-  strings over the config (ablations)."""
+  `recipes.sweep_mixture(index)`) with the refinement on (its optimizer
+  state exists from the start, as in a run with boot.refine=true) and
+  `overrides`, `key=value` strings over the config (ablations)."""
   config = recipes.gmm_config(f"sweep{index}")
   for item in overrides:
     key, _, value = item.partition("=")
@@ -82,9 +82,7 @@ def mixture_config(index: int, refine_factor: int = 0, overrides=()):
       raise SystemExit(f"--set {item}: bad value ({e})") from None
   # The phase's metrics every 50 steps for the trace (logging only).
   config.train.log_every = 50
-  if refine_factor:
-    config.boot.refine = True
-    config.refine.steps = int(config.refine.steps) * refine_factor
+  config.boot.refine = True
   return config
 
 
@@ -213,11 +211,10 @@ def run_mixture(index: int, refine_factors, overrides=()) -> dict:
   largest factor, measured at each factor's length (the phase's steps do
   not depend on its length, so the run to 5x passes through 1x) and
   traced every `TRACE_EVERY` steps."""
-  # Set up with the phase on at the longest length (its optimizer state
-  # exists from the start, as in a run with boot.refine=true); BOOT stops
-  # at train.steps.
   factors = sorted(refine_factors)
-  config = mixture_config(index, factors[-1] if factors else 1, overrides)
+  config = mixture_config(index, overrides)
+  base = int(config.refine.steps)
+  config.refine.steps = base * max(factors, default=1)
   setup = trainer.setup(config)
   boot_steps = int(config.train.steps)
   t0 = time.perf_counter()
@@ -225,7 +222,6 @@ def run_mixture(index: int, refine_factors, overrides=()) -> dict:
   runs = {"boot": dict(seconds=time.perf_counter() - t0)}
   runs["boot"].update(measure(setup, state.params))
   print(f"sweep{index} boot {runs['boot']['mmd_ratio']:.3f}", flush=True)
-  base = int(mixture_config(index, 1, overrides).refine.steps)
   trace = [dict(step=0, **trace_point(setup, state.params, []))]
   seconds, done = 0.0, 0
   for factor in factors:
@@ -274,9 +270,8 @@ def run_all(indices, refine_factors, jobs: int, overrides=()) -> list[dict]:
       while pending and len(running) < jobs:
         i = pending.pop(0)
         out = os.path.join(tmp, f"{i}.json")
-        core = cores[len(running) % len(cores)]
         used = {c for _, _, c in running}
-        core = next((c for c in cores if c not in used), core)
+        core = next((c for c in cores if c not in used), cores[0])
         cmd = [
           sys.executable,
           __file__,
@@ -518,7 +513,7 @@ def main():
     [int(i) for i in args.only.split(",")] if args.only else range(args.num)
   )
   for i in indices:  # bad --set values: one line, before any work
-    mixture_config(i, max(factors, default=1), args.set)
+    mixture_config(i, args.set)
   if args.results:
     with open(args.results) as f:
       results = json.load(f)
