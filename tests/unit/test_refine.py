@@ -209,3 +209,10 @@ def test_boot_weight_adds_boots_loss():
     config.refine.boot_weight = bad
     with pytest.raises(ValueError, match="boot_weight must be finite"):
       refine.settings(config)
+  config.refine.boot_weight = 2.5
+  for key in ("lr", "fake_lr"):
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+      config.refine[key] = bad
+      with pytest.raises(ValueError, match="fake_lr must be finite and > 0"):
+        refine.settings(config)
+    config.refine[key] = 1e-5
