@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from boot_jax.config import recipes
-from boot_jax.distill import conditions
+from boot_jax.config import defaults, recipes
+from boot_jax.distill import conditions, refine
 from boot_jax.evaluation import mixture_eval
 from boot_jax.teachers import gmm
 from boot_jax.training import trainer
@@ -513,7 +513,12 @@ def main():
     [int(i) for i in args.only.split(",")] if args.only else range(args.num)
   )
   for i in indices:  # bad --set values: one line, before any work
-    mixture_config(i, args.set)
+    config = mixture_config(i, args.set)
+    try:
+      defaults.validate(config)
+      refine.settings(config)
+    except ValueError as e:
+      raise SystemExit(f"--set: {e}") from None
   if args.results:
     with open(args.results) as f:
       results = json.load(f)
