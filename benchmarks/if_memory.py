@@ -48,7 +48,6 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -104,17 +103,6 @@ T5_XXL = dict(
 )
 
 
-def per_device(tree, shardings) -> float:
-  return float(
-    sum(
-      math.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
-      for a, s in zip(
-        jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True
-      )
-    )
-  )
-
-
 def unet_abstract(cfg: dict, module=None):
   """The UNet's boxed parameter shapes (`module`: an `IFUNet` of `cfg`
   with other dtype or attention)."""
@@ -160,16 +148,16 @@ def rows(cfg: dict) -> list[str]:
       ml_collections.ConfigDict(dict(data=16 // f, fsdp=f, tensor=1))
     )
     rules = sharding.DEFAULT_RULES
-    student = per_device(
+    student = sharding.shard_bytes(
       state, sharding.tree_shardings(state, specs, mesh, rules)
     )
-    teacher = per_device(
+    teacher = sharding.shard_bytes(
       params,
       sharding.tree_shardings(
         params, sharding.logical_specs(boxed), mesh, rules
       ),
     )
-    text = per_device(
+    text = sharding.shard_bytes(
       t5,
       sharding.tree_shardings(
         t5,

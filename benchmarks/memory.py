@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-import math  # noqa: E402
 import os
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402
@@ -22,7 +21,6 @@ import sys  # noqa: E402
 
 import demo  # noqa: E402
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 import train_step  # noqa: E402
 
 from boot_jax.runtime import sharding
@@ -39,16 +37,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 BEGIN = "<!-- memory: begin -->"
 END = "<!-- memory: end -->"
 MESHES = [(1, 8, 1), (2, 4, 1), (8, 1, 1), (1, 4, 2)]
-
-
-def shard_bytes(abstract, shardings) -> float:
-  """Largest bytes any one device holds, from the shard shapes."""
-  per = []
-  for a, s in zip(
-    jax.tree.leaves(abstract), jax.tree.leaves(shardings), strict=True
-  ):
-    per.append(math.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize)
-  return float(sum(per))
 
 
 def row(model: str, mesh, build: bool) -> str:
@@ -70,8 +58,8 @@ def row(model: str, mesh, build: bool) -> str:
     how = "measured (addressable shards)"
   else:
     owned = dict(p=abstract.params, o=abstract.opt_state)
-    per = shard_bytes(owned, jax.tree.map(lambda a: a.sharding, owned))
-    ema = shard_bytes(
+    per = sharding.shard_bytes(owned, jax.tree.map(lambda a: a.sharding, owned))
+    ema = sharding.shard_bytes(
       abstract.ema_params,
       jax.tree.map(lambda a: a.sharding, abstract.ema_params),
     )

@@ -17,8 +17,11 @@ evaluation seeds), the component weight error on 200,000 samples, the
 agreement with DDIM-N from the same eps, the shape of the components
 (`shape`), and the per-time error of the student's trajectory
 `g(eps, t)` against the teacher's (`per_time_error`), binned by `t`. The
-refinement is traced: the MMD ratio beside the phase's logged, data-free
-metrics every `TRACE_EVERY` steps.
+run is traced: the MMD ratio beside data-free candidates for a progress
+signal (the refinement's logged losses; the probe of
+`boot_jax.evaluation.probe`, the student against the teacher's DDIM-N on
+held-out noise, as a run logs it) every `BOOT_TRACE_EVERY` BOOT steps and
+every `TRACE_EVERY` refinement steps.
 
 `--jobs` runs that many mixtures at once, each in its own process pinned
 to one core with XLA's single-threaded CPU runtime. `--set` changes the
@@ -50,6 +53,7 @@ import scipy.stats
 from boot_jax.config import defaults, recipes
 from boot_jax.distill import conditions, refine
 from boot_jax.evaluation import mixture_eval
+from boot_jax.evaluation import probe as probe_lib
 from boot_jax.teachers import gmm
 from boot_jax.training import trainer
 
@@ -165,7 +169,7 @@ def binned(t, err) -> list[float]:
   return out
 
 
-def measure(setup, params) -> dict:
+def measure(setup, params, probe) -> dict:
 
   rows = [
     mixture_eval.gmm_report(
@@ -181,6 +185,7 @@ def measure(setup, params) -> dict:
     setup.teacher, setup.student, params
   )
   out.update(shapes(setup, params))
+  out.update(probe(params))
   t, err = per_time_error(setup, params)
   out["time"] = t.tolist()
   out["time_error"] = err.tolist()
@@ -189,16 +194,19 @@ def measure(setup, params) -> dict:
 
 
 TRACE_EVERY = 250  # refinement steps between the trace's points
+BOOT_TRACE_EVERY = 1000  # BOOT steps between the trace's points
 
 
-def trace_point(setup, params, history) -> dict:
-  """The trace of the refinement: MMD ratio and agreement (one evaluation
-  seed) beside the phase's own logged metrics (data-free candidates for a
-  progress signal), averaged over the rows since the previous point."""
+def trace_point(setup, params, history, probe) -> dict:
+  """A point of a run's trace: MMD ratio and agreement (one evaluation
+  seed) beside data-free candidates for a progress signal: the probe (as
+  a run logs it) and the phase's logged losses, averaged over the rows
+  since the previous point."""
   r = mixture_eval.gmm_report(
     setup.teacher, setup.student, params, setup.grid, None, 4000, EVAL_SEEDS[0]
   )
   point = {k: float(r[k]) for k in ("mmd_ratio", "agreement")}
+  point.update(probe(params))
   for key in ("score_gap", "loss_fake", "loss_sid", "loss"):
     values = [row[key] for row in history if key in row]
     if values:
@@ -216,13 +224,22 @@ def run_mixture(index: int, refine_factors, overrides=()) -> dict:
   base = int(config.refine.steps)
   config.refine.steps = base * max(factors, default=1)
   setup = trainer.setup(config)
+  probe = probe_lib.make_probe(
+    setup.teacher, setup.student, setup.grid, setup.mesh, config, _quiet
+  )
   boot_steps = int(config.train.steps)
-  t0 = time.perf_counter()
-  state, _ = trainer.run(setup, until=boot_steps)
-  runs = {"boot": dict(seconds=time.perf_counter() - t0)}
-  runs["boot"].update(measure(setup, state.params))
+  state, seconds, boot_trace = setup.init_state(), 0.0, []
+  while int(state.step) < boot_steps:
+    until = min(int(state.step) + BOOT_TRACE_EVERY, boot_steps)
+    t0 = time.perf_counter()
+    state, history = trainer.run(setup, state=state, until=until)
+    seconds += time.perf_counter() - t0
+    point = trace_point(setup, state.params, history, probe)
+    boot_trace.append(dict(step=until, **point))
+  runs = {"boot": dict(seconds=seconds)}
+  runs["boot"].update(measure(setup, state.params, probe))
   print(f"sweep{index} boot {runs['boot']['mmd_ratio']:.3f}", flush=True)
-  trace = [dict(step=0, **trace_point(setup, state.params, []))]
+  trace = [dict(step=0, **trace_point(setup, state.params, [], probe))]
   seconds, done = 0.0, 0
   for factor in factors:
     while done < factor * base:
@@ -231,10 +248,11 @@ def run_mixture(index: int, refine_factors, overrides=()) -> dict:
       state, history = trainer.run(setup, state=state, until=boot_steps + until)
       seconds += time.perf_counter() - t0
       done = until
-      trace.append(dict(step=done, **trace_point(setup, state.params, history)))
+      point = trace_point(setup, state.params, history, probe)
+      trace.append(dict(step=done, **point))
     key = f"refine_x{factor}"
     runs[key] = dict(seconds=seconds)
-    runs[key].update(measure(setup, state.params))
+    runs[key].update(measure(setup, state.params, probe))
     print(f"sweep{index} {key} {runs[key]['mmd_ratio']:.3f}", flush=True)
   return dict(
     index=index,
@@ -244,7 +262,12 @@ def run_mixture(index: int, refine_factors, overrides=()) -> dict:
     boot_steps=boot_steps,
     runs=runs,
     trace=trace,
+    boot_trace=boot_trace,
   )
+
+
+def _quiet(*args):
+  del args
 
 
 def _worker_env() -> dict:
@@ -393,39 +416,60 @@ def compare(named: list[tuple[str, str]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-SIGNALS = ("score_gap", "loss_fake", "loss_sid")
+SIGNALS = ("probe_mmd2", "probe_mse", "score_gap", "loss_fake", "loss_sid")
+BOOT_SIGNALS = ("probe_mmd2", "probe_mse", "loss")
+
+
+def _rho(points, key) -> float:
+  points = [p for p in points if key in p]
+  return float(
+    scipy.stats.spearmanr(
+      [p[key] for p in points], [p["mmd_ratio"] for p in points]
+    ).statistic
+  )
 
 
 def trace_table(results) -> list[str]:
-  """How each data-free candidate follows the MMD ratio along the
-  refinement: Spearman's rank correlation over each mixture's trace."""
+  """How each data-free candidate follows the MMD ratio: Spearman's rank
+  correlation over each mixture's trace of BOOT and of the refinement,
+  and over the finished runs of every mixture."""
   if not all(r.get("trace") for r in results):
     return []
-  lines = [
-    f"Along the refinement (a point every {TRACE_EVERY} steps), Spearman's "
-    "rank correlation of each logged, data-free quantity with the MMD "
-    "ratio (one evaluation seed) over each mixture's trace (1 = the "
-    "quantity orders the points as the MMD does):",
-    "",
-    "| quantity | "
-    + " | ".join(f"sweep{r['index']}" for r in results)
-    + " | median |",
-    "|---|" + "---|" * (len(results) + 1),
-  ]
-  for key in SIGNALS:
-    rhos = []
-    for r in results:
-      points = [p for p in r["trace"] if key in p]
-      rho = scipy.stats.spearmanr(
-        [p[key] for p in points], [p["mmd_ratio"] for p in points]
-      ).statistic
-      rhos.append(float(rho))
-    lines.append(
-      f"| {key} | "
-      + " | ".join(f"{x:.2f}" for x in rhos)
-      + f" | {np.median(rhos):.2f} |"
-    )
-  return lines
+  lines = []
+  phases = [("trace", TRACE_EVERY, SIGNALS, "the refinement")]
+  if all(r.get("boot_trace") for r in results):
+    phases.insert(0, ("boot_trace", BOOT_TRACE_EVERY, BOOT_SIGNALS, "BOOT"))
+  for field, every, signals, phase in phases:
+    lines += [
+      f"Along {phase} (a point every {every} steps), Spearman's rank "
+      "correlation of each data-free quantity with the MMD ratio (one "
+      "evaluation seed) over each mixture's trace (1 = the quantity orders "
+      "the points as the MMD does):",
+      "",
+      "| quantity | "
+      + " | ".join(f"sweep{r['index']}" for r in results)
+      + " | median |",
+      "|---|" + "---|" * (len(results) + 1),
+    ]
+    for key in signals:
+      rhos = [_rho(r[field], key) for r in results]
+      lines.append(
+        f"| {key} | "
+        + " | ".join(f"{x:.2f}" for x in rhos)
+        + f" | {np.median(rhos):.2f} |"
+      )
+    lines.append("")
+  finished = [run for r in results for run in r["runs"].values()]
+  if all("probe_mmd2" in run for run in finished):
+    lines += [
+      "Across the finished runs (every mixture, BOOT and each refinement "
+      f"length: {len(finished)} points), Spearman's correlation with the "
+      "MMD ratio: "
+      + ", ".join(f"{k} {_rho(finished, k):.2f}" for k in BOOT_SIGNALS[:2])
+      + ".",
+      "",
+    ]
+  return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 def plot(results, refine_factors, path) -> None:
@@ -451,7 +495,7 @@ def plot(results, refine_factors, path) -> None:
   if not all(r.get("trace") for r in results):
     return
   keys = ("mmd_ratio",) + SIGNALS
-  fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5))
+  fig, axes = plt.subplots(1, len(keys), figsize=(3.5 * len(keys), 3.5))
   for ax, key in zip(axes, keys, strict=True):
     for r in results:
       points = [p for p in r["trace"] if key in p]

@@ -55,7 +55,6 @@ from unittest import mock  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from boot_jax import teachers  # noqa: E402
@@ -135,17 +134,6 @@ USABLE = 0.9
 GIB = 2**30
 
 
-def per_device(tree, shardings) -> float:
-  return float(
-    sum(
-      math.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
-      for a, s in zip(
-        jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True
-      )
-    )
-  )
-
-
 def rows() -> list[str]:
   """The parameter-state table (shard shapes; activations excluded)."""
   out = []
@@ -170,8 +158,8 @@ def rows() -> list[str]:
         params, tspecs, mesh, sharding.DEFAULT_RULES
       )
       gib = lambda b: f"{b / GIB:.2f}"  # noqa: E731
-      student = per_device(state, sh)
-      teacher_fsdp = per_device(params, tsh)
+      student = sharding.shard_bytes(state, sh)
+      teacher_fsdp = sharding.shard_bytes(params, tsh)
       teacher_rep = sharding.tree_bytes(params)
       out.append(
         f"| {name} | {n / 1e6:.0f}M | data={mesh_shape[0]} "

@@ -117,6 +117,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 256
   c.train.seed = 0
   c.train.log_every = 100
+  # The data-free progress signal logged every log_every steps (probe_mse,
+  # probe_mmd2: boot_jax/evaluation/probe.py): the student against the
+  # teacher's DDIM-N on min(probe_samples, batch_size) held-out noises.
+  # 0 (or a batch under 16): no probe.
+  c.train.probe_samples = 256
   c.train.ckpt_every = 1000
   c.train.eval_every = 1000
   c.train.keep_checkpoints = 3
@@ -229,6 +234,7 @@ RESUMABLE_CHANGES = (
   "train.keep_checkpoints",
   "train.max_skipped_fraction",
   "train.allow_config_change",
+  "train.probe_samples",
   "eval.",
   # How attention is computed (the parameters are the same).
   "model.attention",
@@ -245,6 +251,10 @@ MAX_SEED = 2**63 - 1
 
 def _number(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _finite(value) -> bool:
@@ -331,6 +341,11 @@ def validate_train(t) -> None:
     (
       t.get("eval_every", 0) >= 0,
       f"train.eval_every must be >= 0 (0: never), got {t.get('eval_every')}",
+    ),
+    (
+      _integer(t.get("probe_samples", 0)) and t.get("probe_samples", 0) >= 0,
+      "train.probe_samples must be an integer >= 0 (0: no probe), got "
+      f"{t.get('probe_samples')}",
     ),
     (
       t.get("keep_checkpoints", 1) >= 1,

@@ -52,13 +52,13 @@ def mmd(x, y, scales=MMD_SCALES, bandwidth=None):
   x = jnp.asarray(x, jnp.float32)
   y = jnp.asarray(y, jnp.float32)
   if bandwidth is None:
-    d = _sqdist(y[:1000], y[:1000])
+    d = sqdist(y[:1000], y[:1000])
     bandwidth = float(jnp.median(d[jnp.triu_indices(d.shape[0], 1)]))
   val = _mmd2(x, y, jnp.asarray(scales) * bandwidth)
   return float(jnp.sqrt(jnp.maximum(val, 0.0))), bandwidth
 
 
-def _sqdist(a, b):
+def sqdist(a, b):
   return (
     jnp.sum(a**2, -1)[:, None] + jnp.sum(b**2, -1)[None, :] - 2 * a @ b.T
   ).clip(0.0)
@@ -67,7 +67,7 @@ def _sqdist(a, b):
 @jax.jit
 def _mmd2(x, y, widths):
   def k(a, b):
-    d = _sqdist(a, b)
+    d = sqdist(a, b)
     return jnp.mean(jnp.sum(jnp.exp(-d[..., None] / widths), -1))
 
   return k(x, x) + k(y, y) - 2 * k(x, y)

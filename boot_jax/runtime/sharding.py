@@ -228,6 +228,20 @@ def tree_bytes(tree) -> int:
   )
 
 
+def shard_bytes(abstract, shardings) -> int:
+  """Bytes one device holds of a tree placed by `shardings`, from the
+  shard shapes alone (`abstract` may be ShapeDtypeStructs: nothing is
+  allocated). For meshes and sizes no machine here has."""
+  return int(
+    sum(
+      math.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
+      for a, s in zip(
+        jax.tree.leaves(abstract), jax.tree.leaves(shardings), strict=True
+      )
+    )
+  )
+
+
 def bytes_per_device(tree) -> dict:
   """Bytes of a tree of arrays held by each device (addressable shards)."""
   out: dict = {}

@@ -19,6 +19,7 @@ import numpy as np
 from boot_jax.config import defaults
 from boot_jax.distill import conditions, refine
 from boot_jax.evaluation import evaluator, pixel_eval
+from boot_jax.evaluation import probe as probe_lib
 from boot_jax.runtime import lock, paths, sharding
 from boot_jax.runtime import workdir as workdir_lib
 from boot_jax.sampling import inference
@@ -156,6 +157,14 @@ def _train_locked(config, workdir: str, printer) -> dict:
     printer=printer,
     sync=sharding.needs_step_sync(setup.mesh),
     total_steps=refine.total_steps(config),
+    probe=probe_lib.make_probe(
+      setup.teacher,
+      setup.student,
+      setup.grid,
+      setup.mesh,
+      config,
+      printer if sharding.is_lead() else lambda *a: None,
+    ),
   )
   if setup.source_step is not None:
     printer(

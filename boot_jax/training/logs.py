@@ -52,7 +52,9 @@ def progress_line(
   """`step 500/8000 (6%) 83.1 steps/s ETA 1:30 loss=... ` as one line;
   without a rate yet (the first step, compiled on the way) it says so."""
   shown = " ".join(
-    f"{k}={v:.4g}" for k, v in scalars.items() if k.startswith("loss")
+    f"{k}={v:.4g}"
+    for k, v in scalars.items()
+    if k.startswith(("loss", "probe_"))
   )
   pct = 100.0 * step / max(total, 1)
   if steps_per_s is None or not steps_per_s > 0:

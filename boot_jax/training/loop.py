@@ -79,6 +79,10 @@ class Driver:
       (nan_policy 'stop'); with 'skip' such steps are only counted.
     max_skipped: with 'skip', raise NonFiniteLoss once more steps than this
       were skipped (None: no limit).
+    probe: `params -> {name: float}`, run on every process at each logged
+      step on the parameters sampling would use; its values join the row
+      (`boot_jax.evaluation.probe`; None: no probe). Its time is not
+      counted in steps_per_s.
   """
 
   total_steps: int
@@ -93,6 +97,7 @@ class Driver:
   sync: bool = False
   stop_on_nonfinite: bool = True
   max_skipped: int | None = None
+  probe: Callable | None = None
 
 
 def _check_skipped(state, d: Driver, step: int, last_saved: int | None):
@@ -161,7 +166,9 @@ def drive(state, d: Driver, last_saved: int | None = None):
         elapsed = now - t_last
         if done > step_last:  # unknown at the first step (compilation)
           row["steps_per_s"] = (done - step_last) / elapsed
-        t_last, step_last = now, done
+        if d.probe is not None:
+          row.update(d.probe(params_for_sampling(state)))
+        t_last, step_last = time.perf_counter(), done
         history.append(dict(row, step=done))
         if d.log is not None:
           d.log(done, row)
@@ -219,6 +226,7 @@ def run_in_workdir(
   printer: Callable = print,
   sync: bool = False,
   total_steps: int | None = None,
+  probe: Callable | None = None,
 ):
   """Runs a trainer under the work-directory contract, resuming if it can.
 
@@ -241,6 +249,7 @@ def run_in_workdir(
     printer: where progress lines go.
     sync: wait for each step (multi-device CPU meshes).
     total_steps: run until this step (default `train.steps`).
+    probe: a data-free signal logged with each row (`Driver.probe`).
 
   Returns:
     `(state, history)`.
@@ -312,6 +321,7 @@ def run_in_workdir(
     sync=sync,
     stop_on_nonfinite=t.get("nan_policy", "stop") == "stop",
     max_skipped=(None if skip_fraction is None else int(skip_fraction * total)),
+    probe=probe,
   )
   try:
     state, history = drive(state, driver, last_saved=last)

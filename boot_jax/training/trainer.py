@@ -322,8 +322,12 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
   )
 
 
-def run(s: Setup, state=None, until: int | None = None, on_log=None):
+def run(
+  s: Setup, state=None, until: int | None = None, on_log=None, probe=None
+):
   """The smallest BOOT loop (no work directory): for tests and benchmarks.
+
+  `probe`: a data-free signal logged with each row (`Driver.probe`).
 
   Returns:
     `(state, history)`.
@@ -338,5 +342,6 @@ def run(s: Setup, state=None, until: int | None = None, on_log=None):
     log=on_log,
     sync=sharding.needs_step_sync(s.mesh),
     stop_on_nonfinite=s.config.train.nan_policy == "stop",
+    probe=probe,
   )
   return loop.drive(state, d)

@@ -399,7 +399,6 @@ def test_every_unet_parameter_carries_logical_names():
   fallback off) put all but a few small leaves' bytes over fsdp: at fsdp 8
   a device holds at most 1.1/8 of the UNet. (At IF-I-XL's shapes it is
   exactly 1/fsdp: benchmarks/if_memory.py.)"""
-  import math
 
   import flax.linen as nn
 
@@ -424,11 +423,6 @@ def test_every_unet_parameter_carries_logical_names():
     sharding.DEFAULT_RULES,
     fsdp_fallback=False,
   )
-  total = sum(math.prod(a.shape) for a in jax.tree.leaves(params))
-  per_device = sum(
-    math.prod(s.shard_shape(a.shape))
-    for a, s in zip(
-      jax.tree.leaves(params), jax.tree.leaves(shardings), strict=True
-    )
-  )
+  total = sharding.tree_bytes(params)
+  per_device = sharding.shard_bytes(params, shardings)
   assert per_device <= 1.1 * total / 8, (per_device, total)

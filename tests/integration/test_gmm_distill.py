@@ -152,6 +152,8 @@ def test_train_cli_writes_workdir(tmp_path, capsys):
   ]
   assert [r["step"] for r in rows] == [100, 200]
   assert all("loss_bs" in r and "wall_time" in r for r in rows)
+  # The data-free progress signal, every logged step.
+  assert all(r["probe_mse"] >= 0 and r["probe_mmd2"] >= 0 for r in rows)
   saved = json.loads((tmp_path / "eval.json").read_text())
   assert saved["agreement"] == report["agreement"]
   assert "ETA" in capsys.readouterr().out
@@ -161,3 +163,4 @@ def test_train_cli_writes_workdir(tmp_path, capsys):
   for events in (tmp_path / "tb").glob("events.out.tfevents*"):
     tags.update(tb_tags(events.read_bytes()))
   assert tags["eval/agreement"] == [(200, "scalar")]
+  assert tags["probe_mmd2"] == [(100, "scalar"), (200, "scalar")]

@@ -39,6 +39,7 @@ def _config():
     ("train.seed", 2**70, "train.seed must be an integer in [0, 2^63 - 1]"),
     ("eval.seed", -3, "eval.seed must be an integer"),
     ("refine.seed", -1, "refine.seed must be an integer"),
+    ("train.probe_samples", -1, "train.probe_samples must be an integer"),
   ],
 )
 def test_bad_values_are_refused_naming_the_key(key, value, expected):
@@ -62,6 +63,7 @@ def test_bad_values_are_refused_naming_the_key(key, value, expected):
     ("optim.grad_clip", 0.0),
     ("optim.warmup_steps", 0),
     ("train.seed", 2**63 - 1),
+    ("train.probe_samples", 0),
   ],
 )
 def test_edge_values_that_make_sense_are_accepted(key, value):

@@ -220,6 +220,28 @@ def test_restore_on_other_meshes(tmp_path):
   del full_setup, saver
 
 
+def test_shard_bytes_from_shapes_equal_the_placed_arrays():
+  """`shard_bytes` (shapes only) against the bytes the devices really
+  hold once the same tree is placed (`bytes_per_device`)."""
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(fsdp=4, tensor=2)))
+  P = jax.sharding.PartitionSpec
+  tree = {
+    "w": np.ones((8, 6), np.float32),
+    "b": np.ones((3,), np.float32),
+    "h": np.ones((4, 12), np.float16),
+  }
+  specs = {"w": P("fsdp", None), "b": P(), "h": P("tensor", "fsdp")}
+  shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs)
+  abstract = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree
+  )
+  placed = jax.device_put(tree, shardings)
+  held = max(sharding.bytes_per_device(placed).values())
+  assert sharding.shard_bytes(abstract, shardings) == held
+  # By hand: 2 of w's 8 rows, all of b, a [2, 3] block of h.
+  assert held == 2 * 6 * 4 + 3 * 4 + 2 * 3 * 2
+
+
 def test_rules_and_fallback():
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(fsdp=4, tensor=2)))
   rules = sharding.DEFAULT_RULES

@@ -1,0 +1,141 @@
+"""A data-free progress signal: the student against the teacher's DDIM-N.
+
+Real teachers come without samples of their distribution, so no metric
+against data can say how a run is going. The probe needs none: on a fixed
+set of held-out noise (never a training draw) it compares the student's one
+step with the teacher's own DDIM on the run's grid (N steps, the
+trajectories BOOT distils), from the same noise:
+
+  * `probe_mse`: the mean squared difference per element, over the
+    reference's variance per element (0 for a student that lands exactly
+    where the teacher's DDIM-N does);
+  * `probe_mmd2`: the squared kernel MMD between the two sets of samples,
+    the unbiased estimate (pairs `i = j` left out of every sum, so the
+    shared noise does not enter it; it can be slightly negative), with
+    `mixture_eval.mmd`'s kernels and a bandwidth fixed for the run (the
+    median squared distance between the reference's samples). It compares
+    distributions, not pairs, so it can fall while `probe_mse` rises: the
+    refinement moves the student off the teacher's pairing of noise and
+    sample on purpose.
+
+The reference is computed once, at the first logged step, at
+`min(train.probe_samples, train.batch_size)` samples: at most the batch
+the run's teacher calls already hold, and N teacher calls (about N / 2
+BOOT steps of teacher compute). `train.probe_samples = 0` turns it off;
+runs whose batch is under `MIN_SAMPLES` have none.
+docs/BENCHMARKS.md shows how the probe follows the MMD to exact samples on
+the mixture sweep.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from boot_jax.distill import conditions
+from boot_jax.evaluation import mixture_eval
+from boot_jax.runtime import sharding
+
+# Fewer samples say nothing of a distribution: no probe below this.
+MIN_SAMPLES = 16
+# Held-out noise: a seed of its own, so the probe never sees a training
+# draw (those fold `train.seed`) nor the evaluation's (`eval.seed`).
+PROBE_SEED = 0x9E3779B9
+
+
+def probe_size(config) -> int:
+  """How many held-out samples the probe compares (0: no probe)."""
+  wanted = int(config.train.get("probe_samples", 0) or 0)
+  return min(wanted, int(config.train.batch_size))
+
+
+def probe_guidance(config):
+  """The w of the probe: the run's fixed w, or its range's middle."""
+  lo_hi = config.boot.get("guidance_range")
+  if lo_hi is not None:
+    return 0.5 * (float(lo_hi[0]) + float(lo_hi[1]))
+  w = config.boot.get("guidance")
+  return None if w is None else float(w)
+
+
+@jax.jit
+def mmd2_unbiased(x, y, widths):
+  """The unbiased MMD^2 of paired sets `x, y` `[n, D]`: every sum over
+  `i != j` (a sum of Gaussian kernels of variances `widths`)."""
+  n = x.shape[0]
+  off = 1.0 - jnp.eye(n, dtype=x.dtype)
+
+  def mean_off_diagonal(a, b):
+    d = mixture_eval.sqdist(a, b)
+    k = jnp.sum(jnp.exp(-d[..., None] / widths), -1)
+    return jnp.sum(k * off) / (n * (n - 1))
+
+  return (
+    mean_off_diagonal(x, x)
+    + mean_off_diagonal(y, y)
+    - 2 * mean_off_diagonal(x, y)
+  )
+
+
+class Probe:
+  """`probe(params) -> {'probe_mse': ..., 'probe_mmd2': ...}` (floats).
+
+  Every process calls it with the same parameters (the student's step is
+  sharded); the reference is built on the first call, with a line to
+  `printer` first (it runs the teacher's DDIM-N once).
+  """
+
+  def __init__(self, teacher, student, grid, mesh, config, printer=print):
+    self.num = probe_size(config)
+    if self.num < MIN_SAMPLES:
+      raise ValueError(f"the probe compares at least {MIN_SAMPLES} samples")
+    self.teacher, self.student, self.grid = teacher, student, grid
+    # Replicated outputs: every process can read them (multi-host runs).
+    self.out = sharding.replicated(mesh)
+    self.guidance = probe_guidance(config)
+    self.printer = printer
+    self._reference = None
+
+  def _build(self):
+    eps, cond = conditions.eval_inputs(self.teacher, self.num, PROBE_SEED)
+    self.printer(
+      f"probe: the teacher's DDIM-{self.grid.num_steps} on {self.num} "
+      "held-out noises (once; train.probe_samples=0 turns it off)"
+    )
+    ts = self.grid.ddim_timesteps()
+    teacher, w = self.teacher, self.guidance
+    ref = jax.jit(
+      lambda p, e, c: teacher.ddim(p, e, ts, c, w), out_shardings=self.out
+    )(teacher.params, eps, cond)
+    ref = np.asarray(ref, np.float64).reshape(self.num, -1)
+    var = float(ref.var(axis=0).mean())
+    _, bandwidth = mixture_eval.mmd(ref, ref)
+    w_student = w if self.student.guided else None
+    student = self.student
+    self._generate = jax.jit(
+      lambda p, e, c: student.generate(p, e, c, w_student),
+      out_shardings=self.out,
+    )
+    self._reference = (eps, cond, ref.astype(np.float32), var, bandwidth)
+
+  def __call__(self, params) -> dict:
+    if self._reference is None:
+      self._build()
+    eps, cond, ref, var, bandwidth = self._reference
+    out = np.asarray(self._generate(params, eps, cond), np.float32)
+    out = out.reshape(self.num, -1)
+    mse = float(np.mean(np.square(out - ref)))
+    widths = jnp.asarray(mixture_eval.MMD_SCALES) * bandwidth
+    return {
+      "probe_mse": mse / max(var, 1e-12),
+      "probe_mmd2": float(mmd2_unbiased(out, ref, widths)),
+    }
+
+
+def make_probe(teacher, student, grid, mesh, config, printer=print):
+  """The run's probe, or None when `train.probe_samples` is 0 or the
+  probe would compare fewer than `MIN_SAMPLES` (a batch that small)."""
+  if probe_size(config) < MIN_SAMPLES:
+    return None
+  return Probe(teacher, student, grid, mesh, config, printer)
