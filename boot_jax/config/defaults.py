@@ -76,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.boot = ml_collections.ConfigDict()
   c.boot.num_steps = 32  # N, the time grid
   c.boot.spacing = "uniform"  # or 'lambda'
+  # How each example's grid step is drawn: 'uniform', or 'clean' (step i
+  # with probability proportional to 1 / i; boot_jax/distill/boot.py).
+  c.boot.time_sampling = "uniform"
   c.boot.boundary_weight = 1.0  # beta
   c.boot.boundary_target = "teacher"  # or 'ddim'
   c.boot.guidance = placeholder(float)  # w; None: no guidance
@@ -247,6 +250,11 @@ RESUMABLE_CHANGES = (
 
 
 MAX_SEED = 2**63 - 1
+# How each example's BOOT grid step i (1 = the step onto the clean end) is
+# drawn: uniformly, or with probability proportional to 1 / i ('clean':
+# the steps nearest the clean end drawn most). 'clean' reweights the
+# steps' terms of the objective; its exact solution is the same.
+TIME_SAMPLINGS = ("uniform", "clean")
 
 
 def _number(value) -> bool:
@@ -391,6 +399,11 @@ def validate(config) -> None:
     (
       config.boot.guidance is None or config.boot.guidance >= 0,
       f"boot.guidance must be >= 0, got {config.boot.guidance}",
+    ),
+    (
+      config.boot.get("time_sampling", "uniform") in TIME_SAMPLINGS,
+      f"boot.time_sampling must be one of {TIME_SAMPLINGS}, got "
+      f"{config.boot.get('time_sampling')!r}",
     ),
     (
       config.boot.curriculum_stages >= 1,

@@ -42,6 +42,7 @@ def draw_batch(
   grid: boot.Grid,
   label_logits=None,
   guidance_range=None,
+  time_sampling: str = "uniform",
 ):
   """The BOOT inputs of one step for the given global example indices.
 
@@ -52,6 +53,7 @@ def draw_batch(
     label_logits: log frequencies of the labels (None: uniform).
     guidance_range: `(w_min, w_max)`: each example also gets a guidance
       scale `w` uniform in the range (a guidance-conditioned student).
+    time_sampling: how the grid step is drawn (`defaults.TIME_SAMPLINGS`).
 
   Returns:
     A dict with `eps`, `cond` (labels or None), the time inputs of
@@ -61,9 +63,13 @@ def draw_batch(
   split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
   k_eps, k_time, k_label = split[:, 0], split[:, 1], split[:, 2]
   eps = jax.vmap(lambda k: jax.random.normal(k, tuple(sample_shape)))(k_eps)
-  idx = jax.vmap(lambda k: jax.random.randint(k, (), 1, grid.num_steps + 1))(
-    k_time
-  )
+  if time_sampling == "clean":
+    logits = -jnp.log(jnp.arange(1, grid.num_steps + 1, dtype=jnp.float32))
+    idx = 1 + jax.vmap(lambda k: jax.random.categorical(k, logits))(k_time)
+  else:
+    idx = jax.vmap(lambda k: jax.random.randint(k, (), 1, grid.num_steps + 1))(
+      k_time
+    )
   batch = dict(eps=eps, cond=None, **boot.time_inputs(grid, idx))
   if condition.kind == "class":
     batch["cond"] = jax.vmap(

@@ -242,6 +242,8 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
   if guidance_range is not None:
     guidance_range = tuple(float(w) for w in guidance_range)
 
+  time_sampling = config.boot.get("time_sampling", "uniform")
+
   @functools.partial(jax.jit, static_argnums=1)
   def draw_local(step, stage):
     return conditions.draw_batch(
@@ -253,6 +255,7 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
       grids[stage],
       label_logits,
       guidance_range,
+      time_sampling,
     )
 
   prompt_set = encode_batch = text_params = None

@@ -40,6 +40,7 @@ def _config():
     ("eval.seed", -3, "eval.seed must be an integer"),
     ("refine.seed", -1, "refine.seed must be an integer"),
     ("train.probe_samples", -1, "train.probe_samples must be an integer"),
+    ("boot.time_sampling", "late", "boot.time_sampling must be one of"),
   ],
 )
 def test_bad_values_are_refused_naming_the_key(key, value, expected):
