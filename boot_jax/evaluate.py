@@ -32,6 +32,7 @@ from absl import flags
 
 from boot_jax.config import defaults
 from boot_jax.evaluation import (
+  clip_score,
   evaluator,
   pixel_eval,
   text_eval,
@@ -97,6 +98,12 @@ def check_flags(f) -> None:
     raise text_eval.TextEvalError(
       f"--num_captions must be >= 1, got {f['num_captions'].value}"
     )
+  if protocol == "text":
+    # Bad captions or a local folder that is not CLIP's: refused before the
+    # run and its teacher load (seconds to minutes).
+    text_eval.captions_of(f["captions"].value, f["num_captions"].value)
+    if not paths.is_remote(f["clip"].value):
+      clip_score.require_clip_folder(f["clip"].value)
 
 
 def default_scorer(f):

@@ -49,6 +49,12 @@ def _text_features(module, ids, mask):
   return module.text_projection(pooled)
 
 
+def require_clip_folder(folder: str) -> None:
+  """Refuses a local folder without a config.json (cheap: no import)."""
+  if not os.path.isfile(os.path.join(folder, "config.json")):
+    raise ClipError(f"{folder} has no config.json: not a CLIP folder")
+
+
 class ClipScorer:
   """A CLIP model from a local folder, for embeddings and the score."""
 
@@ -59,8 +65,7 @@ class ClipScorer:
       FlaxCLIPModel,
     )
 
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-      raise ClipError(f"{folder} has no config.json: not a CLIP folder")
+    require_clip_folder(folder)
     config = CLIPConfig.from_pretrained(folder)
     model = FlaxCLIPModel(config, _do_init=False)
     self.module = model.module

@@ -222,16 +222,6 @@ def test_unusable_work_directories_are_one_line(fsdp_run, tmp_path):
   assert a_file.read_text() == "x"
 
 
-@pytest.mark.parametrize(
-  "module",
-  ["train", "train_teacher", "sample", "evaluate", "export"],
-)
-def test_help_exits_zero(module):
-  code, out, _ = run_module(f"boot_jax.{module}", "--help")
-  assert code == 0
-  assert "--" in out
-
-
 # BOOT's side: teacher training imports none of it.
 BOOT = (
   "boot_jax.distill.boot",

@@ -5,6 +5,9 @@ kill must hit a real process. The uninterrupted run is a subprocess too, so
 both use the same compiled program on the same machine and mesh. The run
 is 200 BOOT steps and then 100 of the refinement phase (boot.refine): the
 kill after step 270 resumes from the refinement's checkpoint of step 250.
+One work directory goes through every stop in turn (each restart resumes
+from what the previous stop left), which costs one run's steps, not one
+per stop.
 """
 
 import json
@@ -84,21 +87,46 @@ def reference(tmp_path_factory):
   return saved_state(workdir)
 
 
-@pytest.mark.parametrize("kill_after_step", [0, 120, 270])
-def test_sigkill_then_resume_is_bitwise_identical(
-  tmp_path, reference, kill_after_step
-):
-  workdir = tmp_path / "w"
+def _kill(workdir, after_step, sig=signal.SIGKILL):
+  """Starts a run on `workdir` and sends `sig` once it has logged
+  `after_step` (0: once config.json exists); returns (exit code, stderr)."""
   proc = _start(workdir)
-  if kill_after_step:
-    wait_for(lambda: _logged_step(workdir) >= kill_after_step, proc)
+  if after_step:
+    wait_for(lambda: _logged_step(workdir) >= after_step, proc)
   else:
     wait_for(lambda: (workdir / "config.json").exists(), proc)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=120)
+  return proc.returncode, err
+
+
+def test_kills_at_any_moment_then_resume_is_bitwise_identical(
+  tmp_path, reference
+):
+  """One work directory through every kind of stop, each followed by a
+  restart of the same command: SIGKILL before the first checkpoint,
+  SIGTERM in BOOT (which saves that step's checkpoint), SIGKILL in BOOT,
+  SIGKILL in the refinement phase; then the run finishes bit for bit as
+  the uninterrupted one."""
+  workdir = tmp_path / "w"
+  code, _ = _kill(workdir, 0)
+  assert code == -signal.SIGKILL
+
+  code, err = _kill(workdir, 70, signal.SIGTERM)
+  assert code == 128 + signal.SIGTERM, err[-2000:]
+  assert "received SIGTERM at step" in err
+  step = int(err.split("received SIGTERM at step ")[1].split(";")[0])
+  ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), read_only=True)
+  assert ckpt.latest_step() == step
+  ckpt.close()
+  assert int(saved_state(workdir).step) == step  # restorable
+
+  # In BOOT (after the SIGTERM's step), then in the refinement phase.
+  for after in sorted({min(max(120, step + 10), 270), 270}):
+    code, _ = _kill(workdir, after)
+    assert code == -signal.SIGKILL
   out = _finish(workdir)
-  if kill_after_step:
-    assert "resuming from the checkpoint of step" in out
+  assert "resuming from the checkpoint of step" in out
   state = saved_state(workdir)
   assert int(state.step) == STEPS
   _assert_same(state, reference)
@@ -108,22 +136,3 @@ def test_sigkill_then_resume_is_bitwise_identical(
     for line in (workdir / "metrics.jsonl").read_text().splitlines()
   ]
   assert [r["step"] for r in rows] == list(range(10, STEPS + 1, 10))
-
-
-def test_sigterm_saves_a_restorable_checkpoint(tmp_path, reference):
-  workdir = tmp_path / "w"
-  proc = _start(workdir)
-  wait_for(lambda: _logged_step(workdir) >= 70, proc)
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 128 + signal.SIGTERM
-  assert "received SIGTERM at step" in err
-  step = int(err.split("received SIGTERM at step ")[1].split(";")[0])
-  ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), read_only=True)
-  assert ckpt.latest_step() == step
-  ckpt.close()
-  # Restorable, and the run continues to the same final parameters.
-  state = saved_state(workdir)
-  assert int(state.step) == step
-  _finish(workdir)
-  _assert_same(saved_state(workdir), reference)

@@ -171,8 +171,8 @@ PROMPT_ROWS = 2_000_000
 
 def test_train_resume_sample_end_to_end(folder, tmp_path):
   """configs/sd15.py on a tiny folder with two million prompts (a Parquet
-  file): trains, checkpoints, resumes, and samples a decoded PNG from a
-  prompt. Online text encoding (the default) prepares only an index of
+  file): trains, checkpoints, resumes, and samples decoded PNGs from a
+  prompt file. Online text encoding (the default) prepares only an index of
   the prompts; peak memory and the time to the first step are measured
   (the time is printed, not asserted: timings belong to benchmarks)."""
   import json
@@ -237,16 +237,6 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
     pos = prompts_lib.prompt_indices(0, step * 2 + np.arange(2), len(index))
     assert index.texts(pos) == [distinct[i] for i in pos]
 
-  code, out, err = run_sample(
-    work, tmp_path / "s.npz", "--num", "2", "--prompt", "a red square", cwd=root
-  )
-  assert code == 0, err[-3000:]
-  s = np.load(tmp_path / "s.npz")
-  assert s["images"].shape == (2, 16, 16, 3)
-  assert s["latents"].shape == (2, 8, 8, 4)
-  assert (tmp_path / "s.png").is_file()
-  assert s["images"].min() >= -1.0 and s["images"].max() <= 1.0
-
   # evaluate --protocol text: the CLIP score of one image per caption
   # equals the score of what `sample` writes for those captions and seed
   # (1e-4: 100 x cosines; the two commands batch differently); with a
@@ -287,10 +277,14 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
     work, tmp_path / "c.npz", "--num", "3", "--prompts-file", captions, cwd=root
   )
   assert code == 0, err[-3000:]
-  images = np.load(tmp_path / "c.npz")["images"]
-  want = clip_score.ClipScorer(str(clip_dir)).score(
-    images, ["a red square", "a blue circle", "sky"]
-  )
+  s = np.load(tmp_path / "c.npz")
+  images = s["images"]
+  assert images.shape == (3, 16, 16, 3)
+  assert s["latents"].shape == (3, 8, 8, 4)
+  assert (tmp_path / "c.png").is_file()
+  assert images.min() >= -1.0 and images.max() <= 1.0
+  distinct_captions = ["a red square", "a blue circle", "sky"]
+  want = clip_score.ClipScorer(str(clip_dir)).score(images, distinct_captions)
   assert abs(report["clip_score"] - want) <= 1e-4, (report, want)
   mu, sigma = digits_classifier.gaussian(extractor.features(images))
   want = digits_classifier.frechet_distance(mu, sigma, ref["mu"], ref["sigma"])
@@ -298,27 +292,8 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
   assert abs(report["fid_inception"] - want) <= 1e-6 * want, (report, want)
   assert np.isfinite(report["kid"])
   assert "precision" not in report  # 3 images: no 3rd-nearest neighbour
-  (tmp_path / "empty.txt").write_text("\n  \n")
-  for extra, expected in (
-    (["--captions", tmp_path / "empty.txt", "--clip", clip_dir], "no prompts"),
-    (["--captions", captions], "--protocol text needs --clip"),
-    (
-      ["--captions", captions, "--clip", clip_dir, "--reference", captions],
-      "--protocol text needs --inception",
-    ),
-    (["--captions", captions, "--clip", tmp_path], "not a CLIP folder"),
-  ):
-    code, _, err = run_module(
-      "boot_jax.evaluate",
-      "--workdir",
-      work,
-      "--protocol",
-      "text",
-      *extra,
-      cwd=root,
-    )
-    lines = error_lines(err)
-    assert code != 0 and len(lines) == 1 and expected in lines[0], err[-2000:]
+  # Bad --protocol text inputs are refused before anything loads
+  # (tests/unit/test_cli_plumbing.py).
 
   # Export: the jax artifact gives the sampled images from the same latents
   # and text embeddings; the diffusers folder is checked in
@@ -331,7 +306,7 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
   assert (tmp_path / "e" / "diffusers" / "unet" / "config.json").is_file()
   assert (tmp_path / "e" / "diffusers" / "one_step.py").is_file()
   teacher = _teacher(path)
-  emb = np.asarray(teacher.encode_text(["a red square"] * 2), np.float32)
+  emb = np.asarray(teacher.encode_text(distinct_captions), np.float32)
   np.save(tmp_path / "eps.npy", s["noise"])
   np.save(tmp_path / "text.npy", emb)
   got = run_export(
@@ -341,15 +316,14 @@ def test_train_resume_sample_end_to_end(folder, tmp_path):
   )
   assert float(np.abs(got - s["images"]).max()) <= 1e-5
 
-  # User errors: one line, non-zero exit.
+  # User errors: one line, non-zero exit; one case of each kind of error
+  # the SD path raises (the folder's, the attention's, the prompt file's:
+  # their other cases are library tests, tests/unit/test_attention.py,
+  # tests/unit/test_prompts.py and test_folder_errors above).
   for extra, expected in (
-    ("--config.boot.guidance=-1", "boot.guidance must be >= 0"),
-    ("--config.teacher.resolution=17", "not divisible by the VAE's factor"),
     (f"--config.teacher.path={tmp_path}", "has no unet/ folder"),
-    ("--config.model.attention=flash", "model.attention='flash': expected"),
     ("--config.model.attention=cudnn", "runs on GPU only, not cpu"),
     ("--config.teacher.prompt_column=text", "its columns: id, prompt"),
-    ("--config.teacher.text_encoding=disk", "expected one of ('online'"),
   ):
     code, _, err = run_module(
       "boot_jax.train",
@@ -385,9 +359,10 @@ def test_teacher_ddim_matches_stable_diffusion_pipeline(folder, tmp_path):
   amplify the UNet's ~3e-6 parity gap by up to 1/alpha and 7.5x; measured
   6.9e-6 (epsilon) and 8.6e-6 (v). The same run sampled with `--dtype
   bfloat16` is off by 0.073 and 0.090 (checked to be > 10x the float32
-  gap, so the float32 default is what makes the teacher a reference)."""
+  gap, so the float32 default is what makes the teacher a reference;
+  checked on the epsilon folder)."""
 
-  path, pipe, _ = folder
+  path, pipe, prediction = folder
   rng = np.random.default_rng(3)
   latents = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
   np.save(tmp_path / "noise.npy", latents)
@@ -425,7 +400,10 @@ def test_teacher_ddim_matches_stable_diffusion_pipeline(folder, tmp_path):
   assert code == 0, err[-3000:]
   ref = ref * 2.0 - 1.0  # [0, 1] -> [-1, 1]
   errors = {}
-  for dtype in ("float32", "bfloat16"):
+  # The bfloat16 gap once (it is a property of bfloat16, not of the
+  # prediction type).
+  dtypes = ("float32", "bfloat16") if prediction == "epsilon" else ("float32",)
+  for dtype in dtypes:
     code, _, err = run_sample(
       work,
       tmp_path / f"t_{dtype}.npz",
@@ -451,7 +429,8 @@ def test_teacher_ddim_matches_stable_diffusion_pipeline(folder, tmp_path):
     errors[dtype] = float(np.abs(ours - ref).max())
   print(f"pipeline parity, max abs on [-1, 1] pixels: {errors}")
   assert errors["float32"] <= 1e-3, errors
-  assert errors["bfloat16"] > 10 * errors["float32"], errors
+  if "bfloat16" in errors:
+    assert errors["bfloat16"] > 10 * errors["float32"], errors
 
 
 def test_long_prompts_are_truncated_with_a_warning(folder):
@@ -512,7 +491,9 @@ def test_guidance_conditioned_sd_student_starts_as_the_teacher(folder):
 
   from boot_jax.distill import student as student_lib
 
-  path, _, _ = folder
+  path, _, prediction = folder
+  if prediction != "epsilon":
+    pytest.skip("one folder is enough (the prediction type plays no part)")
   teacher = _teacher(path)
   config = defaults.base_config().student
   student, params_fn = student_lib.build_student(

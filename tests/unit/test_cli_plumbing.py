@@ -52,6 +52,7 @@ def test_one_line_errors(exc, code, expected):
     ),
     ("export", ("workdir", "out", "overwrite", "platforms", "dtype")),
     ("train", ("config", "workdir", "distributed", "coordinator")),
+    ("train_teacher", ("config", "workdir")),
   ],
 )
 def test_help_lists_every_flag(program, names):
@@ -68,3 +69,39 @@ def test_help_lists_every_flag(program, names):
   for name in names:
     shown = (f"  --{name}:", f"  --[no]{name}:")  # booleans: --[no]name
     assert any(s in proc.stdout for s in shown), name
+
+
+class _Flag:
+  def __init__(self, value):
+    self.value = value
+
+
+def test_evaluate_refuses_bad_text_inputs_before_loading(tmp_path):
+  """`evaluate --protocol text` reads the captions and looks for CLIP's
+  config.json in `check_flags`, before the run (and its teacher) loads."""
+  from boot_jax import evaluate  # noqa: PLC0415
+
+  captions = tmp_path / "captions.txt"
+  captions.write_text("a red square\n")
+  (tmp_path / "empty.txt").write_text("\n  \n")
+  clip = tmp_path / "clip"
+  clip.mkdir()
+
+  def flags(**over):
+    f = dict(protocol="text", captions=str(captions), clip=str(clip))
+    f.update(reference=None, inception=None, num_captions=8)
+    f.update(over)
+    return {k: _Flag(v) for k, v in f.items()}
+
+  for over, expected in (
+    (dict(captions=str(tmp_path / "empty.txt")), "no prompts"),
+    (dict(captions=str(tmp_path / "missing.txt")), "missing.txt"),
+    ({}, "not a CLIP folder"),
+    (dict(num_captions=0), "--num_captions must be >= 1"),
+    (dict(clip=None), "--protocol text needs --clip"),
+    (dict(reference=str(captions)), "--protocol text needs --inception"),
+  ):
+    with pytest.raises((ValueError, OSError), match=expected):
+      evaluate.check_flags(flags(**over))
+  (clip / "config.json").write_text("{}")
+  evaluate.check_flags(flags())  # passes: the folder is read later

@@ -41,6 +41,7 @@ def _config():
     ("refine.seed", -1, "refine.seed must be an integer"),
     ("train.probe_samples", -1, "train.probe_samples must be an integer"),
     ("boot.time_sampling", "late", "boot.time_sampling must be one of"),
+    ("boot.guidance", -1.0, "boot.guidance must be >= 0"),
   ],
 )
 def test_bad_values_are_refused_naming_the_key(key, value, expected):
