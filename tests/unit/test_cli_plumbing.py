@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -71,11 +72,6 @@ def test_help_lists_every_flag(program, names):
     assert any(s in proc.stdout for s in shown), name
 
 
-class _Flag:
-  def __init__(self, value):
-    self.value = value
-
-
 def test_evaluate_refuses_bad_text_inputs_before_loading(tmp_path):
   """`evaluate --protocol text` reads the captions and looks for CLIP's
   config.json in `check_flags`, before the run (and its teacher) loads."""
@@ -91,7 +87,7 @@ def test_evaluate_refuses_bad_text_inputs_before_loading(tmp_path):
     f = dict(protocol="text", captions=str(captions), clip=str(clip))
     f.update(reference=None, inception=None, num_captions=8)
     f.update(over)
-    return {k: _Flag(v) for k, v in f.items()}
+    return {k: types.SimpleNamespace(value=v) for k, v in f.items()}
 
   for over, expected in (
     (dict(captions=str(tmp_path / "empty.txt")), "no prompts"),
