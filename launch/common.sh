@@ -15,6 +15,28 @@ need_value() {
   fi
 }
 
+# The options every launcher shares, for the last branch of its option
+# loop (`*) shared_option "$@"; shift "$taken" ;;`): --dry-run (sets
+# dry_run=1), -h/--help (calls the launcher's usage), --extras LIST where
+# the launcher installs packages (it sets `extras` before the loop), and
+# the error for anything else, naming what goes after -- ($after_dashes).
+# Sets `taken` to the number of arguments used.
+# shellcheck disable=SC2034,SC2154  # dry_run, extras, taken: the caller's
+shared_option() {
+  taken=1
+  case "$1" in
+    --dry-run) dry_run=1 ;;
+    -h|--help) usage; exit 0 ;;
+    --extras)
+      [[ -v extras ]] || die "unknown option --extras"
+      need_value "$@"
+      [[ -n "$2" ]] || die "--extras needs a value"
+      extras=$2
+      taken=2 ;;
+    *) die "unknown option $(printf '%q' "$1") ($after_dashes go after --)" ;;
+  esac
+}
+
 # Prints the value of the train argument --workdir (as "--workdir X" or
 # "--workdir=X") among "$@", or nothing.
 workdir_of() {

@@ -34,6 +34,7 @@ python=${PYTHON:-python3}
 
 # shellcheck source=launch/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+after_dashes="arguments for the job"
 
 while (($#)); do
   case "$1" in
@@ -41,11 +42,8 @@ while (($#)); do
     --devices-per-process) need_value "$@"; devices=$2; shift 2 ;;
     --port) need_value "$@"; port=$2; shift 2 ;;
     --module) need_value "$@"; module=$2; shift 2 ;;
-    --dry-run) dry_run=1; shift ;;
-    -h|--help) usage; exit 0 ;;
     --) shift; break ;;
-    *) die "unknown option $(printf '%q' "$1")" \
-         "(arguments for the job go after --)" ;;
+    *) shared_option "$@"; shift "$taken" ;;
   esac
 done
 

@@ -55,6 +55,7 @@ dry_run=0
 
 # shellcheck source=launch/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+after_dashes="train arguments"
 
 while (($#)); do
   case "$1" in
@@ -64,13 +65,8 @@ while (($#)); do
     --time) need_value "$@"; time_limit=$2; shift 2 ;;
     --account) need_value "$@"; account=$2; shift 2 ;;
     --python) need_value "$@"; python=$2; shift 2 ;;
-    --extras) need_value "$@"; extras=$2; shift 2
-      [[ -n "$extras" ]] || die "--extras needs a value" ;;
-    --dry-run) dry_run=1; shift ;;
-    -h|--help) usage; exit 0 ;;
     --) shift; break ;;
-    *) die "unknown option $(printf '%q' "$1")" \
-         "(train arguments go after --)" ;;
+    *) shared_option "$@"; shift "$taken" ;;
   esac
 done
 

@@ -56,6 +56,7 @@ dry_run=0
 
 # shellcheck source=launch/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+after_dashes="train arguments"
 
 while (($#)); do
   case "$1" in
@@ -66,13 +67,8 @@ while (($#)); do
     --project) need_value "$@"; project=$2; shift 2 ;;
     --spot) spot=1; shift ;;
     --keep) keep=1; shift ;;
-    --extras) need_value "$@"; extras=$2; shift 2
-      [[ -n "$extras" ]] || die "--extras needs a value" ;;
-    --dry-run) dry_run=1; shift ;;
-    -h|--help) usage; exit 0 ;;
     --) shift; break ;;
-    *) die "unknown option $(printf '%q' "$1")" \
-         "(train arguments go after --)" ;;
+    *) shared_option "$@"; shift "$taken" ;;
   esac
 done
 

@@ -174,6 +174,24 @@ def train_mixture(workdir, *overrides) -> None:
   assert code == 0, err[-3000:]
 
 
+@pytest.fixture
+def no_datasets(monkeypatch):
+  """Makes every dataset loader raise; yields the list of calls, which a
+  data-free test asserts empty at the end (a loader's exception may be
+  caught on the way)."""
+  from boot_jax.data import datasets
+
+  calls = []
+
+  def forbidden(*args, **kwargs):
+    calls.append(args)
+    raise AssertionError("distillation read a dataset")
+
+  for name in ("load_dataset", "load_digits", "load_image_folder", "load_idx"):
+    monkeypatch.setattr(datasets, name, forbidden)
+  return calls
+
+
 def error_lines(stderr: str) -> list[str]:
   """The `error: ...` lines of a CLI's stderr (absl may log other lines)."""
   return [line for line in stderr.splitlines() if line.startswith("error:")]
