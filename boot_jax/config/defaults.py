@@ -121,10 +121,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.seed = 0
   c.train.log_every = 100
   # The data-free progress signal logged every log_every steps (probe_mse,
-  # probe_mmd2: boot_jax/evaluation/probe.py): the student against the
-  # teacher's DDIM-N on min(probe_samples, batch_size) held-out noises.
-  # 0 (or a batch under 16): no probe.
+  # probe_mmd2: boot_jax/evaluation/probe.py) on min(probe_samples,
+  # batch_size) held-out noises: the student's pairs against the teacher's
+  # DDIM-N, its distribution against the teacher's DDIM with
+  # probe_fine_factor x N steps (1: DDIM-N too). 0 samples (or a batch
+  # under 16): no probe.
   c.train.probe_samples = 256
+  c.train.probe_fine_factor = 16
   c.train.ckpt_every = 1000
   c.train.eval_every = 1000
   c.train.keep_checkpoints = 3
@@ -238,6 +241,7 @@ RESUMABLE_CHANGES = (
   "train.max_skipped_fraction",
   "train.allow_config_change",
   "train.probe_samples",
+  "train.probe_fine_factor",
   "eval.",
   # How attention is computed (the parameters are the same).
   "model.attention",
@@ -354,6 +358,12 @@ def validate_train(t) -> None:
       _integer(t.get("probe_samples", 0)) and t.get("probe_samples", 0) >= 0,
       "train.probe_samples must be an integer >= 0 (0: no probe), got "
       f"{t.get('probe_samples')}",
+    ),
+    (
+      _integer(t.get("probe_fine_factor", 1))
+      and t.get("probe_fine_factor", 1) >= 1,
+      "train.probe_fine_factor must be an integer >= 1 (1: DDIM-N), got "
+      f"{t.get('probe_fine_factor')}",
     ),
     (
       t.get("keep_checkpoints", 1) >= 1,

@@ -19,14 +19,18 @@ from boot_jax.training import trainer
 
 @pytest.fixture(scope="module")
 def setup():
+  """The circle's run with both references DDIM-N (probe_fine_factor 1),
+  so that the estimators can be checked against one reference."""
   config = recipes.gmm_config("circle")
   config.train.probe_samples = 256
+  config.train.probe_fine_factor = 1
   return trainer.setup(config)
 
 
-def _stub(teacher, grid, transform):
-  """A 'student' whose one step is `transform` of the teacher's DDIM-N."""
-  ts = grid.ddim_timesteps()
+def _stub(teacher, grid, transform, timesteps=None):
+  """A 'student' whose one step is `transform` of the teacher's DDIM-N (or
+  its DDIM on `timesteps`)."""
+  ts = grid.ddim_timesteps() if timesteps is None else timesteps
 
   def generate(params, eps, cond=None, guidance=None):
     del params, guidance
@@ -85,6 +89,39 @@ def test_mmd_compares_distributions_not_pairs(setup):
   shrunk = _probe(setup, lambda x: 0.9 * x)[0](None)
   assert rolled["probe_mse"] > 1.0 > 0.1 > shrunk["probe_mse"]
   assert abs(rolled["probe_mmd2"]) < 0.5 * shrunk["probe_mmd2"]
+
+
+def test_the_distribution_is_measured_against_a_finer_ddim(setup):
+  """With the default factor 16, `probe_mmd2`'s reference is the teacher's
+  DDIM-512 (the circle's N is 32) and `probe_mse`'s still DDIM-32: a
+  student on DDIM-512's samples scores an MMD^2 of 0 (the same sets) and a
+  small but non-zero mse, and the one line names both references."""
+  config = recipes.gmm_config("circle")
+  assert config.train.probe_fine_factor == 16  # the shipped default
+  config.train.probe_samples = 256
+  fine = setup.teacher.ddim_timesteps(512)
+  lines = []
+  probe = probe_lib.make_probe(
+    setup.teacher,
+    _stub(setup.teacher, setup.grid, lambda x: x, fine),
+    setup.grid,
+    setup.mesh,
+    config,
+    lines.append,
+  )
+  m = probe(None)
+  assert abs(m["probe_mmd2"]) <= 1e-6, m
+  assert 1e-8 < m["probe_mse"] < 0.05, m
+  assert lines == [
+    "probe: the teacher's DDIM-32 and DDIM-512 on 256 held-out noises "
+    "(once; train.probe_samples=0 turns it off)"
+  ]
+  # No finer than a discrete table's own steps (1,000 here).
+  config.train.probe_fine_factor = 100
+  probe = probe_lib.make_probe(
+    setup.teacher, None, setup.grid, setup.mesh, config
+  )
+  assert probe.fine_steps == setup.teacher.schedule.num_train_steps == 1000
 
 
 def test_size_and_switch(setup):
