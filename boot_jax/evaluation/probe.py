@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from boot_jax.distill import conditions
+from boot_jax.distill import boot, conditions
 from boot_jax.evaluation import mixture_eval
 from boot_jax.runtime import sharding
 
@@ -129,7 +129,12 @@ class Probe:
     ref = self._ddim(eps, cond, self.grid.ddim_timesteps())
     var = float(ref.var(axis=0).mean())
     if fine != n:
-      ref_fine = self._ddim(eps, cond, self.teacher.ddim_timesteps(fine))
+      # The run's grid made finer (a discrete table's trailing timesteps,
+      # from T - 1 down), not the teacher's own sampler spacing: SD's
+      # 'leading' starts far below T - 1 at such step counts (at timestep
+      # 512 for 512 steps of a 1,000-step table).
+      grid = boot.make_grid(self.teacher.schedule, fine)
+      ref_fine = self._ddim(eps, cond, grid.ddim_timesteps())
     else:
       ref_fine = ref
     _, bandwidth = mixture_eval.mmd(ref_fine, ref_fine)

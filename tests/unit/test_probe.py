@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from boot_jax.config import recipes
-from boot_jax.distill import conditions
+from boot_jax.distill import boot, conditions
 from boot_jax.evaluation import mixture_eval
 from boot_jax.evaluation import probe as probe_lib
 from boot_jax.training import trainer
@@ -99,7 +99,8 @@ def test_the_distribution_is_measured_against_a_finer_ddim(setup):
   config = recipes.gmm_config("circle")
   assert config.train.probe_fine_factor == 16  # the shipped default
   config.train.probe_samples = 256
-  fine = setup.teacher.ddim_timesteps(512)
+  fine = boot.make_grid(setup.teacher.schedule, 512).ddim_timesteps()
+  assert fine[0] == 999 and len(fine) == 512
   lines = []
   probe = probe_lib.make_probe(
     setup.teacher,
