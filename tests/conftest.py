@@ -176,7 +176,7 @@ def train_mixture(workdir, *overrides) -> None:
 
 @pytest.fixture
 def no_datasets(monkeypatch):
-  """Makes every dataset loader raise; yields the list of calls, which a
+  """Makes every dataset loader raise; returns the list of calls, which a
   data-free test asserts empty at the end (a loader's exception may be
   caught on the way)."""
   from boot_jax.data import datasets
