@@ -361,9 +361,9 @@ def validate_train(t) -> None:
     ),
     (
       _integer(t.get("probe_fine_factor", 1))
-      and t.get("probe_fine_factor", 1) >= 1,
-      "train.probe_fine_factor must be an integer >= 1 (1: DDIM-N), got "
-      f"{t.get('probe_fine_factor')}",
+      and 1 <= t.get("probe_fine_factor", 1) <= 64,
+      "train.probe_fine_factor must be an integer in [1, 64] (1: DDIM-N), "
+      f"got {t.get('probe_fine_factor')}",
     ),
     (
       t.get("keep_checkpoints", 1) >= 1,

@@ -129,10 +129,10 @@ class Probe:
     ref = self._ddim(eps, cond, self.grid.ddim_timesteps())
     var = float(ref.var(axis=0).mean())
     if fine != n:
-      # The run's grid made finer (a discrete table's trailing timesteps,
-      # from T - 1 down), not the teacher's own sampler spacing: SD's
-      # 'leading' starts far below T - 1 at such step counts (at timestep
-      # 512 for 512 steps of a 1,000-step table).
+      # A uniform BOOT grid of `fine` steps (a discrete table's trailing
+      # timesteps, from T - 1 down), not the teacher's own sampler spacing:
+      # SD's 'leading' starts far below T - 1 at such step counts (at
+      # timestep 512 for 512 steps of a 1,000-step table).
       grid = boot.make_grid(self.teacher.schedule, fine)
       ref_fine = self._ddim(eps, cond, grid.ddim_timesteps())
     else:

@@ -40,6 +40,8 @@ def _config():
     ("eval.seed", -3, "eval.seed must be an integer"),
     ("refine.seed", -1, "refine.seed must be an integer"),
     ("train.probe_samples", -1, "train.probe_samples must be an integer"),
+    ("train.probe_fine_factor", 0, "train.probe_fine_factor must be an"),
+    ("train.probe_fine_factor", 10**6, "train.probe_fine_factor must be an"),
     ("boot.time_sampling", "late", "boot.time_sampling must be one of"),
     ("boot.guidance", -1.0, "boot.guidance must be >= 0"),
   ],
@@ -66,6 +68,8 @@ def test_bad_values_are_refused_naming_the_key(key, value, expected):
     ("optim.warmup_steps", 0),
     ("train.seed", 2**63 - 1),
     ("train.probe_samples", 0),
+    ("train.probe_fine_factor", 1),
+    ("train.probe_fine_factor", 64),
   ],
 )
 def test_edge_values_that_make_sense_are_accepted(key, value):
