@@ -13,14 +13,13 @@ learned-range output (epsilon, then the variance interpolation).
 Layout: NHWC images. Submodules are named after PyTorch's module paths
 with the index joined by an underscore (`down_blocks.1.attentions.0.to_q`
 is `down_blocks_1/attentions_0/to_q`), so weights convert by rule
-(`teachers.if_loading`). Every parameter carries logical axis names
+(`models.weights.torch_key`). Every parameter carries logical axis names
 (`models.layers`) for FSDP.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
 import flax.linen as nn
 import jax
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 
 from boot_jax.models import attention as attention_lib
 from boot_jax.models import layers
+from boot_jax.models import unet_blocks as blocks
 from boot_jax.models.if_config import (  # noqa: F401 - re-exported
   ACTIVATIONS,
   MID_BLOCKS,
@@ -35,81 +35,6 @@ from boot_jax.models.if_config import (  # noqa: F401 - re-exported
   check_config,
   per_block,
 )
-
-
-def _group_norm(groups: int, eps: float, dtype, name: str):
-  return nn.GroupNorm(
-    num_groups=groups,
-    epsilon=eps,
-    use_fast_variance=False,
-    dtype=dtype,
-    scale_init=layers.partitioned(nn.initializers.ones, ("norm",)),
-    bias_init=layers.partitioned(nn.initializers.zeros, ("norm",)),
-    name=name,
-  )
-
-
-def _layer_norm(dtype, name: str):
-  return nn.LayerNorm(
-    epsilon=1e-5,  # torch.nn.LayerNorm's default
-    use_fast_variance=False,
-    dtype=dtype,
-    scale_init=layers.partitioned(nn.initializers.ones, ("norm",)),
-    bias_init=layers.partitioned(nn.initializers.zeros, ("norm",)),
-    name=name,
-  )
-
-
-def timestep_features(t, dim: int, flip: bool = True, shift: float = 0.0):
-  """diffusers' positional `Timesteps`: `[B] -> [B, dim]` (cos first when
-  `flip`), in the default float type."""
-  half = dim // 2
-  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half) / (half - shift))
-  args = jnp.asarray(t, jnp.result_type(float))[:, None] * freqs[None]
-  sin, cos = jnp.sin(args), jnp.cos(args)
-  emb = jnp.concatenate([cos, sin] if flip else [sin, cos], axis=-1)
-  return jnp.pad(emb, ((0, 0), (0, dim % 2)))
-
-
-class ResnetBlock(nn.Module):
-  """A residual block; `resample` 'down' (2x2 mean) or 'up' (nearest)."""
-
-  features: int
-  groups: int
-  eps: float
-  act: str
-  scale_shift: bool
-  skip_time_act: bool = False
-  out_scale: float = 1.0
-  resample: str | None = None
-  dtype: object = None
-
-  @nn.compact
-  def __call__(self, x, emb):
-    act = ACTIVATIONS[self.act]
-    h = act(_group_norm(self.groups, self.eps, self.dtype, "norm1")(x))
-    if self.resample == "down":
-      pool = functools.partial(nn.avg_pool, window_shape=(2, 2), strides=(2, 2))
-      x, h = pool(x), pool(h)
-    elif self.resample == "up":
-      up = lambda a: jnp.repeat(jnp.repeat(a, 2, axis=1), 2, axis=2)  # noqa: E731
-      x, h = up(x), up(h)
-    h = layers.conv(self.features, dtype=self.dtype, name="conv1")(h)
-    e = emb if self.skip_time_act else act(emb)
-    width = 2 * self.features if self.scale_shift else self.features
-    e = layers.dense(width, ("embed", "mlp"), dtype=self.dtype,
-                     name="time_emb_proj")(e)[:, None, None, :]  # fmt: skip
-    norm2 = _group_norm(self.groups, self.eps, self.dtype, "norm2")
-    if self.scale_shift:
-      scale, shift = jnp.split(e, 2, axis=-1)
-      h = norm2(h) * (1 + scale) + shift
-    else:
-      h = norm2(h + e)
-    h = layers.conv(self.features, dtype=self.dtype, name="conv2")(act(h))
-    if x.shape[-1] != self.features:
-      x = layers.conv(self.features, 1, dtype=self.dtype,
-                      name="conv_shortcut")(x)  # fmt: skip
-    return (x + h) / self.out_scale
 
 
 class AddedKVAttention(nn.Module):
@@ -130,8 +55,8 @@ class AddedKVAttention(nn.Module):
     heads = c // self.head_dim
     inner = heads * self.head_dim
     if self.norm_cross:
-      text = _group_norm(32, 1e-5, self.dtype, "norm_cross")(text)
-    h = _group_norm(self.groups, 1e-5, self.dtype, "group_norm")(x)
+      text = blocks.group_norm(32, 1e-5, self.dtype, "norm_cross")(text)
+    h = blocks.group_norm(self.groups, 1e-5, self.dtype, "group_norm")(x)
     h = h.reshape(b, hh * ww, c)
 
     def proj(name, y, names=("embed", "heads")):
@@ -198,7 +123,8 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, h, emb, text, skips=None):
-    resnet_cls = nn.remat(ResnetBlock) if self.remat else ResnetBlock
+    resnet_cls = blocks.ResnetBlock
+    resnet_cls = nn.remat(resnet_cls) if self.remat else resnet_cls
     attn_cls = nn.remat(AddedKVAttention) if self.remat else AddedKVAttention
     has_attn = "CrossAttn" in self.kind
     outs = []
@@ -233,22 +159,6 @@ class Block(nn.Module):
     return h, outs
 
 
-class _TimeEmbedding(nn.Module):
-  """diffusers' `TimestepEmbedding`: linear, activation, linear."""
-
-  features: int
-  act: str
-  dtype: object = None
-
-  @nn.compact
-  def __call__(self, x):
-    x = layers.dense(self.features, ("embed", "mlp"), dtype=self.dtype,
-                     name="linear_1")(x)  # fmt: skip
-    x = ACTIVATIONS[self.act](x)
-    return layers.dense(self.features, ("mlp", "embed"), dtype=self.dtype,
-                        name="linear_2")(x)  # fmt: skip
-
-
 class _TextTimeEmbedding(nn.Module):
   """diffusers' `TextTimeEmbedding`: layer norm, attention pooling,
   projection to the time embedding's width, layer norm."""
@@ -259,11 +169,11 @@ class _TextTimeEmbedding(nn.Module):
 
   @nn.compact
   def __call__(self, text):
-    h = _layer_norm(self.dtype, "norm1")(text)
+    h = blocks.layer_norm(self.dtype, "norm1")(text)
     h = AttentionPooling(self.heads, self.dtype, name="pool")(h)
     h = layers.dense(self.features, ("embed", "mlp"), dtype=self.dtype,
                      name="proj")(h)  # fmt: skip
-    return _layer_norm(self.dtype, "norm2")(h)
+    return blocks.layer_norm(self.dtype, "norm2")(h)
 
 
 class IFUNet(nn.Module):
@@ -321,8 +231,8 @@ class IFUNet(nn.Module):
 
     # Time embedding (+ the pooled text, + w for a guided student).
     temb_dim = 4 * widths[0]
-    emb = _TimeEmbedding(temb_dim, act, dt, name="time_embedding")(
-      timestep_features(
+    emb = blocks.TimestepEmbedding(temb_dim, act, dt, name="time_embedding")(
+      blocks.timestep_features(
         t, widths[0], cfg.get("flip_sin_to_cos", True), cfg.get("freq_shift", 0)
       ).astype(x.dtype)
     )
@@ -374,7 +284,7 @@ class IFUNet(nn.Module):
       take = rev_lpb[i] + 1
       mine, skips = skips[-take:], skips[:-take]
       h, _ = block(h, emb, text, skips=mine)
-    h = _group_norm(groups, eps, dt, "conv_norm_out")(h)
+    h = blocks.group_norm(groups, eps, dt, "conv_norm_out")(h)
     out_ch = int(cfg.get("out_channels", 3))
     h = layers.conv(out_ch, dtype=dt, name="conv_out")(ACTIVATIONS[act](h))
     if not self.full_output:

@@ -46,17 +46,19 @@ def conv(
   kernel: int = 3,
   *,
   strides: int = 1,
+  padding="SAME",
   zero_init: bool = False,
   dtype=None,
   name: str | None = None,
 ) -> nn.Conv:
-  """A same-padded NHWC convolution with named kernel axes."""
+  """An NHWC convolution with named kernel axes (`padding` as `nn.Conv`'s:
+  'SAME' by default; PyTorch's symmetric padding p is ((p, p), (p, p)))."""
   init = nn.initializers.zeros if zero_init else nn.initializers.lecun_normal()
   return nn.Conv(
     features,
     (kernel, kernel),
     strides=(strides, strides),
-    padding="SAME",
+    padding=padding,
     dtype=dtype,
     kernel_init=partitioned(init, ("conv_h", "conv_w", "conv_in", "conv_out")),
     bias_init=partitioned(nn.initializers.zeros, ("conv_out",)),

@@ -46,3 +46,34 @@ class Assembly:
     if missing:
       raise self.error(f"{what} has no weight for {'/'.join(missing[0])}")
     return traverse_util.unflatten_dict(self.out)
+
+
+def torch_key(pt_key: str, ndim: int) -> tuple[tuple[str, ...], str]:
+  """A PyTorch key -> (Flax path, how to reshape), for our ports, whose
+  submodules are named after PyTorch's module paths with each index joined
+  to its parent by an underscore (`down_blocks.1.attentions.0.to_q.weight`
+  is `down_blocks_1/attentions_0/to_q/kernel`). `how`: 'conv' (OIHW ->
+  HWIO), 'dense' (transposed) or 'same'."""
+  parts = []
+  for p in pt_key.split("."):
+    if p.isdigit() and parts:
+      parts[-1] = f"{parts[-1]}_{p}"
+    else:
+      parts.append(p)
+  last = parts[-1]
+  if last == "weight":
+    if ndim == 4:
+      return tuple(parts[:-1]) + ("kernel",), "conv"
+    if ndim == 2:
+      return tuple(parts[:-1]) + ("kernel",), "dense"
+    return tuple(parts[:-1]) + ("scale",), "same"
+  return tuple(parts), "same"
+
+
+def to_flax(tensor, how: str):
+  """A PyTorch weight in the layout `torch_key` said (`how`)."""
+  if how == "conv":
+    return tensor.transpose(2, 3, 1, 0)
+  if how == "dense":
+    return tensor.T
+  return tensor

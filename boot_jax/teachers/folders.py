@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 
+from boot_jax.models import weights
+
 
 class FolderError(ValueError):
   """A pipeline folder that cannot be read as configured."""
@@ -75,6 +77,62 @@ def check_parts(
       f"folder (needs {', '.join(p + '/' for p in parts)})"
     )
   return kind
+
+
+def weight_files(folder: str, base: str, error=FolderError) -> list[str]:
+  """The safetensors files of a part: one file or the shards named by an
+  index json, full precision first, else the fp16 variant."""
+  forms = (
+    (f"{base}.safetensors", None),
+    (f"{base}.safetensors.index.json", "index"),
+    (f"{base}.fp16.safetensors", None),
+    (f"{base}.safetensors.index.fp16.json", "index"),
+  )
+  for name, kind in forms:
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+      continue
+    if kind is None:
+      return [path]
+    try:
+      with open(path, encoding="utf-8") as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+      raise error(f"cannot read the shard index {path}: {e}") from None
+    files = [os.path.join(folder, s) for s in shards]
+    absent = [f for f in files if not os.path.isfile(f)]
+    if absent:
+      raise error(f"{path} names {absent[0]}, which is missing")
+    return files
+  bins = [f for f in os.listdir(folder) if f.endswith(".bin")]
+  hint = (
+    f" (it has {bins[0]}: PyTorch .bin files are pickles and are not "
+    "read; save the weights as safetensors)"
+    if bins
+    else ""
+  )
+  raise error(f"{folder} has no {base}.safetensors weights{hint}")
+
+
+def convert_by_rule(files: list[str], abstract, what: str, error=FolderError):
+  """PyTorch safetensors shards -> Flax params shaped like `abstract`
+  (float32), each key renamed by `models.weights.torch_key` (our ports
+  name their submodules after PyTorch's paths); one shard in memory at a
+  time. `what`: the part's name in messages ("UNet")."""
+  params = weights.Assembly(abstract, error)
+  for path in files:
+    shard = read_safetensors(path, error)
+    for key in list(shard):
+      tensor = shard.pop(key)
+      fkey, how = weights.torch_key(key, tensor.ndim)
+      if fkey not in params:
+        raise error(
+          f"{os.path.basename(path)} holds {key}, which the {what} config "
+          "does not have: weights of another model"
+        )
+      params.put(fkey, weights.to_flax(tensor, how), key)
+    del shard
+  return params.tree(f"the {what} weights")
 
 
 def noise_table(

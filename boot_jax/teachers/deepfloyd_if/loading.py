@@ -20,7 +20,6 @@ exists twice in host memory.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import types
 
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from boot_jax.models import if_unet, weights
+from boot_jax.models import if_unet
 from boot_jax.teachers import folders
 
 PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
@@ -81,78 +80,13 @@ def check_folder(path: str) -> dict:
 
 
 def weight_files(folder: str, base: str) -> list[str]:
-  """The safetensors files of a part: one file or the shards named by an
-  index json, full precision first, else the fp16 variant."""
-  forms = (
-    (f"{base}.safetensors", None),
-    (f"{base}.safetensors.index.json", "index"),
-    (f"{base}.fp16.safetensors", None),
-    (f"{base}.safetensors.index.fp16.json", "index"),
-  )
-  for name, kind in forms:
-    path = os.path.join(folder, name)
-    if not os.path.isfile(path):
-      continue
-    if kind is None:
-      return [path]
-    try:
-      with open(path, encoding="utf-8") as f:
-        shards = sorted(set(json.load(f)["weight_map"].values()))
-    except (OSError, ValueError, KeyError, AttributeError) as e:
-      raise IFError(f"cannot read the shard index {path}: {e}") from None
-    files = [os.path.join(folder, s) for s in shards]
-    absent = [f for f in files if not os.path.isfile(f)]
-    if absent:
-      raise IFError(f"{path} names {absent[0]}, which is missing")
-    return files
-  bins = [f for f in os.listdir(folder) if f.endswith(".bin")]
-  hint = (
-    f" (it has {bins[0]}: PyTorch .bin files are pickles and are not "
-    "read; save the weights as safetensors)"
-    if bins
-    else ""
-  )
-  raise IFError(f"{folder} has no {base}.safetensors weights{hint}")
-
-
-def _flax_key(pt_key: str, ndim: int) -> tuple[tuple[str, ...], str]:
-  """A PyTorch key of our IF port -> (Flax path, how to reshape)."""
-  parts = []
-  for p in pt_key.split("."):
-    if p.isdigit() and parts:
-      parts[-1] = f"{parts[-1]}_{p}"
-    else:
-      parts.append(p)
-  last = parts[-1]
-  if last == "weight":
-    if ndim == 4:
-      return tuple(parts[:-1]) + ("kernel",), "conv"
-    if ndim == 2:
-      return tuple(parts[:-1]) + ("kernel",), "dense"
-    return tuple(parts[:-1]) + ("scale",), "same"
-  return tuple(parts), "same"
+  """The safetensors files of a part (`folders.weight_files`)."""
+  return folders.weight_files(folder, base, IFError)
 
 
 def convert_unet(files: list[str], abstract) -> dict:
   """PyTorch UNet shards -> Flax params shaped like `abstract` (float32)."""
-  params = weights.Assembly(abstract, IFError)
-  for path in files:
-    shard = read_safetensors(path)
-    for key in list(shard):
-      tensor = shard.pop(key)
-      fkey, how = _flax_key(key, tensor.ndim)
-      if fkey not in params:
-        raise IFError(
-          f"{os.path.basename(path)} holds {key}, which the UNet config "
-          "does not have: weights of another model"
-        )
-      if how == "conv":
-        tensor = tensor.transpose(2, 3, 1, 0)
-      elif how == "dense":
-        tensor = tensor.T
-      params.put(fkey, tensor, key)
-    del shard
-  return params.tree("the UNet weights")
+  return folders.convert_by_rule(files, abstract, "UNet", IFError)
 
 
 def convert_t5(files: list[str], abstract) -> dict:

@@ -1,0 +1,151 @@
+"""Parts shared by our ports of diffusers' UNets (IF's and Stable
+Diffusion's): normalisation with PyTorch's numerics, the positional
+timestep features, the residual block and the timestep embedding.
+
+Submodules are named after diffusers' PyTorch module paths, so weights
+convert by rule (`models.weights.torch_key`); every parameter carries
+logical axis names (`models.layers`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from boot_jax.models import layers
+
+ACTIVATIONS = {
+  "gelu": functools.partial(jax.nn.gelu, approximate=False),  # nn.GELU()
+  "silu": jax.nn.silu,
+  "swish": jax.nn.silu,
+}
+# Keys of a diffusers UNet config.json whose value must be the one given
+# here (diffusers' default when the key is absent): neither port runs the
+# features they switch on.
+FIXED = dict(
+  class_embed_type=None,
+  num_class_embeds=None,
+  time_cond_proj_dim=None,
+  timestep_post_act=None,
+  center_input_sample=False,
+  time_embedding_type="positional",
+  time_embedding_dim=None,
+  conv_in_kernel=3,
+  conv_out_kernel=3,
+  dual_cross_attention=False,
+  class_embeddings_concat=False,
+)
+
+
+def check_options(cfg: dict, fixed: dict, options, port: str, error) -> None:
+  """Refuses, in one line of `error`, a key of `fixed` set to another value
+  and a key of `options` (`(key, allowed values, default)`) outside its
+  allowed values. `port`: the port's name in messages ("IF")."""
+  for key, want in fixed.items():
+    if cfg.get(key, want) != want:
+      raise error(
+        f"the UNet's {key}={cfg[key]!r} is not supported by the {port} "
+        f"port (expected {want!r})"
+      )
+  for key, allowed, default in options:
+    value = cfg.get(key, default)
+    if value not in allowed:
+      raise error(
+        f"the UNet's {key}={value!r} is not supported by the {port} port "
+        f"(expected one of {allowed})"
+      )
+
+
+def group_norm(groups: int, eps: float, dtype, name: str):
+  return nn.GroupNorm(
+    num_groups=groups,
+    epsilon=eps,
+    use_fast_variance=False,
+    dtype=dtype,
+    scale_init=layers.partitioned(nn.initializers.ones, ("norm",)),
+    bias_init=layers.partitioned(nn.initializers.zeros, ("norm",)),
+    name=name,
+  )
+
+
+def layer_norm(dtype, name: str):
+  return nn.LayerNorm(
+    epsilon=1e-5,  # torch.nn.LayerNorm's default
+    use_fast_variance=False,
+    dtype=dtype,
+    scale_init=layers.partitioned(nn.initializers.ones, ("norm",)),
+    bias_init=layers.partitioned(nn.initializers.zeros, ("norm",)),
+    name=name,
+  )
+
+
+def timestep_features(t, dim: int, flip: bool = True, shift: float = 0.0):
+  """diffusers' positional `Timesteps`: `[B] -> [B, dim]` (cos first when
+  `flip`), in the default float type."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half) / (half - shift))
+  args = jnp.asarray(t, jnp.result_type(float))[:, None] * freqs[None]
+  sin, cos = jnp.sin(args), jnp.cos(args)
+  emb = jnp.concatenate([cos, sin] if flip else [sin, cos], axis=-1)
+  return jnp.pad(emb, ((0, 0), (0, dim % 2)))
+
+
+class ResnetBlock(nn.Module):
+  """A residual block; `resample` 'down' (2x2 mean) or 'up' (nearest)."""
+
+  features: int
+  groups: int
+  eps: float
+  act: str
+  scale_shift: bool
+  skip_time_act: bool = False
+  out_scale: float = 1.0
+  resample: str | None = None
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, x, emb):
+    act = ACTIVATIONS[self.act]
+    h = act(group_norm(self.groups, self.eps, self.dtype, "norm1")(x))
+    if self.resample == "down":
+      pool = functools.partial(nn.avg_pool, window_shape=(2, 2), strides=(2, 2))
+      x, h = pool(x), pool(h)
+    elif self.resample == "up":
+      up = lambda a: jnp.repeat(jnp.repeat(a, 2, axis=1), 2, axis=2)  # noqa: E731
+      x, h = up(x), up(h)
+    h = layers.conv(self.features, dtype=self.dtype, name="conv1")(h)
+    e = emb if self.skip_time_act else act(emb)
+    width = 2 * self.features if self.scale_shift else self.features
+    e = layers.dense(width, ("embed", "mlp"), dtype=self.dtype,
+                     name="time_emb_proj")(e)[:, None, None, :]  # fmt: skip
+    norm2 = group_norm(self.groups, self.eps, self.dtype, "norm2")
+    if self.scale_shift:
+      scale, shift = jnp.split(e, 2, axis=-1)
+      h = norm2(h) * (1 + scale) + shift
+    else:
+      h = norm2(h + e)
+    h = layers.conv(self.features, dtype=self.dtype, name="conv2")(act(h))
+    if x.shape[-1] != self.features:
+      x = layers.conv(self.features, 1, dtype=self.dtype,
+                      name="conv_shortcut")(x)  # fmt: skip
+    return (x + h) / self.out_scale
+
+
+class TimestepEmbedding(nn.Module):
+  """diffusers' `TimestepEmbedding`: linear, activation, linear."""
+
+  features: int
+  act: str
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, x):
+    x = layers.dense(self.features, ("embed", "mlp"), dtype=self.dtype,
+                     name="linear_1")(x)  # fmt: skip
+    x = ACTIVATIONS[self.act](x)
+    return layers.dense(self.features, ("mlp", "embed"), dtype=self.dtype,
+                        name="linear_2")(x)  # fmt: skip
