@@ -95,7 +95,9 @@ def timestep_features(t, dim: int, flip: bool = True, shift: float = 0.0):
 
 
 class ResnetBlock(nn.Module):
-  """A residual block; `resample` 'down' (2x2 mean) or 'up' (nearest)."""
+  """diffusers' `ResnetBlock2D`: `(x, emb) -> x'`; `resample` 'down' (2x2
+  mean) or 'up' (nearest) inside the block, as IF's; `emb` None: no time
+  conditioning (a VAE's)."""
 
   features: int
   groups: int
@@ -118,21 +120,29 @@ class ResnetBlock(nn.Module):
       up = lambda a: jnp.repeat(jnp.repeat(a, 2, axis=1), 2, axis=2)  # noqa: E731
       x, h = up(x), up(h)
     h = layers.conv(self.features, dtype=self.dtype, name="conv1")(h)
+    norm2 = group_norm(self.groups, self.eps, self.dtype, "norm2")
+    if emb is None:  # no time conditioning (a VAE's blocks)
+      h = layers.conv(self.features, dtype=self.dtype, name="conv2")(
+        act(norm2(h))
+      )
+      return (self._shortcut(x) + h) / self.out_scale
     e = emb if self.skip_time_act else act(emb)
     width = 2 * self.features if self.scale_shift else self.features
     e = layers.dense(width, ("embed", "mlp"), dtype=self.dtype,
                      name="time_emb_proj")(e)[:, None, None, :]  # fmt: skip
-    norm2 = group_norm(self.groups, self.eps, self.dtype, "norm2")
     if self.scale_shift:
       scale, shift = jnp.split(e, 2, axis=-1)
       h = norm2(h) * (1 + scale) + shift
     else:
       h = norm2(h + e)
     h = layers.conv(self.features, dtype=self.dtype, name="conv2")(act(h))
-    if x.shape[-1] != self.features:
-      x = layers.conv(self.features, 1, dtype=self.dtype,
-                      name="conv_shortcut")(x)  # fmt: skip
-    return (x + h) / self.out_scale
+    return (self._shortcut(x) + h) / self.out_scale
+
+  def _shortcut(self, x):
+    if x.shape[-1] == self.features:
+      return x
+    return layers.conv(self.features, 1, dtype=self.dtype,
+                       name="conv_shortcut")(x)  # fmt: skip
 
 
 class TimestepEmbedding(nn.Module):

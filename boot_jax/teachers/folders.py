@@ -114,17 +114,20 @@ def weight_files(folder: str, base: str, error=FolderError) -> list[str]:
   raise error(f"{folder} has no {base}.safetensors weights{hint}")
 
 
-def convert_by_rule(files: list[str], abstract, what: str, error=FolderError):
+def convert_by_rule(
+  files: list[str], abstract, what: str, error=FolderError, rename=None
+):
   """PyTorch safetensors shards -> Flax params shaped like `abstract`
   (float32), each key renamed by `models.weights.torch_key` (our ports
-  name their submodules after PyTorch's paths); one shard in memory at a
-  time. `what`: the part's name in messages ("UNet")."""
+  name their submodules after PyTorch's paths), after `rename` (a PyTorch
+  key -> the key the port expects, e.g. older names); one shard in memory
+  at a time. `what`: the part's name in messages ("UNet")."""
   params = weights.Assembly(abstract, error)
   for path in files:
     shard = read_safetensors(path, error)
     for key in list(shard):
       tensor = shard.pop(key)
-      fkey, how = weights.torch_key(key, tensor.ndim)
+      fkey, how = weights.torch_key(rename(key) if rename else key, tensor.ndim)
       if fkey not in params:
         raise error(
           f"{os.path.basename(path)} holds {key}, which the {what} config "
