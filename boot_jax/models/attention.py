@@ -85,11 +85,16 @@ def resolve(implementation: str, q, k, platform: str | None = None) -> str:
   return "chunked"
 
 
-def reference(q, k, v, scale=None):
-  """Softmax attention with the full score matrix, float32 scores."""
+def reference(q, k, v, scale=None, mask=None):
+  """Softmax attention with the full score matrix, float32 scores; `mask`
+  (broadcast to `[B, H, Tq, Tk]`, True where a query sees a key) for
+  causal text encoders."""
   scale = q.shape[-1] ** -0.5 if scale is None else scale
   s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-  p = jax.nn.softmax(s * scale, axis=-1)
+  s = s * scale
+  if mask is not None:
+    s = jnp.where(mask, s, -jnp.inf)
+  p = jax.nn.softmax(s, axis=-1)
   out = jnp.einsum(
     "bhqk,bkhd->bqhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32
   )

@@ -120,14 +120,18 @@ def convert_by_rule(
   """PyTorch safetensors shards -> Flax params shaped like `abstract`
   (float32), each key renamed by `models.weights.torch_key` (our ports
   name their submodules after PyTorch's paths), after `rename` (a PyTorch
-  key -> the key the port expects, e.g. older names); one shard in memory
-  at a time. `what`: the part's name in messages ("UNet")."""
+  key -> the key the port expects, e.g. older names, or None for a buffer
+  to skip); one shard in memory at a time. `what`: the part's name in
+  messages ("UNet")."""
   params = weights.Assembly(abstract, error)
   for path in files:
     shard = read_safetensors(path, error)
     for key in list(shard):
       tensor = shard.pop(key)
-      fkey, how = weights.torch_key(rename(key) if rename else key, tensor.ndim)
+      name = rename(key) if rename else key
+      if name is None:  # a buffer the port does not keep
+        continue
+      fkey, how = weights.torch_key(name, tensor.ndim)
       if fkey not in params:
         raise error(
           f"{os.path.basename(path)} holds {key}, which the {what} config "
