@@ -85,13 +85,15 @@ def resolve(implementation: str, q, k, platform: str | None = None) -> str:
   return "chunked"
 
 
-def reference(q, k, v, scale=None, mask=None):
-  """Softmax attention with the full score matrix, float32 scores; `mask`
-  (broadcast to `[B, H, Tq, Tk]`, True where a query sees a key) for
-  causal text encoders."""
+def reference(q, k, v, scale=None, mask=None, bias=None):
+  """Softmax attention with the full score matrix, float32 scores; for
+  text encoders, `mask` (broadcast to `[B, H, Tq, Tk]`, True where a query
+  sees a key) and an additive score `bias` (T5's relative positions)."""
   scale = q.shape[-1] ** -0.5 if scale is None else scale
   s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
   s = s * scale
+  if bias is not None:
+    s = s + bias
   if mask is not None:
     s = jnp.where(mask, s, -jnp.inf)
   p = jax.nn.softmax(s, axis=-1)
