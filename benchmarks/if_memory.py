@@ -3,11 +3,11 @@ r"""Bytes per device of BOOT on DeepFloyd IF-I-XL: state, teacher, T5-XXL.
     python benchmarks/if_memory.py [--write] [--unet-config FILE] [--refine]
 
 Shape-based (nothing is allocated): traces our Flax IF UNet
-(`models.if_unet`) at IF-I-XL's shapes and transformers' Flax T5 encoder
-at T5 v1.1 XXL's (the IF text encoder), shards them on 16 fake CPU
-devices with our rules (the UNet's parameters carry logical names; T5's
-do not, so FSDP takes the largest divisible dimension of each) and sums
-each device's shard shapes, for fsdp 4, 8 and 16 (data takes the other
+(`models.if_unet`) at IF-I-XL's shapes and our T5 encoder
+(`models.t5_encoder`) at T5 v1.1 XXL's (the IF text encoder), shards them
+on 16 fake CPU devices with our rules (the UNet by its parameters' logical
+names; T5 whole on every device, as the teacher holds it) and sums each
+device's shard shapes, for fsdp 4, 8 and 16 (data takes the other
 devices; parameters are never split over data).
 
 IF-I-XL's unet/config.json cannot be read offline here; the default
@@ -58,7 +58,7 @@ from boot_jax import teachers  # noqa: E402
 from boot_jax.config import recipes  # noqa: E402
 from boot_jax.diffusion import schedules  # noqa: E402
 from boot_jax.distill import state as state_lib  # noqa: E402
-from boot_jax.models import if_unet  # noqa: E402
+from boot_jax.models import if_unet, t5_encoder  # noqa: E402
 from boot_jax.runtime import sharding  # noqa: E402
 from boot_jax.teachers import base  # noqa: E402
 from boot_jax.teachers.deepfloyd_if import if_teacher  # noqa: E402
@@ -119,15 +119,12 @@ def unet_abstract(cfg: dict, module=None):
 
 
 def t5_abstract():
-  from transformers import T5Config
-
-  from boot_jax.teachers.deepfloyd_if import loading as if_loading
-
-  t5 = if_loading.flax_t5()  # transformers' Flax T5, fixed for this jax
-  model = t5.FlaxT5EncoderModel(T5Config(**T5_XXL), _do_init=False)
-  ids = jnp.zeros((1, 1), "i4")
-  return jax.eval_shape(
-    lambda: model.module.init(jax.random.key(0), ids, ids + 1)["params"]
+  module = t5_encoder.T5Encoder(dict(T5_XXL))
+  ids = jnp.zeros((1, 1), jnp.int32)
+  return nn.meta.unbox(
+    jax.eval_shape(lambda: module.init(jax.random.key(0), ids, ids + 1))[
+      "params"
+    ]
   )
 
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import functools
 import os
-import types
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from boot_jax.models import if_unet
+from boot_jax.models import if_unet, t5_encoder
 from boot_jax.teachers import folders
 
 PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
@@ -89,81 +88,32 @@ def convert_unet(files: list[str], abstract) -> dict:
   return folders.convert_by_rule(files, abstract, "UNet", IFError)
 
 
-def convert_t5(files: list[str], abstract) -> dict:
-  """transformers T5 encoder shards -> Flax params (float32), each shard
-  through transformers' own PyTorch-to-Flax key rules."""
-  from transformers import modeling_flax_pytorch_utils as conv  # noqa: PLC0415
-
-  want = traverse_util.flatten_dict(abstract)
-  # The converter reads only the keys and shapes of `params`.
-  shim = types.SimpleNamespace(base_model_prefix="transformer", params=abstract)
-  out = {}
-  for path in files:
-    shard = {
-      k: np.asarray(v, np.float32) for k, v in read_safetensors(path).items()
-    }
-    try:
-      flat = traverse_util.flatten_dict(
-        conv.convert_pytorch_state_dict_to_flax(shard, shim)
-      )
-    except ValueError as e:
-      raise IFError(f"{path}: {' '.join(str(e).split())[:200]}") from None
-    del shard
-    out.update({k: np.asarray(v, np.float32) for k, v in flat.items()})
-  if ("shared", "embedding") not in out:
-    # Tied weights are saved once, under either name.
-    tied = out.get(("encoder", "embed_tokens", "embedding"))
-    if tied is not None:
-      out[("shared", "embedding")] = tied
-  missing = sorted(set(want) - set(out))
-  if missing:
-    raise IFError(f"the T5 weights have no {'/'.join(missing[0])}")
-  return traverse_util.unflatten_dict({k: out[k] for k in want})
-
-
-@functools.cache
-def flax_t5():
-  """transformers' Flax T5 module, made to run on this jax.
-
-  It calls `jnp.clip(x, a_max=...)`, a keyword jax 0.10 removed; the
-  module reaches jax.numpy through its module-level name `jnp` at call
-  time, so it is given a view of jax.numpy whose `clip` takes the old
-  keywords too (same results).
-  """
-  from transformers.models.t5 import modeling_flax_t5 as t5  # noqa: PLC0415
-
-  if not getattr(t5.jnp, "_boot_jax_fixed", False):
-
-    def clip(x, min=None, max=None, *, a_min=None, a_max=None):  # noqa: A002
-      return jnp.clip(
-        x, min=a_min if min is None else min, max=a_max if max is None else max
-      )
-
-    view = types.SimpleNamespace(**{k: getattr(jnp, k) for k in dir(jnp)})
-    view.clip = clip
-    view._boot_jax_fixed = True  # noqa: SLF001
-    t5.jnp = view
-  return t5
-
-
 @functools.cache
 def t5_parts(path: str) -> dict:
-  """The T5 encoder, its float32 parameters and IF's tokenizer (cached)."""
+  """The T5 encoder (`models.t5_encoder`), its float32 parameters and IF's
+  tokenizer (cached)."""
   from transformers import T5Config, T5Tokenizer  # noqa: PLC0415
-
-  FlaxT5EncoderModel = flax_t5().FlaxT5EncoderModel  # noqa: N806
 
   folder = os.path.join(path, "text_encoder")
   read_json(os.path.join(folder, "config.json"), "the text encoder")
   config = T5Config.from_pretrained(folder)
   if config.model_type != "t5":
     raise IFError(f"{folder} holds a {config.model_type} model, not T5")
-  model = FlaxT5EncoderModel(config, _do_init=False)
-  ids = jnp.zeros((1, 1), "i4")
-  abstract = jax.eval_shape(
-    lambda: model.module.init(jax.random.key(0), ids, ids + 1)["params"]
+  try:
+    module = t5_encoder.T5Encoder(config.to_dict())
+    ids = jnp.zeros((1, 1), jnp.int32)
+    abstract = jax.eval_shape(
+      lambda: module.init(jax.random.key(0), ids, ids + 1)["params"]
+    )
+  except t5_encoder.T5ConfigError as e:
+    raise IFError(f"{folder}: {e}") from None
+  params = folders.convert_by_rule(
+    weight_files(folder, T5_WEIGHTS),
+    nn.meta.unbox(abstract),
+    "T5",
+    IFError,
+    rename=t5_encoder.weight_key,
   )
-  params = convert_t5(weight_files(folder, T5_WEIGHTS), abstract)
   try:
     tokenizer = T5Tokenizer.from_pretrained(os.path.join(path, "tokenizer"))
   except (OSError, ValueError, TypeError) as e:
@@ -175,7 +125,7 @@ def t5_parts(path: str) -> dict:
   def forward(params, ids):
     # IF attends to the prompt's tokens only (padding masked out).
     mask = (ids != tokenizer.pad_token_id).astype(jnp.int32)
-    return model.module.apply({"params": params}, ids, mask)[0]
+    return module.apply({"params": params}, ids, mask)
 
   return dict(
     forward=forward,
