@@ -28,7 +28,7 @@ import numpy as np
 import scipy.stats  # noqa: E402
 
 from boot_jax.config import recipes
-from boot_jax.distill import conditions
+from boot_jax.distill import conditions, refine
 from boot_jax.evaluation import mixture_eval
 from boot_jax.teachers import gmm  # noqa: E402
 from boot_jax.training import trainer
@@ -120,8 +120,9 @@ def main():
   if args.steps is not None:
     config.refine.steps = args.steps
   base_steps = int(config.refine.steps)
+  resolved = refine.settings(config)  # lr unset: scaled by the dimension
   preset_settings = ", ".join(
-    f"{k} {config.refine[k]:g}" for k in ("lr", "fake_lr", "boot_weight")
+    f"{k} {resolved[k]:g}" for k in ("lr", "fake_lr", "boot_weight")
   )
   guidance = config.boot.get("guidance")
   setup = trainer.setup(config)

@@ -440,15 +440,14 @@ def gmm_config(arg: str = "circle") -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 200
   c.optim.final_lr_fraction = 0.05
 
-  # The refinement phase (boot.refine=true; docs/BENCHMARKS.md): a small
-  # student step and a fast fake mixture. 1,000 steps sit inside the
-  # window where the circle's distribution is best; longer runs widen
-  # the components past the mixture's. In 16-D, BOOT's loss in the phase
-  # keeps the student's components on DDIM-N's.
-  c.refine.lr = 3e-6 if arg == "random16" else 1e-6
+  # The refinement phase (boot.refine=true; docs/BENCHMARKS.md), the same
+  # for every mixture: a small student step that grows with the data's
+  # dimension (unset: 1e-6 x sqrt(teacher.dim / 2), refine.dimension_lr)
+  # and a fast fake mixture.
+  c.refine.lr = placeholder(float)
   c.refine.fake_lr = 1e-3
   c.refine.steps = 1000
-  c.refine.boot_weight = 30.0 if arg == "random16" else 0.0
+  c.refine.boot_weight = 0.0
 
   c.train.steps = 8000
   c.train.batch_size = 256
