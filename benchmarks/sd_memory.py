@@ -5,11 +5,13 @@ r"""Bytes per device of BOOT on Stable Diffusion's UNets: state and XLA.
 Two measurements, on 8 fake CPU devices:
 
 1. The parameter state, from shard shapes: traces (jax.eval_shape, nothing
-   allocated) diffusers' Flax UNet at SD 1.5's and SD 2.1's published
+   allocated) our Stable Diffusion UNet (`models.sd_unet`, the parameter
+   tree diffusers' Flax UNet had) at SD 1.5's and SD 2.1's published
    configs, the BOOT state around it (student params, AdamW moments, EMA;
-   float32) and the frozen teacher, shards them with our rules (diffusers'
-   parameters carry no logical names, so FSDP takes the largest divisible
-   dimension of each) and sums each device's shard shapes.
+   float32) and the frozen teacher, shards them with FSDP over the
+   largest divisible dimension of each (the table was made before the
+   UNet's parameters carried logical names) and sums each device's shard
+   shapes.
 2. XLA's own accounting of the real BOOT train step: `trainer.setup` builds
    it from `recipes.sd_boot_config` as shipped (bf16 compute, remat,
    guidance inside the teacher, EMA) around a Stable Diffusion teacher
@@ -52,6 +54,7 @@ import time  # noqa: E402
 import types  # noqa: E402
 from unittest import mock  # noqa: E402
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
@@ -64,6 +67,7 @@ from boot_jax.config import (
 )
 from boot_jax.diffusion import predictions, schedules  # noqa: E402
 from boot_jax.distill import state as state_lib  # noqa: E402
+from boot_jax.models import clip_text  # noqa: E402
 from boot_jax.runtime import sharding  # noqa: E402
 from boot_jax.teachers import base  # noqa: E402
 from boot_jax.teachers.sd import sd_teacher  # noqa: E402
@@ -140,8 +144,10 @@ def rows() -> list[str]:
   opt = optax.adamw(1e-5)
   for name, (cfg, latent, width, _) in MODELS.items():
     module = sd_teacher.SDUNet(cfg)
-    params = sd_teacher.unet_params_abstract(
-      module, (latent, latent, 4), (TOKENS, width)
+    params = nn.meta.unbox(
+      sd_teacher.unet_params_abstract(
+        module, (latent, latent, 4), (TOKENS, width)
+      )
     )
     state = jax.eval_shape(lambda p: state_lib.create(p, opt, True), params)
     n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
@@ -188,11 +194,9 @@ def _abstract_family(unet_config: dict, width: int):
     sample_shape = (latent, latent, 4)
     condition = teachers.ConditionSpec("text", shape=(TOKENS, width))
     module = sd_teacher.SDUNet(unet_config, dtype=dtype, attention=attention)
-    params = {
-      "unet": sd_teacher.unet_params_abstract(
-        module, sample_shape, condition.shape
-      )["unet"]
-    }
+    params = nn.meta.unbox(
+      sd_teacher.unet_params_abstract(module, sample_shape, condition.shape)
+    )
     specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)
     params = xla_memory.placed_abstract(params, placement(params, specs))
     schedule = defaults.discrete_schedule(
@@ -277,10 +281,9 @@ def compile_step(
 
 def compile_clip(batch: int) -> dict:
   """CLIP ViT-L/14's text encoder (SD 1.x's), forward on `batch` prompts,
-  float32 as `sd_loading` runs it, on one device."""
-  from transformers import CLIPTextConfig, FlaxCLIPTextModel  # noqa: PLC0415
-
-  text_cfg = CLIPTextConfig(
+  float32 as the SD teacher runs it (`models.clip_text`), on one
+  device."""
+  text_cfg = dict(
     vocab_size=49408,
     hidden_size=768,
     intermediate_size=3072,
@@ -288,18 +291,16 @@ def compile_clip(batch: int) -> dict:
     num_attention_heads=12,
     max_position_embeddings=TOKENS,
     hidden_act="quick_gelu",
+    eos_token_id=2,
   )
-  text = FlaxCLIPTextModel(text_cfg, _do_init=False)
-  ids = jnp.zeros((1, 1), "i4")
-  params = jax.eval_shape(
-    lambda: text.module.init(jax.random.key(0), ids, ids + 1, ids)["params"]
+  text = clip_text.CLIPText(text_cfg)
+  ids = jnp.zeros((1, 1), jnp.int32)
+  params = nn.meta.unbox(
+    jax.eval_shape(lambda: text.init(jax.random.key(0), ids))["params"]
   )
 
-  def forward(params, ids):  # as sd_loading's text_forward
-    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-    return text.module.apply(
-      {"params": params}, ids, jnp.ones_like(ids), positions
-    )[0]
+  def forward(params, ids):  # as the SD teacher's text_forward
+    return text.apply({"params": params}, ids)["last_hidden_state"]
 
   t0 = time.perf_counter()
   compiled = (

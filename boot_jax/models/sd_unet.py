@@ -318,6 +318,8 @@ class SDUNet(nn.Module):
   SDXL's UNet (`addition_embed_type='text_time'`) also needs `added`: a
   dict of `text_embeds` (the pooled text embedding, `[B, P]`) and
   `time_ids` (`[B, 6]`: original size, crop corner, target size).
+  `extra_embedding` (`[B, 4 * block_out_channels[0]]`) is added to the
+  time embedding.
   """
 
   unet_config: dict
@@ -328,7 +330,14 @@ class SDUNet(nn.Module):
 
   @nn.compact
   def __call__(
-    self, x, t, cond=None, train: bool = False, guidance=None, added=None
+    self,
+    x,
+    t,
+    cond=None,
+    train: bool = False,
+    guidance=None,
+    added=None,
+    extra_embedding=None,
   ):
     del train  # deterministic (no dropout): teacher and student alike
     cfg = self.unet_config
@@ -380,6 +389,8 @@ class SDUNet(nn.Module):
         temb_dim, act, dt, name="add_embedding"
       )(jnp.concatenate([pooled, time_embeds], axis=-1).astype(x.dtype))
     emb = layers.add_guidance(emb, guidance, self.guidance_embedding, dt)
+    if extra_embedding is not None:  # e.g. a caller's own w embedding
+      emb = emb + extra_embedding.astype(emb.dtype)
 
     h = layers.conv(widths[0], dtype=dt, name="conv_in")(x)
     skips = [h]

@@ -70,10 +70,16 @@ def torch_key(pt_key: str, ndim: int) -> tuple[tuple[str, ...], str]:
   return tuple(parts), "same"
 
 
-def to_flax(tensor, how: str):
-  """A PyTorch weight in the layout `torch_key` said (`how`)."""
+def to_flax(tensor, how: str, back: bool = False):
+  """A PyTorch weight in the layout `torch_key` said (`how`); with `back`,
+  ours in PyTorch's."""
   if how == "conv":
-    return tensor.transpose(2, 3, 1, 0)
+    return tensor.transpose((3, 2, 0, 1) if back else (2, 3, 1, 0))
   if how == "dense":
     return tensor.T
   return tensor
+
+
+def to_torch(value, how: str):
+  """Our weight back in PyTorch's layout (`how` from `torch_key`)."""
+  return to_flax(value, how, back=True)

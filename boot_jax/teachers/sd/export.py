@@ -43,14 +43,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 
 import jax
 import numpy as np
 from flax import traverse_util
 
-from boot_jax.models import layers
-from boot_jax.teachers.sd import diffusers_flax, loading
+from boot_jax.models import layers, weights
+from boot_jax.teachers.sd import loading
 
 FORMAT = 1
 META_FILE = "boot_student.json"
@@ -232,51 +231,44 @@ def _check_student(student, unet_config: dict, folder: str) -> None:
 
 
 def to_pytorch_unet(unet_config: dict, flax_params):
-  """diffusers' PyTorch UNet2DConditionModel holding Flax UNet weights.
+  """diffusers' PyTorch UNet2DConditionModel holding our UNet's weights.
 
-  The weights are converted by diffusers' own Flax -> PyTorch utility. It
-  only logs missing and unexpected keys, so both are checked here: every
-  PyTorch parameter starts as NaN and must be overwritten, and the PyTorch
-  weights converted back by the PyTorch -> Flax mapping `sd` loads teachers
-  with must give every Flax parameter back bit for bit.
+  Every PyTorch weight is named by `models.weights.torch_key` (the rule
+  teachers are loaded with, read backwards) and must find its student
+  weight with its shape, and every student weight must be used once.
 
   Raises:
-    ValueError: a weight is missing, unused or misplaced.
+    ValueError: a weight is missing, unused or of another shape.
   """
   import torch  # noqa: PLC0415
   from diffusers import UNet2DConditionModel  # noqa: PLC0415
-  from diffusers.models import modeling_pytorch_flax_utils  # noqa: PLC0415
 
-  diffusers_flax.diffusers()  # quiet diffusers' logging
   model = UNet2DConditionModel.from_config(unet_config)
-  with torch.no_grad():
-    for p in model.state_dict().values():
-      if p.is_floating_point():
-        p.fill_(float("nan"))
-  with warnings.catch_warnings():
-    # The utility hands torch read-only numpy views (copied on load).
-    warnings.filterwarnings("ignore", message=".*not writable.*")
-    modeling_pytorch_flax_utils.load_flax_weights_in_pytorch_model(
-      model, flax_params
-    )
-  state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-  missing = sorted(
-    k for k, v in state.items() if v.dtype.kind == "f" and np.isnan(v).all()
-  )
-  if missing:
+  flat = traverse_util.flatten_dict(flax_params)
+  state, used = {}, set()
+  for key, tensor in model.state_dict().items():
+    fkey, how = weights.torch_key(key, tensor.ndim)
+    if fkey not in flat:
+      raise ValueError(
+        f"diffusers' UNet2DConditionModel weight {key} has no student "
+        f"weight ({'/'.join(fkey)})"
+      )
+    value = np.asarray(flat[fkey], np.float32)
+    value = weights.to_torch(value, how)
+    if tuple(value.shape) != tuple(tensor.shape):
+      raise ValueError(
+        f"student weight {'/'.join(fkey)} has shape {value.shape}, which "
+        f"does not fit {key} {tuple(tensor.shape)}"
+      )
+    state[key] = torch.from_numpy(np.ascontiguousarray(value))
+    used.add(fkey)
+  unused = sorted(set(flat) - used)
+  if unused:
     raise ValueError(
-      f"{len(missing)} weight(s) of diffusers' UNet2DConditionModel have no "
-      f"student weight, e.g. {missing[0]}"
+      f"student weight {'/'.join(unused[0])} has no place in diffusers' "
+      "UNet2DConditionModel"
     )
-  try:
-    back = traverse_util.flatten_dict(loading.convert_pt(state, flax_params))
-  except loading.SDError as e:
-    raise ValueError(
-      f"a student weight has no place in diffusers' UNet2DConditionModel: {e}"
-    ) from None
-  for key, value in traverse_util.flatten_dict(flax_params).items():
-    if not np.array_equal(back[key], value):
-      raise ValueError(f"student weight {'/'.join(key)} was misplaced")
+  model.load_state_dict(state, strict=True)
   return model
 
 

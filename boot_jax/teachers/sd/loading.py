@@ -3,20 +3,23 @@
 The folder is what `StableDiffusionPipeline.save_pretrained` writes:
 
     FOLDER/model_index.json
-    FOLDER/unet/config.json         + diffusion_flax_model.msgpack, or
-                                      diffusion_pytorch_model.safetensors
-    FOLDER/vae/...                  (same two weight formats)
-    FOLDER/text_encoder/config.json + flax_model.msgpack or model.safetensors
+    FOLDER/unet/config.json         + diffusion_pytorch_model.safetensors
+                                      (one file, shards with an index json,
+                                      or the fp16 variant), or
+                                      diffusion_flax_model.msgpack
+    FOLDER/vae/...                  (same weight forms)
+    FOLDER/text_encoder/config.json + model.safetensors (same forms) or
+                                      flax_model.msgpack
     FOLDER/tokenizer/               (CLIP: vocab.json, merges.txt)
     FOLDER/scheduler/scheduler_config.json
 
-Nothing touches the network. PyTorch weights are read only from
-safetensors (never pickles) and converted on load with diffusers' own key
-mapping, onto abstract parameters: no random weights are materialised.
-
-diffusers' Flax modules are imported through `diffusers_flax`, which makes
-them compute what their PyTorch originals compute.
-"""
+Nothing touches the network. The networks are our own ports
+(`models.sd_unet`, `models.sd_vae`, `models.clip_text`); PyTorch weights
+are read only from safetensors (never pickles), one shard at a time, and
+renamed by rule onto abstract parameters: no random weights are
+materialised. Flax msgpack weights, which diffusers and transformers wrote
+before they dropped Flax, are read too (the UNet's keys are ours already;
+the VAE's and CLIP's older names are renamed)."""
 
 from __future__ import annotations
 
@@ -24,13 +27,14 @@ import functools
 import os
 import types
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
-from boot_jax.models import weights
+from boot_jax.models import clip_text, sd_unet, sd_vae, weights
 from boot_jax.teachers import folders
-from boot_jax.teachers.sd import diffusers_flax
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 UNET_CLASS = "UNet2DConditionModel"
@@ -63,11 +67,10 @@ def check_folder(path: str) -> dict:
       f"{path}/unet is a {kind or 'model without _class_name'}, not a "
       f"{UNET_CLASS}: not a Stable Diffusion folder"
     )
-  if unet.get("norm_num_groups", 32) != 32:
-    raise SDError(
-      f"{path}/unet uses norm_num_groups={unet['norm_num_groups']}; "
-      "diffusers' Flax UNet supports 32 only"
-    )
+  try:
+    sd_unet.check_config(unet)
+  except sd_unet.SDConfigError as e:
+    raise SDError(f"{path}/unet: {e}") from None
   return unet
 
 
@@ -83,58 +86,72 @@ def schedule_config(path: str) -> tuple[dict, str]:
   return table, cfg.get("prediction_type", "epsilon")
 
 
-def _weights(folder: str, flax_name: str, pt_name: str):
-  """('flax', path) or ('pt', path) of a part's weights."""
-  for kind, name in (("flax", flax_name), ("pt", pt_name)):
-    p = os.path.join(folder, name)
-    if os.path.isfile(p):
-      return kind, p
-  raise SDError(
-    f"{folder} has neither {flax_name} nor {pt_name} (PyTorch .bin files "
-    "are pickles and are not read: convert them to safetensors)"
-  )
-
-
-def convert_pt(pt: dict, abstract) -> dict:
-  """PyTorch state dict (numpy arrays) -> Flax params shaped like `abstract`.
-
-  Uses diffusers' key renaming and reshaping rules against the abstract
-  parameters, and checks that every parameter is found with its shape.
-  """
-  from diffusers.models import modeling_flax_pytorch_utils as conv  # noqa: PLC0415
-
-  params = weights.Assembly(abstract, SDError)
-  for key, tensor in pt.items():
-    renamed = tuple(conv.rename_key(key).split("."))
-    fkey, ftensor = conv.rename_key_and_reshape_tensor(
-      renamed, tensor, params.want
-    )
-    if fkey in params:  # else e.g. buffers PyTorch saves and Flax does not
-      params.put(fkey, ftensor, key)
-  return params.tree()
-
-
-def _read_msgpack(path: str, abstract):
+def _read_msgpack(path: str):
   import flax.serialization  # noqa: PLC0415
 
   with open(path, "rb") as f:
     raw = f.read()
   try:
-    return flax.serialization.from_bytes(abstract, raw)
+    tree = flax.serialization.msgpack_restore(raw)
   except Exception as e:  # noqa: BLE001 - msgpack raises many types
     reason = " ".join(str(e).split())[:200]
     raise SDError(
       f"cannot read {path} (truncated, or not Flax msgpack weights): "
       f"{type(e).__name__}: {reason}"
     ) from None
+  if not isinstance(tree, dict):
+    raise SDError(f"cannot read {path}: not a tree of Flax weights")
+  return tree
 
 
-def load_params(folder: str, abstract, flax_name: str, pt_name: str):
-  """Reads a part's weights (Flax msgpack or PyTorch safetensors)."""
-  kind, path = _weights(folder, flax_name, pt_name)
-  if kind == "flax":
-    return _read_msgpack(path, abstract)
-  return convert_pt(read_safetensors(path), abstract)
+def load_part(
+  folder: str,
+  abstract,
+  flax_name: str,
+  pt_base: str,
+  what: str,
+  rename_pt=None,
+  rename_flax=None,
+):
+  """A part's float32 weights onto `abstract`: Flax msgpack weights
+  (`flax_name`, as diffusers and transformers wrote them before they
+  dropped Flax; each key path renamed by `rename_flax`), else PyTorch
+  safetensors (`pt_base`: one file, shards with an index, or the fp16
+  variant), renamed by rule (`folders.convert_by_rule`, after
+  `rename_pt`)."""
+  msgpack = os.path.join(folder, flax_name)
+  if not os.path.isfile(msgpack):
+    files = folders.weight_files(folder, pt_base, SDError)
+    return folders.convert_by_rule(files, abstract, what, SDError, rename_pt)
+  params = weights.Assembly(abstract, SDError)
+  flat = traverse_util.flatten_dict(_read_msgpack(msgpack))
+  for key, value in flat.items():
+    new = tuple(rename_flax(key)) if rename_flax else key
+    if new not in params:
+      raise SDError(
+        f"{msgpack} holds {'/'.join(key)}, which the {what} config does "
+        "not have: weights of another model"
+      )
+    params.put(new, np.asarray(value), "/".join(key))
+  return params.tree(f"the {what} weights")
+
+
+def vae_flax_key(key: tuple) -> tuple:
+  """A diffusers Flax VAE key path as ours (its attention's old names)."""
+  old = {"query": "to_q", "key": "to_k", "value": "to_v"}
+  return tuple("to_out_0" if k == "proj_attn" else old.get(k, k) for k in key)
+
+
+def clip_flax_key(key: tuple) -> tuple:
+  """A transformers Flax CLIP key path as ours (`layers/3` is
+  `layers_3`)."""
+  out = []
+  for k in key:
+    if k.isdigit() and out and out[-1] == "layers":
+      out[-1] = f"layers_{k}"
+    else:
+      out.append(k)
+  return tuple(out)
 
 
 def read_safetensors(path: str) -> dict:
@@ -142,63 +159,68 @@ def read_safetensors(path: str) -> dict:
   return folders.read_safetensors(path, SDError)
 
 
-def _config_kwargs(cls, config: dict) -> dict:
-  """A diffusers config.json reduced to the keys `cls` takes."""
-  fields = set(getattr(cls, "__dataclass_fields__", {}))
-  return {k: v for k, v in config.items() if k in fields}
-
-
 @functools.cache
 def _vae_and_text(path: str):
-  """The VAE and text encoder modules with their parameters (cached)."""
-  d = diffusers_flax.diffusers()
-  from transformers import (  # noqa: PLC0415
-    CLIPTextConfig,  # noqa: PLC0415
-    CLIPTokenizer,
-    FlaxCLIPTextModel,
-  )
+  """The VAE (`models.sd_vae`) and CLIP text encoder (`models.clip_text`)
+  with their float32 parameters, and the tokenizer (cached)."""
+  from transformers import CLIPTokenizer  # noqa: PLC0415
 
   vae_cfg = read_json(os.path.join(path, "vae", "config.json"), "the VAE")
-  vae = d.FlaxAutoencoderKL(**_config_kwargs(d.FlaxAutoencoderKL, vae_cfg))
+  text_cfg = read_json(
+    os.path.join(path, "text_encoder", "config.json"), "the text encoder"
+  )
+  try:
+    sd_vae.check_config(vae_cfg)
+    clip_text.check_config(text_cfg)
+  except (sd_vae.VAEConfigError, clip_text.CLIPConfigError) as e:
+    raise SDError(f"{path}: {e}") from None
+  vae = sd_vae.AutoencoderKL(vae_cfg)
   size = int(vae_cfg.get("sample_size", 64))
-  x = jax.ShapeDtypeStruct((1, vae.in_channels, size, size), jnp.float32)
+  channels = int(vae_cfg.get("in_channels", 3))
+  x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
   abstract = jax.eval_shape(vae.init, jax.random.key(0), x)["params"]
-  vae_params = load_params(
+  vae_params = load_part(
     os.path.join(path, "vae"),
-    abstract,
+    nn.meta.unbox(abstract),
     "diffusion_flax_model.msgpack",
-    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model",
+    "VAE",
+    rename_pt=sd_vae.legacy_key,
+    rename_flax=vae_flax_key,
   )
-  text_cfg = CLIPTextConfig.from_pretrained(os.path.join(path, "text_encoder"))
-  text = FlaxCLIPTextModel(text_cfg, _do_init=False)
-  ids = jnp.zeros((1, 1), "i4")
-  abstract = jax.eval_shape(
-    lambda: text.module.init(jax.random.key(0), ids, ids + 1, ids)["params"]
+  text = clip_text.CLIPText(text_cfg)
+  ids = jnp.zeros((1, 1), jnp.int32)
+  abstract = jax.eval_shape(lambda: text.init(jax.random.key(0), ids))
+  text_params = load_part(
+    os.path.join(path, "text_encoder"),
+    nn.meta.unbox(abstract["params"]),
+    "flax_model.msgpack",
+    "model",
+    "text encoder",
+    rename_pt=clip_text.weight_key,
+    rename_flax=clip_flax_key,
   )
-  text_params = _load_clip(os.path.join(path, "text_encoder"), abstract)
   tokenizer = CLIPTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
 
   def text_forward(params, ids):
-    # Stable Diffusion's pipelines attend to every token (no padding mask).
-    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-    return text.module.apply(
-      {"params": params}, ids, jnp.ones_like(ids), positions
-    )[0]
+    # Stable Diffusion's pipelines attend to every token (no padding mask)
+    # and condition on the last state.
+    return text.apply({"params": params}, ids)["last_hidden_state"]
 
   def vae_decode(params, z, attention="auto"):
-    with diffusers_flax.efficient_attention(attention):
-      return vae.apply({"params": params}, z, method=vae.decode).sample
+    module = sd_vae.AutoencoderKL(vae_cfg, attention=attention)
+    return module.apply({"params": params}, z, method=module.decode)
 
+  shift = vae_cfg.get("shift_factor")
   return dict(
     # Compiled once per folder (and per batch shape), not per call.
     text_forward=jax.jit(text_forward),
     text_apply=text_forward,
     vae_decode=jax.jit(vae_decode, static_argnames="attention"),
-    vae=vae,
     vae_params=vae_params,
-    scaling_factor=float(vae_cfg.get("scaling_factor", 0.18215)),
+    scaling_factor=float(vae_cfg.get("scaling_factor") or 0.18215),
+    shift_factor=float(shift or 0.0),
     vae_factor=2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1),
-    text=text,
     text_params=text_params,
     tokenizer=tokenizer,
   )
@@ -207,9 +229,23 @@ def _vae_and_text(path: str):
 def _load_clip(folder: str, abstract, prefix: str = "clip"):
   """transformers CLIP weights (`prefix`: the Flax class's
   `base_model_prefix`): Flax msgpack, or PyTorch safetensors converted."""
-  kind, path = _weights(folder, "flax_model.msgpack", "model.safetensors")
-  if kind == "flax":
-    return _read_msgpack(path, abstract)
+  msgpack = os.path.join(folder, "flax_model.msgpack")
+  if os.path.isfile(msgpack):
+    import flax.serialization  # noqa: PLC0415
+
+    try:
+      return flax.serialization.from_state_dict(
+        abstract, _read_msgpack(msgpack)
+      )
+    except (KeyError, ValueError) as e:
+      raise SDError(f"{msgpack} does not fit the CLIP config: {e}") from None
+  path = os.path.join(folder, "model.safetensors")
+  if not os.path.isfile(path):
+    raise SDError(
+      f"{folder} has neither flax_model.msgpack nor model.safetensors "
+      "(PyTorch .bin files are pickles and are not read: convert them to "
+      "safetensors)"
+    )
   from flax import traverse_util  # noqa: PLC0415
   from transformers import modeling_flax_pytorch_utils as conv  # noqa: PLC0415
 

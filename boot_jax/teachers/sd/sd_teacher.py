@@ -1,8 +1,8 @@
 """Stable Diffusion teachers from a local diffusers folder (latent space).
 
-The folder layout, its checks and weight loading are in `sd_loading`. The
-networks are diffusers 0.39's Flax UNet and VAE and transformers 4.x's
-Flax CLIP text encoder. `SDTeacher` is the family: samples are latents,
+The folder layout, its checks and weight loading are in `loading`. The
+networks are our own: `models.sd_unet`, `models.sd_vae` and
+`models.clip_text`. `SDTeacher` is the family: samples are latents,
 decoded by the VAE (`pixels`); prompts are encoded by CLIP
 (`encode_text`); DDIM steps are spaced as the folder's scheduler says.
 """
@@ -20,74 +20,48 @@ import jax.numpy as jnp
 import numpy as np
 
 from boot_jax.diffusion import predictions
-from boot_jax.models import layers
+from boot_jax.models import layers, sd_unet
 from boot_jax.runtime import paths
 from boot_jax.teachers import base
-from boot_jax.teachers.sd import diffusers_flax, export, loading
+from boot_jax.teachers.sd import export, loading
 
 
 class SDUNet(nn.Module):
-  """diffusers' Flax UNet behind our interface: NHWC latents in and out.
+  """The family's network: our Stable Diffusion UNet (`models.sd_unet`)
+  under the scope `unet`, NHWC latents in and out.
 
   `(x [B, h, w, 4], t [B], text [B, L, D]) -> native output [B, h, w, 4]`.
+  A guidance-conditioned student's w embedding (zero at initialisation,
+  so it starts as the teacher) is made here and added to the output of
+  the UNet's time embedding. (The parameter tree is the one diffusers'
+  Flax UNet had, so work directories written with it still load.)
   """
 
   unet_config: dict
   guidance_embedding: bool = False
   dtype: object = None
   attention: str = "auto"
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, t, cond=None, train: bool = False, guidance=None):
-    # BOOT runs teacher and student deterministically (no dropout), so
-    # `train` is ignored; that also lets nn.remat wrap this module.
+    # BOOT runs teacher and student deterministically (no dropout).
     del train
-    cls = diffusers_flax.diffusers().FlaxUNet2DConditionModel
-    kwargs = loading._config_kwargs(cls, self.unet_config)
-    unet = cls(**kwargs, dtype=self.dtype or jnp.float32, name="unet")
     if cond is None:
       raise ValueError("a Stable Diffusion UNet needs text embeddings")
-
-    def run():
-      return unet(
-        jnp.transpose(x, (0, 3, 1, 2)),
-        t,
-        cond.astype(self.dtype or jnp.float32),
-        None,  # added_cond_kwargs
-        None,  # down_block_additional_residuals
-        None,  # mid_block_additional_residual
-        True,  # return_dict
-        False,  # train
-      ).sample
-
-    if not self.guidance_embedding:
-      with diffusers_flax.efficient_attention(self.attention):
-        out = run()
-    else:
-      # A guidance-conditioned student: the w embedding (zero at
-      # initialisation) is added to the output of the UNet's own time
-      # embedding, intercepted, so the pretrained network is unchanged.
+    extra = None
+    if self.guidance_embedding:
       dim = 4 * int(self.unet_config["block_out_channels"][0])
-      w_emb = layers.add_guidance(
+      extra = layers.add_guidance(
         jnp.zeros((x.shape[0], dim), jnp.float32), guidance, True, self.dtype
       )
-
-      def add_w(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if (
-          context.method_name == "__call__"
-          and context.module.name == "time_embedding"
-          and context.module.parent is unet
-        ):
-          return out + w_emb.astype(out.dtype)
-        return out
-
-      with (
-        diffusers_flax.efficient_attention(self.attention),
-        nn.intercept_methods(add_w),
-      ):
-        out = run()
-    return jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32)
+    return sd_unet.SDUNet(
+      self.unet_config,
+      dtype=self.dtype,
+      attention=self.attention,
+      remat=self.remat,
+      name="unet",
+    )(x, t, cond, extra_embedding=extra)
 
 
 def unet_params_abstract(module: SDUNet, sample_shape, cond_shape):
@@ -151,9 +125,8 @@ def tokenize(parts: dict, prompts, max_length: int | None = None):
 
 def decode(parts: dict, latents, attention: str = "auto"):
   """Latents `[B, h, w, 4]` (scaled) -> images `[B, H, W, 3]` in [-1, 1]."""
-  z = jnp.transpose(latents, (0, 3, 1, 2)) / parts["scaling_factor"]
-  img = parts["vae_decode"](parts["vae_params"], z, attention=attention)
-  return jnp.transpose(img, (0, 2, 3, 1))
+  z = latents / parts["scaling_factor"] + parts["shift_factor"]
+  return parts["vae_decode"](parts["vae_params"], z, attention=attention)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -264,11 +237,12 @@ def build(
   condition = base.ConditionSpec("text", shape=(max_len, width))
   module = SDUNet(unet_cfg, dtype=dtype, attention=attention)
   abstract = unet_params_abstract(module, sample_shape, condition.shape)
-  params = loading.load_params(
+  params = loading.load_part(
     os.path.join(path, "unet"),
-    abstract["unet"],
+    nn.meta.unbox(abstract["unet"]),
     "diffusion_flax_model.msgpack",
-    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model",
+    "UNet",
   )
   params = {"unet": params}
   if placement is not None:
