@@ -2,8 +2,9 @@
 
     score = 100 * mean_i max(cos(image_i, caption_i), 0)
 
-with image and caption embeddings from a CLIP model (transformers'
-`FlaxCLIPModel`; ViT-L/14 is the usual choice) read from a local folder
+with image and caption embeddings from a CLIP model (our port of
+transformers' `CLIPModel`, `models.clip_vision`; ViT-L/14 is the usual
+choice) read from a local folder
 (`config.json`, `model.safetensors` or `flax_model.msgpack`, and the
 tokenizer's `vocab.json` and `merges.txt`); nothing is downloaded.
 
@@ -21,10 +22,12 @@ import functools
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from boot_jax.models import clip_text, clip_vision
 from boot_jax.teachers.sd import loading
 
 # CLIP's published normalisation (OpenAI's preprocessing).
@@ -34,19 +37,6 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 class ClipError(ValueError):
   """A CLIP folder that cannot be used."""
-
-
-def _image_features(module, pixels):
-  pooled = module.vision_model(pixel_values=pixels, deterministic=True)[1]
-  return module.visual_projection(pooled)
-
-
-def _text_features(module, ids, mask):
-  positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-  pooled = module.text_model(
-    input_ids=ids, attention_mask=mask, position_ids=positions
-  )[1]
-  return module.text_projection(pooled)
 
 
 def require_clip_folder(folder: str) -> None:
@@ -59,26 +49,29 @@ class ClipScorer:
   """A CLIP model from a local folder, for embeddings and the score."""
 
   def __init__(self, folder: str, batch_size: int = 64):
-    from transformers import (  # noqa: PLC0415
-      CLIPConfig,
-      CLIPTokenizer,
-      FlaxCLIPModel,
-    )
+    from transformers import CLIPConfig, CLIPTokenizer  # noqa: PLC0415
 
     require_clip_folder(folder)
     config = CLIPConfig.from_pretrained(folder)
-    model = FlaxCLIPModel(config, _do_init=False)
-    self.module = model.module
+    try:
+      self.module = clip_vision.CLIP(config.to_dict())
+    except clip_text.CLIPConfigError as e:
+      raise ClipError(f"{folder}: {e}") from None
     self.image_size = int(config.vision_config.image_size)
     ids = jnp.zeros((1, 1), jnp.int32)
-    # The Flax module reads NHWC (transformers' wrapper transposes).
     pixels = jnp.zeros((1, self.image_size, self.image_size, 3))
     abstract = jax.eval_shape(
-      lambda: self.module.init(jax.random.key(0), ids, pixels, ids, ids)
+      lambda: self.module.init(jax.random.key(0), pixels, ids)
     )["params"]
     try:
-      self.params = loading._load_clip(  # noqa: SLF001
-        folder, abstract, prefix=FlaxCLIPModel.base_model_prefix
+      self.params = loading.load_part(
+        folder,
+        nn.meta.unbox(abstract),
+        "flax_model.msgpack",
+        "model",
+        "CLIP",
+        rename_pt=clip_vision.weight_key,
+        rename_flax=loading.clip_flax_key,
       )
     except loading.SDError as e:
       raise ClipError(str(e)) from None
@@ -89,17 +82,22 @@ class ClipScorer:
 
   @functools.cached_property
   def _image_fn(self):
+    # Our module reads NHWC; `preprocess` gives PyTorch's NCHW.
     return jax.jit(
       lambda p, x: self.module.apply(
-        {"params": p}, jnp.transpose(x, (0, 2, 3, 1)), method=_image_features
+        {"params": p},
+        jnp.transpose(x, (0, 2, 3, 1)),
+        method=clip_vision.CLIP.image_features,
       )
     )
 
   @functools.cached_property
   def _text_fn(self):
+    # The pooled state is the end token's, which the causal mask keeps
+    # from seeing the padding after it: the padding mask changes nothing.
     return jax.jit(
       lambda p, i, m: self.module.apply(
-        {"params": p}, i, m, method=_text_features
+        {"params": p}, i, method=clip_vision.CLIP.text_features
       )
     )
 

@@ -62,12 +62,12 @@ def weight_key(pt_key: str) -> str | None:
   `position_ids` buffer older checkpoints hold."""
   if pt_key.endswith("position_ids"):
     return None
-  if pt_key.endswith("_embedding.weight"):
+  if pt_key.endswith(("token_embedding.weight", "position_embedding.weight")):
     return pt_key[: -len("weight")] + "embedding"
   return pt_key
 
 
-def _layer_norm(eps: float, dtype, name: str):
+def layer_norm(eps: float, dtype, name: str):
   return nn.LayerNorm(
     epsilon=eps,
     use_fast_variance=False,
@@ -109,9 +109,9 @@ class _Layer(nn.Module):
   @nn.compact
   def __call__(self, x, mask):
     dt = self.dtype
-    h = _layer_norm(self.eps, dt, "layer_norm1")(x)
+    h = layer_norm(self.eps, dt, "layer_norm1")(x)
     x = x + _Attention(self.heads, dt, name="self_attn")(h, mask)
-    h = _layer_norm(self.eps, dt, "layer_norm2")(x)
+    h = layer_norm(self.eps, dt, "layer_norm2")(x)
     h = _MLP(self.ffn, self.act, dt, name="mlp")(h)
     return x + h
 
@@ -152,7 +152,7 @@ class _Embeddings(nn.Module):
     return tokens + table(self.positions, "position_embedding")(where)[None]
 
 
-class _TextTransformer(nn.Module):
+class TextTransformer(nn.Module):
   cfg: dict
   remat: bool = False
   dtype: object = None
@@ -171,8 +171,8 @@ class _TextTransformer(nn.Module):
     h = h.astype(self.dtype or jnp.float32)
     length = ids.shape[1]
     mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
-    h, states = _Encoder(cfg, self.remat, self.dtype, name="encoder")(h, mask)
-    last = _layer_norm(eps, self.dtype, "final_layer_norm")(h)
+    h, states = Encoder(cfg, self.remat, self.dtype, name="encoder")(h, mask)
+    last = layer_norm(eps, self.dtype, "final_layer_norm")(h)
     eos = int(cfg.get("eos_token_id", 2))
     if eos == 2:  # configs before the eos fix: the highest id ends the text
       where = jnp.argmax(ids, axis=-1)
@@ -182,9 +182,10 @@ class _TextTransformer(nn.Module):
     return last, tuple(states), pooled
 
 
-class _Encoder(nn.Module):
-  """The layers (`text_model/encoder/layers_i`): the last state and every
-  state (the input, then each layer's output)."""
+class Encoder(nn.Module):
+  """The layers (`encoder/layers_i`): the last state and every state (the
+  input, then each layer's output). `mask`: which keys each query sees
+  (the text's causal mask; None: all, as the vision tower)."""
 
   cfg: dict
   remat: bool = False
@@ -221,7 +222,7 @@ class CLIPText(nn.Module):
   @nn.compact
   def __call__(self, ids):
     check_config(self.text_config)
-    last, states, pooled = _TextTransformer(
+    last, states, pooled = TextTransformer(
       self.text_config, self.remat, self.dtype, name="text_model"
     )(jnp.asarray(ids, jnp.int32))
     out = dict(

@@ -66,5 +66,5 @@ def test_bad_inputs(folder, tmp_path):
   with pytest.raises(clip_score.ClipError, match="not a CLIP folder"):
     clip_score.ClipScorer(str(tmp_path))
   (tmp_path / "config.json").write_text((path / "config.json").read_text())
-  with pytest.raises(clip_score.ClipError, match="neither"):
+  with pytest.raises(clip_score.ClipError, match="no model.safetensors"):
     clip_score.ClipScorer(str(tmp_path))

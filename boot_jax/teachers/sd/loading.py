@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import os
-import types
 
 import flax.linen as nn
 import jax
@@ -223,41 +222,4 @@ def _vae_and_text(path: str):
     vae_factor=2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1),
     text_params=text_params,
     tokenizer=tokenizer,
-  )
-
-
-def _load_clip(folder: str, abstract, prefix: str = "clip"):
-  """transformers CLIP weights (`prefix`: the Flax class's
-  `base_model_prefix`): Flax msgpack, or PyTorch safetensors converted."""
-  msgpack = os.path.join(folder, "flax_model.msgpack")
-  if os.path.isfile(msgpack):
-    import flax.serialization  # noqa: PLC0415
-
-    try:
-      return flax.serialization.from_state_dict(
-        abstract, _read_msgpack(msgpack)
-      )
-    except (KeyError, ValueError) as e:
-      raise SDError(f"{msgpack} does not fit the CLIP config: {e}") from None
-  path = os.path.join(folder, "model.safetensors")
-  if not os.path.isfile(path):
-    raise SDError(
-      f"{folder} has neither flax_model.msgpack nor model.safetensors "
-      "(PyTorch .bin files are pickles and are not read: convert them to "
-      "safetensors)"
-    )
-  from flax import traverse_util  # noqa: PLC0415
-  from transformers import modeling_flax_pytorch_utils as conv  # noqa: PLC0415
-
-  # transformers' converter reads only the keys and shapes of `params`.
-  shim = types.SimpleNamespace(base_model_prefix=prefix, params=abstract)
-  converted = traverse_util.flatten_dict(
-    conv.convert_pytorch_state_dict_to_flax(read_safetensors(path), shim)
-  )
-  want = traverse_util.flatten_dict(abstract)
-  missing = sorted(set(want) - set(converted))
-  if missing:
-    raise SDError(f"{path} has no weight for {'/'.join(missing[0])}")
-  return traverse_util.unflatten_dict(
-    {k: np.asarray(converted[k], np.float32) for k in want}
   )
