@@ -56,7 +56,7 @@ def check_config(cfg: dict) -> None:
     )
 
 
-def weight_key(pt_key: str) -> str | None:
+def table_key(pt_key: str) -> str | None:
   """A transformers CLIP weight's key as `models.weights.torch_key` reads
   it (embedding tables are `embedding`, not transposed); None for the
   `position_ids` buffer older checkpoints hold."""
@@ -65,6 +65,15 @@ def weight_key(pt_key: str) -> str | None:
   if pt_key.endswith(("token_embedding.weight", "position_embedding.weight")):
     return pt_key[: -len("weight")] + "embedding"
   return pt_key
+
+
+def weight_key(pt_key: str) -> str | None:
+  """`table_key` for a text encoder's folder, whose keys start with
+  `text_model.` as transformers 4 saves them, or without it (transformers
+  5 saves a `CLIPTextModel` without its base model's prefix)."""
+  if pt_key.startswith(("embeddings.", "encoder.", "final_layer_norm.")):
+    pt_key = "text_model." + pt_key
+  return table_key(pt_key)
 
 
 def layer_norm(eps: float, dtype, name: str):

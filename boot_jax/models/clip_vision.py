@@ -21,9 +21,9 @@ from boot_jax.models import clip_text, layers
 
 
 def weight_key(pt_key: str) -> str | None:
-  """A transformers CLIP weight's key as `models.weights.torch_key` reads
-  it (`clip_text.weight_key`, for both towers)."""
-  return clip_text.weight_key(pt_key)
+  """A transformers `CLIPModel` weight's key as `models.weights.torch_key`
+  reads it (`clip_text.table_key`, for both towers)."""
+  return clip_text.table_key(pt_key)
 
 
 class _VisionEmbeddings(nn.Module):

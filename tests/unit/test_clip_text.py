@@ -99,3 +99,33 @@ def test_unsupported_activation_is_refused_in_one_line():
       clip_text.CLIPText(cfg).init, jax.random.key(0), np.ones((1, 4), int)
     )
   assert "\n" not in str(e.value)
+
+
+def test_keys_without_the_base_model_prefix_load_the_same(tmp_path):
+  """transformers 5 saves a `CLIPTextModel` without the `text_model.`
+  prefix that transformers 4 wrote: both folders load to the same
+  parameters."""
+  st = pytest.importorskip("safetensors.torch")
+  model, path = _folder(tmp_path, False, "quick_gelu", 2)
+  module = clip_text.CLIPText(model.config.to_dict())
+  ids = _ids(2)
+  abstract = nn.meta.unbox(
+    jax.eval_shape(lambda: module.init(jax.random.key(0), ids))["params"]
+  )
+  state = model.state_dict()
+  prefixed = {
+    (k if k.startswith("text_model.") else f"text_model.{k}"): v.contiguous()
+    for k, v in state.items()
+  }
+  bare = {k.removeprefix("text_model."): v for k, v in prefixed.items()}
+  loaded = []
+  for name, tensors in (("v4", prefixed), ("v5", bare)):
+    file = tmp_path / f"{name}.safetensors"
+    st.save_file(tensors, str(file))
+    loaded.append(
+      folders.convert_by_rule(
+        [str(file)], abstract, "text encoder", rename=clip_text.weight_key
+      )
+    )
+  for a, b in zip(*(jax.tree.leaves(p) for p in loaded), strict=True):
+    np.testing.assert_array_equal(a, b)
