@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from boot_jax.models import attention as attention_lib
 from boot_jax.models import layers
+from boot_jax.models import unet_blocks as blocks
 
 ACTIVATIONS = {
   "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
@@ -43,12 +44,10 @@ class CLIPConfigError(ValueError):
 
 def check_config(cfg: dict) -> None:
   """Refuses, in one line, what the port does not run."""
-  act = cfg.get("hidden_act", "quick_gelu")
-  if act not in ACTIVATIONS:
-    raise CLIPConfigError(
-      f"the text encoder's hidden_act={act!r} is not supported (expected "
-      f"one of {tuple(ACTIVATIONS)})"
-    )
+  options = (("hidden_act", tuple(ACTIVATIONS), "quick_gelu"),)
+  blocks.check_options(
+    cfg, {}, options, "CLIP", CLIPConfigError, part="text encoder"
+  )
   if int(cfg["hidden_size"]) % int(cfg["num_attention_heads"]):
     raise CLIPConfigError(
       "the text encoder's hidden_size is not a multiple of its "
@@ -74,17 +73,6 @@ def weight_key(pt_key: str) -> str | None:
   if pt_key.startswith(("embeddings.", "encoder.", "final_layer_norm.")):
     pt_key = "text_model." + pt_key
   return table_key(pt_key)
-
-
-def layer_norm(eps: float, dtype, name: str):
-  return nn.LayerNorm(
-    epsilon=eps,
-    use_fast_variance=False,
-    dtype=dtype,
-    scale_init=layers.partitioned(nn.initializers.ones, ("norm",)),
-    bias_init=layers.partitioned(nn.initializers.zeros, ("norm",)),
-    name=name,
-  )
 
 
 class _Attention(nn.Module):
@@ -118,25 +106,12 @@ class _Layer(nn.Module):
   @nn.compact
   def __call__(self, x, mask):
     dt = self.dtype
-    h = layer_norm(self.eps, dt, "layer_norm1")(x)
+    h = blocks.layer_norm(dt, "layer_norm1", self.eps)(x)
     x = x + _Attention(self.heads, dt, name="self_attn")(h, mask)
-    h = layer_norm(self.eps, dt, "layer_norm2")(x)
-    h = _MLP(self.ffn, self.act, dt, name="mlp")(h)
+    h = blocks.layer_norm(dt, "layer_norm2", self.eps)(x)
+    h = layers.MLP(self.ffn, None, ACTIVATIONS[self.act], dtype=dt,
+                   name="mlp")(h)  # fmt: skip
     return x + h
-
-
-class _MLP(nn.Module):
-  ffn: int
-  act: str
-  dtype: object = None
-
-  @nn.compact
-  def __call__(self, x):
-    h = layers.dense(self.ffn, ("embed", "mlp"), dtype=self.dtype,
-                     name="fc1")(x)  # fmt: skip
-    h = ACTIVATIONS[self.act](h)
-    return layers.dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype,
-                        name="fc2")(h)  # fmt: skip
 
 
 class _Embeddings(nn.Module):
@@ -181,7 +156,7 @@ class TextTransformer(nn.Module):
     length = ids.shape[1]
     mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
     h, states = Encoder(cfg, self.remat, self.dtype, name="encoder")(h, mask)
-    last = layer_norm(eps, self.dtype, "final_layer_norm")(h)
+    last = blocks.layer_norm(self.dtype, "final_layer_norm", eps)(h)
     eos = int(cfg.get("eos_token_id", 2))
     if eos == 2:  # configs before the eos fix: the highest id ends the text
       where = jnp.argmax(ids, axis=-1)

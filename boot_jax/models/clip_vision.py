@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from boot_jax.models import clip_text, layers
+from boot_jax.models import unet_blocks as blocks
 
 
 def weight_key(pt_key: str) -> str | None:
@@ -80,9 +81,9 @@ class _VisionTransformer(nn.Module):
     h = _VisionEmbeddings(
       width, patch, (size // patch) ** 2 + 1, name="embeddings"
     )(pixels.astype(jnp.float32))
-    h = clip_text.layer_norm(eps, self.dtype, "pre_layrnorm")(h)
+    h = blocks.layer_norm(self.dtype, "pre_layrnorm", eps)(h)
     h, _ = clip_text.Encoder(cfg, False, self.dtype, name="encoder")(h, None)
-    return clip_text.layer_norm(eps, self.dtype, "post_layernorm")(h[:, 0])
+    return blocks.layer_norm(self.dtype, "post_layernorm", eps)(h[:, 0])
 
 
 def _projection(dim: int, dtype, name: str):

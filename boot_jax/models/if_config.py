@@ -24,16 +24,6 @@ def per_block(value, n: int) -> list:
 
 def check_config(cfg: dict) -> None:
   """Refuses, in one line, any key or block type the port does not run."""
-  for key, allowed in (
-    ("down_block_types", DOWN_BLOCKS),
-    ("up_block_types", UP_BLOCKS),
-  ):
-    for kind in cfg.get(key) or ():
-      if kind not in allowed:
-        raise IFConfigError(
-          f"the UNet's {key} has {kind!r}: not a DeepFloyd IF UNet (the IF "
-          f"port runs {', '.join(allowed)})"
-        )
   options = (
     ("mid_block_type", MID_BLOCKS, "UNetMidBlock2DCrossAttn"),
     ("addition_embed_type", (None, "text"), None),
@@ -43,4 +33,8 @@ def check_config(cfg: dict) -> None:
     ("act_fn", tuple(ACTIVATIONS), "silu"),
     ("time_embedding_act_fn", (None, *ACTIVATIONS), None),
   )
-  check_options(cfg, FIXED, options, "IF", IFConfigError)
+  check_options(
+    cfg, FIXED, options, "DeepFloyd IF", IFConfigError,
+    block_types=(("down_block_types", DOWN_BLOCKS),
+                 ("up_block_types", UP_BLOCKS)),
+  )  # fmt: skip

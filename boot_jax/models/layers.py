@@ -14,7 +14,7 @@ axes):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -154,3 +154,23 @@ def add_guidance(emb, guidance, enabled: bool, dtype=None):
   return emb + GuidanceEmbedding(
     emb.shape[-1], dtype=dtype, name="GuidanceEmbedding_0"
   )(w)
+
+
+class MLP(nn.Module):
+  """Dense, activation, dense (`names`: the two layers'), as the ports'
+  time embeddings and transformer feed-forwards name them; `out` None:
+  the input's width."""
+
+  hidden: int
+  out: int | None
+  act: Callable
+  names: tuple[str, str] = ("fc1", "fc2")
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, x):
+    h = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype,
+              name=self.names[0])(x)  # fmt: skip
+    out = self.out or x.shape[-1]
+    return dense(out, ("mlp", "embed"), dtype=self.dtype,
+                 name=self.names[1])(self.act(h))  # fmt: skip

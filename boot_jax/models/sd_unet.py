@@ -73,22 +73,16 @@ def per_block(value, n: int, key: str) -> list:
 
 def check_config(cfg: dict) -> None:
   """Refuses, in one line, any key or block type the port does not run."""
-  for key, allowed in (
-    ("down_block_types", DOWN_BLOCKS),
-    ("up_block_types", UP_BLOCKS),
-  ):
-    for kind in cfg.get(key) or ():
-      if kind not in allowed:
-        raise SDConfigError(
-          f"the UNet's {key} has {kind!r}: the Stable Diffusion port runs "
-          f"{', '.join(allowed)}"
-        )
   options = (
     ("mid_block_type", (MID_BLOCK,), MID_BLOCK),
     ("addition_embed_type", (None, "text_time"), None),
     ("act_fn", tuple(blocks.ACTIVATIONS), "silu"),
   )
-  blocks.check_options(cfg, FIXED, options, "Stable Diffusion", SDConfigError)
+  blocks.check_options(
+    cfg, FIXED, options, "Stable Diffusion", SDConfigError,
+    block_types=(("down_block_types", DOWN_BLOCKS),
+                 ("up_block_types", UP_BLOCKS)),
+  )  # fmt: skip
   n = len(cfg.get("block_out_channels") or ())
   if n == 0 or len(cfg.get("down_block_types") or ()) != n:
     raise SDConfigError(

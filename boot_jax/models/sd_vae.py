@@ -50,17 +50,14 @@ class VAEConfigError(ValueError):
 
 def check_config(cfg: dict) -> None:
   """Refuses, in one line, any block type or option the port does not run."""
-  for key, allowed in (
-    ("down_block_types", ("DownEncoderBlock2D",)),
-    ("up_block_types", ("UpDecoderBlock2D",)),
-  ):
-    for kind in cfg.get(key) or ():
-      if kind not in allowed:
-        raise VAEConfigError(
-          f"the VAE's {key} has {kind!r}: the port runs {allowed[0]} only"
-        )
   fixed = dict(norm_type="group", latents_mean=None, latents_std=None)
-  blocks.check_options(cfg, fixed, OPTIONS, "VAE", VAEConfigError)
+  blocks.check_options(
+    cfg, fixed, OPTIONS, "VAE", VAEConfigError, part="VAE",
+    block_types=(
+      ("down_block_types", ("DownEncoderBlock2D",)),
+      ("up_block_types", ("UpDecoderBlock2D",)),
+    ),
+  )  # fmt: skip
 
 
 def legacy_key(pt_key: str) -> str:

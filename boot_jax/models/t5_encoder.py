@@ -30,6 +30,7 @@ import numpy as np
 
 from boot_jax.models import attention as attention_lib
 from boot_jax.models import layers
+from boot_jax.models import unet_blocks as blocks
 
 ACTIVATIONS = {
   "gated-gelu": functools.partial(jax.nn.gelu, approximate=True),  # gelu_new
@@ -43,12 +44,10 @@ class T5ConfigError(ValueError):
 
 def check_config(cfg: dict) -> None:
   """Refuses, in one line, what the port does not run."""
-  proj = cfg.get("feed_forward_proj", "relu")
-  if proj not in ACTIVATIONS:
-    raise T5ConfigError(
-      f"the text encoder's feed_forward_proj={proj!r} is not supported "
-      f"(expected one of {tuple(ACTIVATIONS)})"
-    )
+  options = (("feed_forward_proj", tuple(ACTIVATIONS), "relu"),)
+  blocks.check_options(
+    cfg, {}, options, "T5", T5ConfigError, part="text encoder"
+  )
 
 
 def weight_key(pt_key: str) -> str:

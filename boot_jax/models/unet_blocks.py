@@ -41,21 +41,38 @@ FIXED = dict(
 )
 
 
-def check_options(cfg: dict, fixed: dict, options, port: str, error) -> None:
-  """Refuses, in one line of `error`, a key of `fixed` set to another value
-  and a key of `options` (`(key, allowed values, default)`) outside its
-  allowed values. `port`: the port's name in messages ("IF")."""
+def check_options(
+  cfg: dict,
+  fixed: dict,
+  options,
+  port: str,
+  error,
+  part: str = "UNet",
+  block_types=(),
+) -> None:
+  """Refuses, in one line of `error`, a key of `fixed` set to another value,
+  a key of `options` (`(key, allowed values, default)`) outside its
+  allowed values, and a block type outside `block_types` (`(key, allowed
+  types)`). `port`: the port's name in messages ("IF"); `part`: the
+  config's ("UNet", "VAE", "text encoder")."""
+  for key, allowed in block_types:
+    for kind in cfg.get(key) or ():
+      if kind not in allowed:
+        raise error(
+          f"the {part}'s {key} has {kind!r}: not a {port} {part} (the "
+          f"{port} port runs {', '.join(allowed)})"
+        )
   for key, want in fixed.items():
     if cfg.get(key, want) != want:
       raise error(
-        f"the UNet's {key}={cfg[key]!r} is not supported by the {port} "
+        f"the {part}'s {key}={cfg[key]!r} is not supported by the {port} "
         f"port (expected {want!r})"
       )
   for key, allowed, default in options:
     value = cfg.get(key, default)
     if value not in allowed:
       raise error(
-        f"the UNet's {key}={value!r} is not supported by the {port} port "
+        f"the {part}'s {key}={value!r} is not supported by the {port} port "
         f"(expected one of {allowed})"
       )
 
@@ -72,9 +89,9 @@ def group_norm(groups: int, eps: float, dtype, name: str):
   )
 
 
-def layer_norm(dtype, name: str):
+def layer_norm(dtype, name: str, eps: float = 1e-5):
   return nn.LayerNorm(
-    epsilon=1e-5,  # torch.nn.LayerNorm's default
+    epsilon=eps,  # 1e-5: torch.nn.LayerNorm's default
     use_fast_variance=False,
     dtype=dtype,
     scale_init=layers.partitioned(nn.initializers.ones, ("norm",)),
@@ -145,17 +162,9 @@ class ResnetBlock(nn.Module):
                        name="conv_shortcut")(x)  # fmt: skip
 
 
-class TimestepEmbedding(nn.Module):
+def TimestepEmbedding(features: int, act: str, dtype=None, name=None):  # noqa: N802
   """diffusers' `TimestepEmbedding`: linear, activation, linear."""
-
-  features: int
-  act: str
-  dtype: object = None
-
-  @nn.compact
-  def __call__(self, x):
-    x = layers.dense(self.features, ("embed", "mlp"), dtype=self.dtype,
-                     name="linear_1")(x)  # fmt: skip
-    x = ACTIVATIONS[self.act](x)
-    return layers.dense(self.features, ("mlp", "embed"), dtype=self.dtype,
-                        name="linear_2")(x)  # fmt: skip
+  return layers.MLP(
+    features, features, ACTIVATIONS[act], ("linear_1", "linear_2"), dtype,
+    name=name,
+  )  # fmt: skip

@@ -123,7 +123,7 @@ def test_vae_weights_under_pre_014_attention_names_load_the_same(
 @pytest.mark.parametrize(
   "change,words",
   [
-    (dict(down_block_types=("DownBlock2D",) * 3), "DownEncoderBlock2D only"),
+    (dict(down_block_types=("DownBlock2D",) * 3), "runs DownEncoderBlock2D"),
     (dict(norm_type="spatial"), "norm_type"),
     (dict(act_fn="mish"), "act_fn"),
   ],
