@@ -262,10 +262,11 @@ def if_boot_config(variant: str):
       prompt_cache="",
       text_encoding="online",
       negative_prompt="",
-      # The teacher's own DDIM (sampling, evaluation): IF's dynamic
-      # thresholding instead of the scheduler's clip_sample (see
-      # docs/text_to_image.md). BOOT distils the unprocessed x0 either way.
-      thresholding=False,
+      # The teacher's own DDIM (sampling, evaluation): None follows the
+      # folder's scheduler config (IF's say thresholding: dynamic
+      # thresholding); True or False overrides it (docs/text_to_image.md).
+      # BOOT distils the unprocessed x0 either way.
+      thresholding=placeholder(bool),
       prompts_sha256="",
     )
   )

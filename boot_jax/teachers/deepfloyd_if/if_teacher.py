@@ -1,13 +1,14 @@
 """DeepFloyd IF stage I teachers from a local diffusers folder (pixels).
 
-The UNet is our Flax port (`models.if_unet`), the text encoder
-transformers' Flax T5 encoder; the folder's layout, checks and weight
-conversion are in `if_loading`. `IFTeacher` is the family: samples are
+The UNet is our Flax port (`models.if_unet`), the text encoder our T5
+(`models.t5_encoder`); the folder's layout, checks and weight conversion
+are in `loading`. `IFTeacher` is the family: samples are
 64x64 RGB pixels in [-1, 1] (no VAE), prompts are encoded by T5 as IF's
 pipeline encodes them (lower case, 77 tokens, padding masked), and the
 teacher's own DDIM processes each step's clean estimate as the folder's
-scheduler says (`clip_sample`), or with IF's dynamic thresholding when
-`teacher.thresholding` is set.
+scheduler config says: IF's dynamic thresholding when it says
+`thresholding` (IF's folders do), else clipping when it says
+`clip_sample`; `teacher.thresholding` true or false overrides the folder.
 
 BOOT distils the teacher's x0-prediction unprocessed, as for every other
 teacher (the student's images are clipped to [-1, 1] like all pixels);
@@ -122,9 +123,10 @@ def build(
   for IF-I), `prompts`, `prompt_column`, `prompt_cache`, `text_encoding`
   (as for Stable Diffusion, see `boot_jax.prompts`), `negative_prompt`
   (the null condition's text; default the empty prompt, as IF's pipeline),
-  `thresholding` (the teacher's own DDIM uses IF's dynamic thresholding;
-  default False: it clips at `clip_sample_range` when the scheduler's
-  `clip_sample` says so).
+  `thresholding` (None, the default: the teacher's own DDIM uses IF's
+  dynamic thresholding when the folder's scheduler config says
+  `thresholding`, else clips at `clip_sample_range` when it says
+  `clip_sample`; True or False overrides the folder).
   """
   path = config.get("path")
   if path and paths.is_remote(path):
@@ -172,6 +174,9 @@ def build(
   def encode(texts):
     return t5["forward_jit"](t5["params"], tokenize(t5["tokenizer"], texts))
 
+  wanted = config.get("thresholding")
+  thresholding = sampler["thresholding"] if wanted is None else bool(wanted)
+
   return IFTeacher(
     **base.text_teacher_fields(config, path, module, params, table, encode),
     prediction="eps",
@@ -180,5 +185,5 @@ def build(
     ddim_spacing=(sampler["spacing"], sampler["offset"]),
     t5=t5,
     folder=path,
-    x0_fn=x0_processing(sampler, bool(config.get("thresholding", False))),
+    x0_fn=x0_processing(sampler, thresholding),
   )

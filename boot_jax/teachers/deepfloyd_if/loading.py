@@ -167,6 +167,7 @@ def schedule_config(path: str) -> tuple[dict, dict]:
   sampler = dict(
     spacing=cfg.get("timestep_spacing", "leading"),
     offset=int(cfg.get("steps_offset", 0)),
+    thresholding=bool(cfg.get("thresholding", False)),
     clip_sample=bool(cfg.get("clip_sample", True)),
     clip_range=float(cfg.get("clip_sample_range", 1.0)),
     ratio=float(cfg.get("dynamic_thresholding_ratio", 0.995)),
