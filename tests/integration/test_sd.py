@@ -145,6 +145,21 @@ def test_folder_errors(folder, tmp_path):
   with pytest.raises(sd_loading.SDError, match="is a UNet2DModel, not a"):
     _teacher(other)
 
+  # An option our UNet does not implement, and a .bin-only UNet: one line
+  # naming the key or the file.
+  cfg["_class_name"] = "UNet2DConditionModel"
+  cfg["class_embed_type"] = "timestep"
+  (other / "unet" / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(sd_loading.SDError, match="class_embed_type") as e:
+    _teacher(other)
+  assert "\n" not in str(e.value)
+  pickles = tmp_path / "pickles"
+  shutil.copytree(path, pickles)
+  weights = pickles / "unet" / "diffusion_pytorch_model.safetensors"
+  weights.rename(weights.with_suffix(".bin"))
+  with pytest.raises(sd_loading.SDError, match=r"\.bin files are pickles"):
+    _teacher(pickles)
+
   with pytest.raises(
     sd_loading.SDError, match="not divisible by the VAE's factor 2"
   ):
