@@ -68,9 +68,9 @@ setuptools.setup(
   ],
   extras_require={
     "test": _TEST,
-    # Our own networks run the teachers: transformers gives the CLIP
-    # tokenizer and diffusers the PyTorch UNet of an export; both are
-    # tested at 0.39/4.57 (the test extra) and 0.42.1/5.25.0.
+    # Our own networks run the teachers: transformers gives the
+    # tokenizers and diffusers the PyTorch UNet of an export; the SD and
+    # IF tests pass with the test extra's 0.39/4.57 and with 0.42.1/5.25.0.
     "sd": [
       "diffusers>=0.39",
       "transformers>=4.57",
@@ -78,12 +78,10 @@ setuptools.setup(
       # DiffusionDB's prompt metadata is Parquet.
       "pyarrow>=14",
     ],
-    # DeepFloyd IF teachers: the sd stack plus T5's tokenizer (held at
-    # transformers 4: the IF tests' tiny folders were not yet built with
-    # transformers 5's T5 tokenizer).
+    # DeepFloyd IF teachers: the sd stack plus T5's tokenizer.
     "if": [
-      "diffusers==0.39.0",
-      "transformers>=4.57,<5",
+      "diffusers>=0.39",
+      "transformers>=4.57",
       "safetensors",
       "pyarrow>=14",
       "sentencepiece>=0.2",

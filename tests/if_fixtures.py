@@ -10,6 +10,7 @@ hold exactly the same numbers.
 """
 
 import json
+import shutil
 
 SENTENCES = (
   "a red square on a blue background",
@@ -98,7 +99,14 @@ def make_folder(
   torch.manual_seed(seed)
   unet = UNet2DConditionModel(**unet_config(resolution))
   spiece = sentencepiece_model(path.parent / f"{path.name}_spm")
-  tokenizer = T5Tokenizer(spiece, extra_ids=0, legacy=False)
+  # From a folder holding spiece.model, as IF's folders do: transformers 4
+  # and 5 both read that (5's constructor no longer takes the file).
+  tok_dir = path.parent / f"{path.name}_tok"
+  tok_dir.mkdir(exist_ok=True)
+  shutil.copy(spiece, tok_dir / "spiece.model")
+  tokenizer = T5Tokenizer.from_pretrained(
+    str(tok_dir), extra_ids=0, legacy=False
+  )
   text = T5EncoderModel(
     T5Config(
       vocab_size=len(tokenizer),
