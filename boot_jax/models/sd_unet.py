@@ -233,25 +233,6 @@ class Transformer2D(nn.Module):
     return h + x
 
 
-class _Resampler(nn.Module):
-  """`Downsample2D` (a stride-2 convolution padded 1 on each side) or
-  `Upsample2D` (nearest 2x, then a convolution), as `conv`."""
-
-  features: int
-  up: bool
-  dtype: object = None
-
-  @nn.compact
-  def __call__(self, x):
-    if self.up:
-      x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-      return layers.conv(self.features, dtype=self.dtype, name="conv")(x)
-    return layers.conv(
-      self.features, strides=2, padding=((1, 1), (1, 1)), dtype=self.dtype,
-      name="conv",
-    )(x)  # fmt: skip
-
-
 class Block(nn.Module):
   """One down, mid or up block: resnets, each followed by a transformer in
   the cross-attention kinds, then the resampler (`resample` 'down' or
@@ -296,12 +277,12 @@ class Block(nn.Module):
         h = attend(i, h)
       outs.append(h)
     if self.resample == "down":
-      h = _Resampler(self.features, False, self.resnet["dtype"],
-                     name="downsamplers_0")(h)  # fmt: skip
+      h = blocks.Resampler(self.features, False, dtype=self.resnet["dtype"],
+                           name="downsamplers_0")(h)  # fmt: skip
       outs.append(h)
     elif self.resample == "up":
-      h = _Resampler(self.features, True, self.resnet["dtype"],
-                     name="upsamplers_0")(h)  # fmt: skip
+      h = blocks.Resampler(self.features, True, dtype=self.resnet["dtype"],
+                           name="upsamplers_0")(h)  # fmt: skip
     return h, outs
 
 

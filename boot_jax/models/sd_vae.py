@@ -139,30 +139,23 @@ class _Level(nn.Module):
         self.features, self.groups, EPS, self.act, False, dtype=self.dtype,
         name=f"resnets_{i}",
       )(h, None)  # fmt: skip
-    if self.resample == "down":
-      h = _Conv(self.features, 2, ((0, 1), (0, 1)), self.dtype,
-                name="downsamplers_0")(h)  # fmt: skip
-    elif self.resample == "up":
-      h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-      h = _Conv(self.features, 1, ((1, 1), (1, 1)), self.dtype,
-                name="upsamplers_0")(h)  # fmt: skip
+    if self.resample:
+      h = blocks.Resampler(
+        self.features, self.resample == "up", ((0, 1), (0, 1)), self.dtype,
+        name=f"{self.resample}samplers_0",
+      )(h)  # fmt: skip
     return h
 
 
-class _Conv(nn.Module):
-  """A resampler's `conv`, a level down as in PyTorch."""
-
-  features: int
-  strides: int
-  padding: tuple
-  dtype: object = None
-
-  @nn.compact
-  def __call__(self, x):
-    return layers.conv(
-      self.features, strides=self.strides, padding=self.padding,
-      dtype=self.dtype, name="conv",
-    )(x)  # fmt: skip
+def _settings(cfg: dict) -> dict:
+  """What the encoder and decoder read of the config."""
+  return dict(
+    widths=list(cfg["block_out_channels"]),
+    groups=int(cfg.get("norm_num_groups", 32)),
+    act=cfg.get("act_fn", "silu"),
+    layers=int(cfg.get("layers_per_block", 2)),
+    mid_attention=bool(cfg.get("mid_block_add_attention", True)),
+  )
 
 
 class Encoder(nn.Module):
@@ -175,24 +168,21 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    cfg, dt = self.cfg, self.dtype
-    widths = list(cfg["block_out_channels"])
-    groups = int(cfg.get("norm_num_groups", 32))
-    act = cfg.get("act_fn", "silu")
+    c, dt = _settings(self.cfg), self.dtype
+    widths, groups, act = c["widths"], c["groups"], c["act"]
     h = layers.conv(widths[0], dtype=dt, name="conv_in")(x)
     for i, width in enumerate(widths):
       h = _Level(
-        width, int(cfg.get("layers_per_block", 2)), groups, act,
+        width, c["layers"], groups, act,
         "down" if i < len(widths) - 1 else None, dt, name=f"down_blocks_{i}",
       )(h)  # fmt: skip
-    h = MidBlock(
-      widths[-1], groups, act, bool(cfg.get("mid_block_add_attention", True)),
-      self.attention, dt, name="mid_block",
-    )(h)  # fmt: skip
+    h = MidBlock(widths[-1], groups, act, c["mid_attention"], self.attention,
+                 dt, name="mid_block")(h)  # fmt: skip
     h = blocks.group_norm(groups, EPS, dt, "conv_norm_out")(h)
-    h = blocks.ACTIVATIONS[act](h)
-    latent = int(cfg.get("latent_channels", 4))
-    return layers.conv(2 * latent, dtype=dt, name="conv_out")(h)
+    latent = int(self.cfg.get("latent_channels", 4))
+    return layers.conv(2 * latent, dtype=dt, name="conv_out")(
+      blocks.ACTIVATIONS[act](h)
+    )
 
 
 class Decoder(nn.Module):
@@ -205,24 +195,21 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, z):
-    cfg, dt = self.cfg, self.dtype
-    widths = list(cfg["block_out_channels"])
-    groups = int(cfg.get("norm_num_groups", 32))
-    act = cfg.get("act_fn", "silu")
+    c, dt = _settings(self.cfg), self.dtype
+    widths, groups, act = c["widths"], c["groups"], c["act"]
     h = layers.conv(widths[-1], dtype=dt, name="conv_in")(z)
-    h = MidBlock(
-      widths[-1], groups, act, bool(cfg.get("mid_block_add_attention", True)),
-      self.attention, dt, name="mid_block",
-    )(h)  # fmt: skip
+    h = MidBlock(widths[-1], groups, act, c["mid_attention"], self.attention,
+                 dt, name="mid_block")(h)  # fmt: skip
     for i, width in enumerate(widths[::-1]):
       h = _Level(
-        width, int(cfg.get("layers_per_block", 2)) + 1, groups, act,
+        width, c["layers"] + 1, groups, act,
         "up" if i < len(widths) - 1 else None, dt, name=f"up_blocks_{i}",
       )(h)  # fmt: skip
     h = blocks.group_norm(groups, EPS, dt, "conv_norm_out")(h)
-    h = blocks.ACTIVATIONS[act](h)
-    out = int(cfg.get("out_channels", 3))
-    return layers.conv(out, dtype=dt, name="conv_out")(h)
+    out = int(self.cfg.get("out_channels", 3))
+    return layers.conv(out, dtype=dt, name="conv_out")(
+      blocks.ACTIVATIONS[act](h)
+    )
 
 
 class AutoencoderKL(nn.Module):

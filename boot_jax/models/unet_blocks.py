@@ -162,6 +162,27 @@ class ResnetBlock(nn.Module):
                        name="conv_shortcut")(x)  # fmt: skip
 
 
+class Resampler(nn.Module):
+  """diffusers' `Downsample2D` (a stride-2 convolution, padded by
+  `down_padding`: 1 on each side in UNets, bottom and right only in the
+  VAE) or `Upsample2D` (nearest 2x, then a convolution), as `conv`."""
+
+  features: int
+  up: bool
+  down_padding: tuple = ((1, 1), (1, 1))
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, x):
+    if self.up:
+      x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+      return layers.conv(self.features, dtype=self.dtype, name="conv")(x)
+    return layers.conv(
+      self.features, strides=2, padding=self.down_padding, dtype=self.dtype,
+      name="conv",
+    )(x)  # fmt: skip
+
+
 def TimestepEmbedding(features: int, act: str, dtype=None, name=None):  # noqa: N802
   """diffusers' `TimestepEmbedding`: linear, activation, linear."""
   return layers.MLP(
