@@ -229,6 +229,38 @@ REFINE_DEFAULTS = dict(
 )
 
 
+# The student's step of a refinement whose `refine.lr` is None (the
+# mixture family's): this times sqrt(d / 2), d the dimension of the data
+# (docs/ablations.md: measured on the 2-D and 8-D sweep mixtures and the
+# 16-D preset).
+DIMENSION_LR = 1e-6
+
+
+def dimension_lr(teacher) -> float:
+  """`DIMENSION_LR * sqrt(d / 2)` for a teacher section naming its data's
+  dimension d (`teacher.dim`)."""
+  dim = (teacher or {}).get("dim")
+  if not dim or int(dim) < 1:
+    raise ValueError(
+      "refine.lr is unset, which scales it by the data's dimension: the "
+      "teacher has no teacher.dim, so set refine.lr"
+    )
+  return DIMENSION_LR * math.sqrt(int(dim) / 2)
+
+
+def resolve_unset(flat: dict) -> dict:
+  """A flattened config ("a.b" keys) with its unset keys that follow
+  other keys filled in (`refine.lr` from `teacher.dim`), so that a run
+  saved with the value and one asking for the default compare equal."""
+  out = dict(flat)
+  if "refine.lr" in out and out["refine.lr"] is None:
+    try:
+      out["refine.lr"] = dimension_lr({"dim": out.get("teacher.dim")})
+    except (TypeError, ValueError):
+      pass
+  return out
+
+
 # Keys that may change between runs in one work directory (longer training,
 # other logging or evaluation); everything else must match config.json.
 RESUMABLE_CHANGES = (

@@ -443,8 +443,8 @@ def gmm_config(arg: str = "circle") -> ml_collections.ConfigDict:
 
   # The refinement phase (boot.refine=true; docs/BENCHMARKS.md), the same
   # for every mixture: a small student step that grows with the data's
-  # dimension (unset: 1e-6 x sqrt(teacher.dim / 2), refine.dimension_lr)
-  # and a fast fake mixture.
+  # dimension (unset: 1e-6 x sqrt(teacher.dim / 2), from
+  # config.defaults.dimension_lr) and a fast fake mixture.
   c.refine.lr = placeholder(float)
   c.refine.fake_lr = 1e-3
   c.refine.steps = 1000

@@ -75,7 +75,7 @@ def settings(config) -> dict:
     )
   out = {**DEFAULTS, **section}
   if out["lr"] is None:
-    out["lr"] = dimension_lr(config)
+    out["lr"] = defaults.dimension_lr(config.get("teacher"))
   checks = (
     (int(out["steps"]) >= 0, "refine.steps must be >= 0"),
     (0.0 < float(out["t_max"]) <= 1.0, "refine.t_max must be in (0, 1]"),
@@ -91,25 +91,6 @@ def settings(config) -> dict:
     if not ok:
       raise ValueError(message)
   return out
-
-
-# The student's step of a refinement whose `refine.lr` is None (the
-# mixture family's): this times sqrt(d / 2), d the dimension of the data
-# (docs/ablations.md: measured on the 2-D and 8-D sweep mixtures and the
-# 16-D preset).
-DIMENSION_LR = 1e-6
-
-
-def dimension_lr(config) -> float:
-  """`DIMENSION_LR * sqrt(d / 2)` for a teacher whose config names its
-  dimension d (`teacher.dim`)."""
-  dim = (config.get("teacher") or {}).get("dim")
-  if not dim or int(dim) < 1:
-    raise ValueError(
-      "refine.lr is unset, which scales it by the data's dimension: the "
-      "teacher has no teacher.dim, so set refine.lr"
-    )
-  return DIMENSION_LR * math.sqrt(int(dim) / 2)
 
 
 def enabled(config) -> bool:

@@ -63,7 +63,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def config_differences(old: dict, new: dict) -> list[str]:
   """Keys whose values differ, ignoring `defaults.RESUMABLE_CHANGES`."""
-  a, b = _flatten(old), _flatten(new)
+  a = defaults.resolve_unset(_flatten(old))
+  b = defaults.resolve_unset(_flatten(new))
   # A key added to the defaults after the run was made is no difference
   # while it keeps its default (e.g. boot.refine=False).
   default_values = _flatten(defaults.base_config().to_dict())

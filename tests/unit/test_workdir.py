@@ -43,3 +43,22 @@ def test_nothing_to_drop_leaves_the_file_untouched(tmp_path):
   before = path.stat().st_mtime_ns
   workdir.truncate_metrics(str(tmp_path), 5, lambda line: None)
   assert path.stat().st_mtime_ns == before
+
+
+def test_an_unset_default_matches_the_value_it_resolves_to():
+  """A run saved with refine.lr = 1e-6 (a 2-D mixture) resumes under a
+  config leaving refine.lr unset, which resolves to the same step; a
+  different dimension or an explicit other value is still a difference."""
+  saved = {"teacher": {"dim": 2}, "refine": {"lr": 1e-6}}
+  assert not workdir.config_differences(
+    saved, {"teacher": {"dim": 2}, "refine": {"lr": None}}
+  )
+  assert not workdir.config_differences(
+    {"teacher": {"dim": 2}, "refine": {"lr": None}}, saved
+  )
+  assert workdir.config_differences(
+    saved, {"teacher": {"dim": 8}, "refine": {"lr": None}}
+  ) == ["refine.lr: 1e-06 -> 2e-06", "teacher.dim: 2 -> 8"]
+  assert workdir.config_differences(
+    saved, {"teacher": {"dim": 2}, "refine": {"lr": 3e-6}}
+  ) == ["refine.lr: 1e-06 -> 3e-06"]
