@@ -1,6 +1,7 @@
 r"""Bytes per device of BOOT on Stable Diffusion's UNets: state and XLA.
 
     python benchmarks/sd_memory.py [--write] [--quick] [--batches 4,8,16,32]
+    python benchmarks/sd_memory.py --refine | --remat [--write]
 
 Two measurements, on 8 fake CPU devices:
 
@@ -30,7 +31,7 @@ Compiles are slow on a CPU (minutes each); results are cached in
 `--write` replaces the tables in docs/text_to_image.md; `--quick` compiles
 one row (a smoke test). `--refine` compiles the refinement phase's step
 (boot.refine) next to BOOT's for SD 1.5 at fsdp 1 and 8 and writes its
-own table.
+own table; `--remat` the BOOT step under each `model.remat` policy.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ XLA_BEGIN = "<!-- sd memory xla: begin -->"
 XLA_END = "<!-- sd memory xla: end -->"
 REFINE_BEGIN = "<!-- sd refine memory: begin -->"
 REFINE_END = "<!-- sd refine memory: end -->"
+REMAT_BEGIN = "<!-- sd remat memory: begin -->"
+REMAT_END = "<!-- sd remat memory: end -->"
 DATE = "2026-11-26"
 MACHINE = "a 2-core CPU"
 CACHE = "/tmp/boot_jax_sd_memory.json"
@@ -221,10 +224,17 @@ def _abstract_family(unet_config: dict, width: int):
 
 
 def step_config(
-  model: str, resolution: int, fsdp: int, batch: int, attn, refine=False
+  model: str,
+  resolution: int,
+  fsdp: int,
+  batch: int,
+  attn,
+  refine=False,
+  remat="auto",
 ):
   """`sd_boot_config` as shipped; only the batch, mesh and shapes set
-  (and, with `refine`, `boot.refine` on with its defaults)."""
+  (with `refine`, `boot.refine` on with its defaults; `remat`: another
+  `model.remat` policy)."""
   _, _, _, prediction = MODELS[model]
   c = recipes.sd_boot_config(resolution=resolution, prediction=prediction)
   c.boot.refine = refine
@@ -232,6 +242,7 @@ def step_config(
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, fsdp, 1
   c.train.batch_size = batch * fsdp
   c.model.attention = attn
+  c.model.remat = remat
   return c
 
 
@@ -249,11 +260,12 @@ def compile_step(
   batch: int,
   attn: str = "auto",
   refine: bool = False,
+  remat: str = "auto",
 ) -> dict:
   """Lowers and compiles the BOOT step (with `refine`, the refinement
   phase's step); XLA's bytes per device."""
   cfg, _, width, _ = MODELS[model]
-  c = step_config(model, resolution, fsdp, batch, attn, refine)
+  c = step_config(model, resolution, fsdp, batch, attn, refine, remat)
   family = _abstract_family(cfg, width)
   with mock.patch.dict(teachers.TEACHERS, {"sd_abstract": family}):
     s = trainer.setup(c)
@@ -385,6 +397,34 @@ def refine_section(cache: Cache) -> str:
     "buffer assignment, as above: an estimate for the cards.",
     REFINE_END,
   ]
+  return "\n".join(lines) + "\n"
+
+
+def remat_section(cache: Cache) -> str:
+  """The BOOT step under each `model.remat` policy (SD 1.5, fsdp 1)."""
+  gib = lambda b: f"{b / GIB:.2f}"  # noqa: E731
+  lines = [
+    REMAT_BEGIN,
+    "Command: `python benchmarks/sd_memory.py --remat --write` "
+    f"({MACHINE}, 8 fake CPU devices, jax {jax.__version__}, "
+    f"{datetime.date.today().isoformat()}). The BOOT step of "
+    "`configs/sd15.py` at 512 px, fsdp 1, batch 4 a device, under each "
+    "`model.remat` policy of the student (the shipped config's 'auto' is "
+    "'block'), GiB per device, and XLA's flop count of the step.",
+    "",
+    "| model.remat | arguments | outputs | temporaries | total | "
+    "temporaries / example | TFLOP |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for policy in ("none", "block", "dots"):
+    key = step_key(SD15, 512, 1, 4) + f"|remat={policy}"
+    r = cache.get(key, compile_step, SD15, 512, 1, 4, "auto", remat=policy)
+    lines.append(
+      f"| {policy} | {gib(r['argument'])} | {gib(r['output'])} | "
+      f"{gib(r['temp'])} | **{gib(r['total'])}** | {gib(r['temp'] / 4)} | "
+      f"{r['flops'] / 1e12:.2f} |"
+    )
+  lines.append(REMAT_END)
   return "\n".join(lines) + "\n"
 
 
@@ -592,8 +632,22 @@ def main():
     action="store_true",
     help="only the refinement phase's step next to BOOT's (SD 1.5)",
   )
+  p.add_argument(
+    "--remat",
+    action="store_true",
+    help="only the BOOT step under each model.remat policy (SD 1.5)",
+  )
   args = p.parse_args()
   cache = Cache(args.cache)
+  if args.remat:
+    text = remat_section(cache)
+    print(text)
+    if args.write:
+      doc = DOC.read_text()
+      if REMAT_BEGIN not in doc:  # its place: after the XLA section
+        DOC.write_text(doc.replace(XLA_END + "\n", XLA_END + "\n\n" + text))
+      demo.write_section(DOC, text, REMAT_BEGIN, REMAT_END)
+    return
   if args.refine:
     text = refine_section(cache)
     print(text)

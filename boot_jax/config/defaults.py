@@ -39,6 +39,11 @@ DEFAULT_RULES = (
 # (models/attention.py holds them).
 ATTENTION_IMPLEMENTATIONS = ("auto", "plain", "chunked", "cudnn", "pallas")
 
+# What `model.remat` may name: 'auto' follows `train.remat` (true: 'block',
+# false: 'none'); 'block' keeps only each block's inputs for the backward
+# pass, 'dots' its dense layers' outputs too (models/layers.py: rematted).
+REMAT_POLICIES = ("auto", "none", "block", "dots")
+
 
 def discrete_schedule(
   beta_schedule: str = "linear",
@@ -152,7 +157,9 @@ def base_config() -> ml_collections.ConfigDict:
   # attention implementation (boot_jax.models.attention): 'auto' (cuDNN
   # flash on GPU, Pallas flash on TPU, query-chunked elsewhere), 'chunked',
   # 'plain' (the full score matrix), 'cudnn' or 'pallas'.
-  c.model = ml_collections.ConfigDict(dict(attention="auto"))
+  # The rematerialisation policy of the student's blocks in the backward
+  # pass (REMAT_POLICIES; measured in docs/text_to_image.md).
+  c.model = ml_collections.ConfigDict(dict(attention="auto", remat="auto"))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding = ml_collections.ConfigDict()
@@ -275,8 +282,11 @@ RESUMABLE_CHANGES = (
   "train.probe_samples",
   "train.probe_fine_factor",
   "eval.",
-  # How attention is computed (the parameters are the same).
+  # How attention and the backward pass are computed (the parameters are
+  # the same).
   "model.attention",
+  "model.remat",
+  "train.remat",
   # Where prepared prompt files are kept.
   "teacher.prompt_cache",
   # The device layout: checkpoints restore onto any mesh.
@@ -471,6 +481,11 @@ def validate(config) -> None:
     raise ValueError(
       f"model.attention={impl!r}: expected one of {ATTENTION_IMPLEMENTATIONS}"
     )
+  policy = (config.get("model") or {}).get("remat") or "auto"
+  if policy not in REMAT_POLICIES:
+    raise ValueError(
+      f"model.remat={policy!r}: expected one of {REMAT_POLICIES}"
+    )
 
 
 class Settings(ml_collections.FrozenConfigDict):
@@ -578,6 +593,15 @@ def attention(config) -> str:
   """The configured attention implementation ('auto' when unset)."""
   section = config.get("model") or {}
   return section.get("attention") or "auto"
+
+
+def remat(config) -> str:
+  """The student's rematerialisation policy: 'none', 'block' or 'dots'
+  (`model.remat`; 'auto' or unset: 'block' when `train.remat`)."""
+  policy = (config.get("model") or {}).get("remat") or "auto"
+  if policy == "auto":
+    return "block" if (config.get("train") or {}).get("remat") else "none"
+  return policy
 
 
 def validate_guidance_range(boot) -> None:

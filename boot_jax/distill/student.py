@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,6 +32,7 @@ from flax import traverse_util
 
 from boot_jax import models
 from boot_jax.diffusion import predictions
+from boot_jax.models import layers
 from boot_jax.teachers import base
 
 PARAMETERIZATIONS = ("auto", "direct", "teacher")
@@ -126,7 +126,7 @@ def build_student(
   config,
   key,
   dtype=None,
-  remat: bool = False,
+  remat: bool | str = False,
   guided: bool = False,
   attention: str = "auto",
 ):
@@ -143,7 +143,8 @@ def build_student(
     key: PRNG key for fresh initialisation.
     dtype: computation dtype of the network (None: float32); parameters
       stay float32.
-    remat: rematerialise the network's blocks in the backward pass.
+    remat: rematerialise the network's blocks in the backward pass (a
+      policy of `models.layers.rematted`: 'none', 'block', 'dots').
     guided: add a zero-initialised guidance embedding, so the network
       reads `w` too (it starts as the teacher's network exactly).
     attention: the network's attention implementation (`models.attention`).
@@ -173,8 +174,8 @@ def build_student(
   fields = getattr(module, "__dataclass_fields__", {})
   if "attention" in fields:
     changes["attention"] = attention
-  if remat and "remat" in fields:
-    changes["remat"] = True  # the network rematerialises its own blocks
+  if remat not in (None, False, "none") and "remat" in fields:
+    changes["remat"] = remat  # the network rematerialises its own blocks
   if guided:
     if teacher.condition.kind == "none":
       raise ValueError(
@@ -188,13 +189,13 @@ def build_student(
       )
     changes["guidance_embedding"] = True
   module = module.clone(**changes)
-  if remat and "remat" not in fields:
+  if remat not in (None, False, "none") and "remat" not in fields:
     # A network without its own switch (diffusers' UNet) is rematerialised
     # whole: only its inputs are kept for the backward pass.
     kwargs = {
       f: getattr(module, f) for f in fields if f not in ("parent", "name")
     }
-    module = nn.remat(type(module))(**kwargs)
+    module = layers.rematted(type(module), remat)(**kwargs)
   student = Student(
     module=module,
     schedule=teacher.schedule,

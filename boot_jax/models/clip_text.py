@@ -138,7 +138,7 @@ class _Embeddings(nn.Module):
 
 class TextTransformer(nn.Module):
   cfg: dict
-  remat: bool = False
+  remat: bool | str = False
   dtype: object = None
 
   @nn.compact
@@ -172,13 +172,13 @@ class Encoder(nn.Module):
   (the text's causal mask; None: all, as the vision tower)."""
 
   cfg: dict
-  remat: bool = False
+  remat: bool | str = False
   dtype: object = None
 
   @nn.compact
   def __call__(self, h, mask):
     cfg = self.cfg
-    layer_cls = nn.remat(_Layer) if self.remat else _Layer
+    layer_cls = layers.rematted(_Layer, self.remat)
     states = [h]
     for i in range(int(cfg["num_hidden_layers"])):
       h = layer_cls(
@@ -200,7 +200,7 @@ class CLIPText(nn.Module):
 
   text_config: dict
   projection: bool = False
-  remat: bool = False
+  remat: bool | str = False
   dtype: object = None
 
   @nn.compact

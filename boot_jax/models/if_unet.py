@@ -118,14 +118,14 @@ class Block(nn.Module):
   head_dim: int
   resnet: dict
   attn: dict
-  remat: bool = False
+  remat: bool | str = False
   resample: str | None = None
 
   @nn.compact
   def __call__(self, h, emb, text, skips=None):
     resnet_cls = blocks.ResnetBlock
-    resnet_cls = nn.remat(resnet_cls) if self.remat else resnet_cls
-    attn_cls = nn.remat(AddedKVAttention) if self.remat else AddedKVAttention
+    resnet_cls = layers.rematted(resnet_cls, self.remat)
+    attn_cls = layers.rematted(AddedKVAttention, self.remat)
     has_attn = "CrossAttn" in self.kind
     outs = []
 
@@ -187,7 +187,7 @@ class IFUNet(nn.Module):
   unet_config: dict
   dtype: object = None
   attention: str = "auto"
-  remat: bool = False
+  remat: bool | str = False
   guidance_embedding: bool = False
   full_output: bool = False
 

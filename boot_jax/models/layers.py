@@ -17,9 +17,32 @@ import math
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 partitioned = nn.with_logical_partitioning
+
+# What each rematerialisation policy keeps of a block for the backward
+# pass: nothing but its inputs ('block'), or its dense layers' outputs too
+# ('dots': matrix products without batch dimensions; attention scores,
+# convolutions and elementwise work are recomputed).
+_REMAT_SAVED = {
+  "block": None,
+  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def rematted(cls, policy, **kwargs):
+  """`cls`, rematerialised by `policy`: 'none' (or False) leaves it as it
+  is, 'block' (or True) and 'dots' wrap it in `nn.remat` (`kwargs`, e.g.
+  static_argnums, go to it)."""
+  if policy is True:
+    policy = "block"
+  if policy in (None, False, "none"):
+    return cls
+  if policy not in _REMAT_SAVED:
+    raise ValueError(f"remat policy {policy!r}: expected none, block or dots")
+  return nn.remat(cls, policy=_REMAT_SAVED[policy], **kwargs)
 
 
 def dense(

@@ -40,7 +40,8 @@ class MLP(nn.Module):
     num_classes: > 0 adds a class embedding with a null label.
     time_scale: times are multiplied by this before the sinusoids (use
       1000 for continuous times in [0, 1], 1 for DDPM timesteps).
-    remat: rematerialise the blocks in the backward pass.
+    remat: rematerialise the blocks in the backward pass (a policy of
+      `layers.rematted`: True or 'block', 'dots', False or 'none').
     guidance_embedding: read a guidance scale `w` through an extra,
       zero-initialised embedding (a guidance-conditioned student).
     dtype: computation dtype (parameters stay float32).
@@ -52,7 +53,7 @@ class MLP(nn.Module):
   mlp_ratio: int = 2
   num_classes: int = 0
   time_scale: float = 1.0
-  remat: bool = False
+  remat: bool | str = False
   guidance_embedding: bool = False
   dtype: object = None
 
@@ -69,7 +70,7 @@ class MLP(nn.Module):
     )
     cond = nn.silu(emb)
     h = layers.dense(self.width, ("embed", "mlp"), dtype=self.dtype)(x)
-    block = nn.remat(Block) if self.remat else Block
+    block = layers.rematted(Block, self.remat)
     for i in range(self.depth):
       # Named explicitly so remat does not rename the parameters.
       h = block(self.width, self.mlp_ratio, self.dtype, name=f"Block_{i}")(

@@ -245,15 +245,15 @@ class Block(nn.Module):
   depth: int
   resnet: dict
   transformer: dict
-  remat: bool = False
+  remat: bool | str = False
   resample: str | None = None
 
   @nn.compact
   def __call__(self, h, emb, text, skips=None):
     resnet_cls = blocks.ResnetBlock
     attn_cls = Transformer2D
-    if self.remat:
-      resnet_cls, attn_cls = nn.remat(resnet_cls), nn.remat(attn_cls)
+    resnet_cls = layers.rematted(resnet_cls, self.remat)
+    attn_cls = layers.rematted(attn_cls, self.remat)
 
     def attend(i, y):
       return attn_cls(
@@ -300,7 +300,7 @@ class SDUNet(nn.Module):
   unet_config: dict
   dtype: object = None
   attention: str = "auto"
-  remat: bool = False
+  remat: bool | str = False
   guidance_embedding: bool = False
 
   @nn.compact

@@ -233,7 +233,7 @@ class _Stack(nn.Module):
   """`encoder`: the blocks and the final norm."""
 
   cfg: dict
-  remat: bool = False
+  remat: bool | str = False
   dtype: object = None
 
   @nn.compact
@@ -247,7 +247,7 @@ class _Stack(nn.Module):
       )
     )
     mask_bias = jnp.where(mask[:, None, None, :] > 0, 0.0, -jnp.inf)
-    block_cls = nn.remat(_Block) if self.remat else _Block
+    block_cls = layers.rematted(_Block, self.remat)
     position_bias = None
     for i in range(int(cfg["num_layers"])):
       h, position_bias = block_cls(cfg, i == 0, self.dtype, name=f"block_{i}")(
@@ -262,7 +262,7 @@ class T5Encoder(nn.Module):
   d_model]` (float32)."""
 
   t5_config: dict
-  remat: bool = False
+  remat: bool | str = False
   dtype: object = None
 
   @nn.compact

@@ -86,7 +86,8 @@ class UNet(nn.Module):
     dropout: dropout rate inside residual blocks.
     groups: GroupNorm groups.
     time_scale: multiplies times before the sinusoids.
-    remat: rematerialise residual blocks in the backward pass.
+    remat: rematerialise residual blocks in the backward pass (a policy
+      of `layers.rematted`).
     guidance_embedding: read a guidance scale `w` through an extra,
       zero-initialised embedding (a guidance-conditioned student).
     dtype: computation dtype (parameters stay float32).
@@ -104,16 +105,14 @@ class UNet(nn.Module):
   dropout: float = 0.0
   groups: int = 8
   time_scale: float = 1.0
-  remat: bool = False
+  remat: bool | str = False
   guidance_embedding: bool = False
   dtype: object = None
   attention: str = "auto"
 
   @nn.compact
   def __call__(self, x, t, labels=None, train: bool = False, guidance=None):
-    block_cls = (
-      nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
-    )
+    block_cls = layers.rematted(ResBlock, self.remat, static_argnums=(3,))
     count = iter(range(10**6))
 
     def res_block(features):

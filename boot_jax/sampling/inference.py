@@ -158,7 +158,7 @@ def build(
   dtype=None,
   teacher_dtype="same",
   teacher: teachers.Teacher | None = None,
-  remat: bool = False,
+  remat: bool | str = False,
   with_student: bool = True,
 ) -> Model:
   """Builds the teacher and the student of a resolved config on `mesh`.
@@ -169,7 +169,8 @@ def build(
     dtype: the student's computation dtype (None: float32).
     teacher_dtype: the teacher's computation dtype ('same': `dtype`).
     teacher: an already built teacher (its parameters are re-placed).
-    remat: rematerialise the student's blocks (training only).
+    remat: the student's rematerialisation policy (training only; see
+      `config.defaults.remat`).
     with_student: False for a teacher work directory.
   """
   config = settings(config)

@@ -130,7 +130,7 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
     mesh,
     dtype=compute_dtype(config),
     teacher=teacher,
-    remat=bool(config.train.get("remat", False)),
+    remat=defaults.remat(config),
   )
   teacher, student, params_fn = model.teacher, model.student, model.params_fn
   k_data = jax.random.split(jax.random.key(config.train.seed))[1]
@@ -154,7 +154,7 @@ def setup(config, teacher: teachers.Teacher | None = None) -> Setup:
       config.student,
       jax.random.fold_in(jax.random.key(config.train.seed), 7),
       dtype=compute_dtype(config),
-      remat=bool(config.train.get("remat", False)),
+      remat=defaults.remat(config),
       attention=defaults.attention(config),
     )
     fake_boxed = jax.eval_shape(fake_params_fn, teacher.params)

@@ -44,6 +44,7 @@ def _config():
     ("train.probe_fine_factor", 10**6, "train.probe_fine_factor must be an"),
     ("boot.time_sampling", "late", "boot.time_sampling must be one of"),
     ("boot.guidance", -1.0, "boot.guidance must be >= 0"),
+    ("model.remat", "everything", "model.remat='everything': expected one"),
   ],
 )
 def test_bad_values_are_refused_naming_the_key(key, value, expected):
@@ -223,3 +224,18 @@ def test_sweep_mixtures_keep_their_documented_ranges():
     recipes.gmm_config("sweep")
   with pytest.raises(ValueError, match="index must be >= 0"):
     recipes.sweep_mixture(-1)
+
+
+def test_the_remat_policy_follows_train_remat_unless_named():
+  """model.remat 'auto' keeps what train.remat said (the shipped SD configs
+  set it); a named policy wins over it."""
+  config = _config()
+  assert defaults.remat(config) == "none"
+  config.train.remat = True
+  assert defaults.remat(config) == "block"
+  config.model.remat = "dots"
+  assert defaults.remat(config) == "dots"
+  config.model.remat = "none"
+  assert defaults.remat(config) == "none"
+  # Older configs without the key follow train.remat.
+  assert defaults.remat({"train": {"remat": True}}) == "block"
