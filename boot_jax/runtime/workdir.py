@@ -76,6 +76,10 @@ def config_differences(old: dict, new: dict) -> list[str]:
       and b.get(key) == default_values[key]
     ):
       continue
+    # An unset key (None: follow the folder or the default) added after
+    # the run was made, or dropped since, is no difference either.
+    if (key not in a and b[key] is None) or (key not in b and a[key] is None):
+      continue
     if any(
       key == r or (r.endswith(".") and key.startswith(r))
       for r in defaults.RESUMABLE_CHANGES

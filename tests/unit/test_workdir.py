@@ -62,3 +62,15 @@ def test_an_unset_default_matches_the_value_it_resolves_to():
   assert workdir.config_differences(
     saved, {"teacher": {"dim": 2}, "refine": {"lr": 3e-6}}
   ) == ["refine.lr: 1e-06 -> 3e-06"]
+
+
+def test_a_key_added_unset_is_no_difference():
+  """A run saved before a family grew an unset key (teacher.thresholding:
+  None follows the folder) resumes; set to a value, it is a difference."""
+  saved = {"teacher": {"name": "if", "path": "/m"}}
+  assert not workdir.config_differences(
+    saved, {"teacher": {"name": "if", "path": "/m", "thresholding": None}}
+  )
+  assert workdir.config_differences(
+    saved, {"teacher": {"name": "if", "path": "/m", "thresholding": False}}
+  ) == ["teacher.thresholding: <absent> -> False"]
