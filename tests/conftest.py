@@ -39,6 +39,31 @@ from boot_jax.training import trainer  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+# The libraries the references come from: their versions head the report.
+REFERENCE_LIBRARIES = (
+  "jax",
+  "flax",
+  "torch",
+  "diffusers",
+  "transformers",
+  "tokenizers",
+)
+
+
+def pytest_terminal_summary(terminalreporter):
+  """Ends the report with one line naming the versions the session ran
+  against (printed at every verbosity)."""
+  import importlib.metadata
+
+  found = []
+  for name in REFERENCE_LIBRARIES:
+    try:
+      found.append(f"{name} {importlib.metadata.version(name)}")
+    except importlib.metadata.PackageNotFoundError:
+      found.append(f"{name} absent")
+  terminalreporter.write_line("references: " + ", ".join(found))
+
+
 def run_module(module, *args, cwd=None, timeout=900, env=None):
   """Runs `python -m module args` and returns (returncode, stdout, stderr).
 

@@ -188,6 +188,9 @@ def sd_boot_config(resolution: int, prediction: str):
       # (boot_jax.prompts; docs/text_to_image.md has the measurements).
       text_encoding="online",
       negative_prompt="",
+      # The teacher's own DDIM: None follows the folder's scheduler config
+      # (SD's: no clipping); True or False sets dynamic thresholding.
+      thresholding=placeholder(bool),
       # Filled in by the run: the prompt file's sha256 (a work directory
       # refuses other prompts unless train.allow_config_change is set).
       prompts_sha256="",

@@ -12,6 +12,7 @@ gives the equations.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -230,3 +231,32 @@ def ddim_sample(
   if return_trajectory:
     return x, xs
   return x
+
+
+def threshold(x0, ratio: float, max_value: float):
+  """Dynamic thresholding of clean estimates `[B, ...]` (diffusers'
+  `_threshold_sample`, which IF's pipelines run): each sample is clipped
+  to its `ratio` quantile of |x0| (at least 1, at most `max_value`) and
+  divided by it."""
+  flat = jnp.abs(x0.reshape(x0.shape[0], -1)).astype(jnp.float32)
+  s = jnp.clip(jnp.quantile(flat, ratio, axis=1), 1.0, max_value)
+  s = s.reshape((-1,) + (1,) * (x0.ndim - 1))
+  return jnp.clip(x0, -s, s) / s
+
+
+def x0_processing(options: dict, thresholding: bool | None = None):
+  """What a DDIM sampler does to each clean estimate (`ddim_sample`'s
+  `x0_fn`; None: nothing), from a scheduler's options
+  (`teachers.folders.ddim_options`): dynamic thresholding when
+  `thresholding` (None: as the options say), else clipping to
+  +-clip_range when they say `clip_sample`."""
+  if thresholding is None:
+    thresholding = options["thresholding"]
+  if thresholding:
+    return functools.partial(
+      threshold, ratio=options["ratio"], max_value=options["max_value"]
+    )
+  if options["clip_sample"]:
+    r = options["clip_range"]
+    return lambda x0: jnp.clip(x0, -r, r)
+  return None

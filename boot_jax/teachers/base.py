@@ -234,8 +234,11 @@ class Teacher:
     return predictions.to_x0(out, x_t, alpha, sigma, self.prediction)
 
   def ddim(self, params, x_T, timesteps, cond=None, guidance=None, **kw):
-    """The teacher's deterministic DDIM sampler from `x_T`."""
+    """The teacher's deterministic DDIM sampler from `x_T`; a family whose
+    scheduler clips or thresholds its clean estimates says how in an
+    `x0_fn` attribute (`predictions.x0_processing`)."""
     fn = lambda x, t: self.output(params, x, t, cond, guidance)  # noqa: E731
+    kw.setdefault("x0_fn", getattr(self, "x0_fn", None))
     return predictions.ddim_sample(
       fn, x_T, self.schedule, timesteps, self.prediction, **kw
     )

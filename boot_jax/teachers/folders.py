@@ -45,6 +45,26 @@ def read_safetensors(path: str, error=FolderError) -> dict:
     ) from None
 
 
+def read_tokenizer(cls, folder: str, files: tuple, error=FolderError):
+  """`cls.from_pretrained(folder)` (a transformers tokenizer class), one
+  line of `error` when the folder lacks `files` (and a `tokenizer.json`
+  that would stand for them) or the library cannot read what is there."""
+  if not os.path.isdir(folder):
+    raise error(f"the tokenizer folder {folder} is missing")
+  missing = [n for n in files if not os.path.isfile(os.path.join(folder, n))]
+  if missing and not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+    raise error(
+      f"the tokenizer folder {folder} lacks {', '.join(missing)} (or a "
+      "tokenizer.json)"
+    )
+  try:
+    return cls.from_pretrained(folder)
+  except (OSError, ValueError, TypeError, KeyError) as e:
+    raise error(
+      f"cannot read the tokenizer in {folder}: {' '.join(str(e).split())[:200]}"
+    ) from None
+
+
 def check_parts(
   path: str, parts, family: str, error=FolderError, other=None
 ) -> str:
@@ -163,4 +183,21 @@ def noise_table(
     beta_end=float(cfg.get("beta_end", beta_end)),
     set_alpha_to_one=bool(cfg.get("set_alpha_to_one", set_alpha_to_one)),
     name="",
+  )
+
+
+def ddim_options(cfg: dict, clip_sample: bool = True) -> dict:
+  """How a folder's scheduler config asks DDIM to run, read as diffusers'
+  `DDIMScheduler.from_config` reads it: step spacing and offset, and what
+  is done to each clean estimate (`diffusion.predictions.x0_processing`).
+  `clip_sample` stands where the file is silent (DDIMScheduler's own
+  default is True)."""
+  return dict(
+    spacing=cfg.get("timestep_spacing", "leading"),
+    offset=int(cfg.get("steps_offset", 0)),
+    thresholding=bool(cfg.get("thresholding", False)),
+    clip_sample=bool(cfg.get("clip_sample", clip_sample)),
+    clip_range=float(cfg.get("clip_sample_range", 1.0)),
+    ratio=float(cfg.get("dynamic_thresholding_ratio", 0.995)),
+    max_value=float(cfg.get("sample_max_value", 1.0)),
   )

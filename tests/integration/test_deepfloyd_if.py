@@ -15,9 +15,9 @@ import pytest
 from conftest import error_lines, run_export, run_module
 
 from boot_jax import teachers
+from boot_jax.diffusion import predictions
 from boot_jax.models import if_unet
 from boot_jax.runtime import sharding
-from boot_jax.teachers.deepfloyd_if import if_teacher
 from boot_jax.teachers.sd import sd_teacher
 from boot_jax.training import boot_run, trainer
 
@@ -213,7 +213,7 @@ def test_thresholding_matches_diffusers():
   x = np.random.default_rng(1).standard_normal((3, 3, 8, 8)).astype("f4")
   x[1] *= 0.3  # a sample whose quantile is below 1 (s clipped to 1)
   want = sched._threshold_sample(torch.tensor(x)).numpy()
-  got = if_teacher.threshold(jnp.asarray(x), 0.995, 1.5)
+  got = predictions.threshold(jnp.asarray(x), 0.995, 1.5)
   assert float(np.abs(np.asarray(got) - want).max()) <= 1e-6
 
 
@@ -238,6 +238,12 @@ def test_folder_errors(folder, tmp_path):
   f = cut / "unet" / "diffusion_pytorch_model.safetensors"
   f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
   cases.append((cut, "truncated, or not a safetensors file"))
+  no_spiece = tmp_path / "no_spiece"
+  shutil.copytree(path, no_spiece)
+  (no_spiece / "tokenizer" / "spiece.model").unlink()
+  for extra in (no_spiece / "tokenizer").glob("tokenizer.json"):
+    extra.unlink()
+  cases.append((no_spiece, "lacks spiece.model"))
   testing.make_folder(tmp_path)
   sd_folder = tmp_path / "sd"
   cases.append((sd_folder, "is a Stable Diffusion folder"))

@@ -160,6 +160,41 @@ def test_folder_errors(folder, tmp_path):
   with pytest.raises(sd_loading.SDError, match=r"\.bin files are pickles"):
     _teacher(pickles)
 
+  # An SDXL folder (its pipeline class, or a second text encoder, or a
+  # UNet with added conditioning) is refused by the SD 1.x/2.x family.
+  xl = tmp_path / "xl"
+  shutil.copytree(path, xl)
+  index = json.loads((xl / "model_index.json").read_text())
+  index["_class_name"] = "StableDiffusionXLPipeline"
+  (xl / "model_index.json").write_text(json.dumps(index))
+  with pytest.raises(sd_loading.SDError, match="Stable Diffusion XL folder"):
+    _teacher(xl)
+  index["_class_name"] = "StableDiffusionPipeline"
+  (xl / "model_index.json").write_text(json.dumps(index))
+  shutil.copytree(xl / "text_encoder", xl / "text_encoder_2")
+  with pytest.raises(sd_loading.SDError, match="text_encoder_2/"):
+    _teacher(xl)
+  shutil.rmtree(xl / "text_encoder_2")
+  cfg = json.loads((xl / "unet" / "config.json").read_text())
+  cfg["addition_embed_type"] = "text_time"
+  cfg["addition_time_embed_dim"] = 8
+  cfg["projection_class_embeddings_input_dim"] = 80
+  (xl / "unet" / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(sd_loading.SDError, match="an SDXL UNet") as e:
+    _teacher(xl)
+  assert "\n" not in str(e.value)
+
+  # A tokenizer folder missing its files: one line naming them, and the
+  # folder left as it was.
+  no_vocab = tmp_path / "no_vocab"
+  shutil.copytree(path, no_vocab)
+  (no_vocab / "tokenizer" / "vocab.json").unlink()
+  before = sorted(p.name for p in (no_vocab / "tokenizer").iterdir())
+  with pytest.raises(sd_loading.SDError, match="lacks vocab.json") as e:
+    _teacher(no_vocab)
+  assert "\n" not in str(e.value)
+  assert sorted(p.name for p in (no_vocab / "tokenizer").iterdir()) == before
+
   with pytest.raises(
     sd_loading.SDError, match="not divisible by the VAE's factor 2"
   ):

@@ -119,6 +119,47 @@ def test_ddim_matches_diffusers(table, prediction, set_alpha_to_one, spacing):
   np.testing.assert_array_equal(np.asarray(final), np.asarray(xs[-1]))
 
 
+@pytest.mark.parametrize(
+  "options",
+  [
+    dict(clip_sample=True, clip_sample_range=0.5),
+    dict(thresholding=True, sample_max_value=1.5),
+    dict(clip_sample=False),
+    {},  # silent: DDIMScheduler's own default, clip_sample at 1
+  ],
+  ids=["clip", "threshold", "neither", "silent"],
+)
+def test_ddim_options_of_a_scheduler_config_match_diffusers(options):
+  """A scheduler config's clipping or thresholding, read by
+  `folders.ddim_options` and applied by `x0_processing`, against
+  `DDIMScheduler.from_config` of the same config on one step from the same
+  sample and output (1e-5: float32, O(1) samples, as above)."""
+  from boot_jax.teachers import folders
+
+  cfg = dict(
+    beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+    set_alpha_to_one=False, steps_offset=1, **options,
+  )  # fmt: skip
+  ref = diffusers.DDIMScheduler.from_config(cfg)
+  ref.set_timesteps(10)
+  ours = predictions.DiscreteSchedule.named(
+    "scaled_linear", set_alpha_to_one=False, beta_start=0.00085,
+    beta_end=0.012,
+  )  # fmt: skip
+  x0_fn = predictions.x0_processing(folders.ddim_options(cfg))
+  assert (x0_fn is None) == (options == dict(clip_sample=False))
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((3, 8, 8, 4)).astype(np.float32) * 2.0
+  out = rng.standard_normal((3, 8, 8, 4)).astype(np.float32)
+  t, s = int(ref.timesteps[2]), int(ref.timesteps[3])
+  want = ref.step(torch.from_numpy(out), t, torch.from_numpy(x)).prev_sample
+  got, _ = predictions.ddim_step(
+    ours, jnp.asarray(x), jnp.asarray(out), jnp.full((3,), t),
+    jnp.full((3,), s), "eps", x0_fn,
+  )  # fmt: skip
+  np.testing.assert_allclose(np.asarray(got), want.numpy(), rtol=0, atol=1e-5)
+
+
 def _all_schedules():
   for table in _TABLES:
     for one in (True, False):

@@ -19,7 +19,6 @@ the clipping or thresholding applies to the teacher's own sampler
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any
 
@@ -42,28 +41,6 @@ from boot_jax.teachers.deepfloyd_if.loading import (  # noqa: F401 - the family'
   tokenize,
   weight_files,
 )
-
-
-def threshold(x0, ratio: float, max_value: float):
-  """IF's dynamic thresholding of clean estimates `[B, ...]`: each sample
-  is clipped to its `ratio` quantile of |x0| (at least 1, at most
-  `max_value`) and divided by it (diffusers' `_threshold_sample`)."""
-  flat = jnp.abs(x0.reshape(x0.shape[0], -1)).astype(jnp.float32)
-  s = jnp.clip(jnp.quantile(flat, ratio, axis=1), 1.0, max_value)
-  s = s.reshape((-1,) + (1,) * (x0.ndim - 1))
-  return jnp.clip(x0, -s, s) / s
-
-
-def x0_processing(sampler: dict, thresholding: bool):
-  """The function the teacher's DDIM applies to each clean estimate."""
-  if thresholding:
-    return functools.partial(
-      threshold, ratio=sampler["ratio"], max_value=sampler["max_value"]
-    )
-  if sampler["clip_sample"]:
-    r = sampler["clip_range"]
-    return lambda x0: jnp.clip(x0, -r, r)
-  return None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -99,19 +76,6 @@ class IFTeacher(base.Teacher):
 
   def prompts(self):
     return None if self.prompt_loader is None else self.prompt_loader()
-
-  def ddim(self, params, x_T, timesteps, cond=None, guidance=None, **kw):
-    """The teacher's DDIM, clipping or thresholding as configured."""
-    fn = lambda x, t: self.output(params, x, t, cond, guidance)  # noqa: E731
-    return predictions.ddim_sample(
-      fn,
-      x_T,
-      self.schedule,
-      timesteps,
-      self.prediction,
-      x0_fn=self.x0_fn,
-      **kw,
-    )
 
 
 def build(
@@ -175,7 +139,7 @@ def build(
     return t5["forward_jit"](t5["params"], tokenize(t5["tokenizer"], texts))
 
   wanted = config.get("thresholding")
-  thresholding = sampler["thresholding"] if wanted is None else bool(wanted)
+  thresholding = None if wanted is None else bool(wanted)
 
   return IFTeacher(
     **base.text_teacher_fields(config, path, module, params, table, encode),
@@ -185,5 +149,5 @@ def build(
     ddim_spacing=(sampler["spacing"], sampler["offset"]),
     t5=t5,
     folder=path,
-    x0_fn=x0_processing(sampler, thresholding),
+    x0_fn=predictions.x0_processing(sampler, thresholding),
   )

@@ -114,13 +114,9 @@ def t5_parts(path: str) -> dict:
     IFError,
     rename=t5_encoder.weight_key,
   )
-  try:
-    tokenizer = T5Tokenizer.from_pretrained(os.path.join(path, "tokenizer"))
-  except (OSError, ValueError, TypeError) as e:
-    raise IFError(
-      f"cannot read the T5 tokenizer in {path}/tokenizer: "
-      f"{' '.join(str(e).split())[:200]}"
-    ) from None
+  tokenizer = folders.read_tokenizer(
+    T5Tokenizer, os.path.join(path, "tokenizer"), ("spiece.model",), IFError
+  )
 
   def forward(params, ids):
     # IF attends to the prompt's tokens only (padding masked out).
@@ -164,13 +160,4 @@ def schedule_config(path: str) -> tuple[dict, dict]:
     )
   # Where the file is silent: IF's scheduler's defaults.
   table = folders.noise_table(cfg, "squaredcos_cap_v2", 0.0001, 0.02, True)
-  sampler = dict(
-    spacing=cfg.get("timestep_spacing", "leading"),
-    offset=int(cfg.get("steps_offset", 0)),
-    thresholding=bool(cfg.get("thresholding", False)),
-    clip_sample=bool(cfg.get("clip_sample", True)),
-    clip_range=float(cfg.get("clip_sample_range", 1.0)),
-    ratio=float(cfg.get("dynamic_thresholding_ratio", 0.995)),
-    max_value=float(cfg.get("sample_max_value", 1.0)),
-  )
-  return table, sampler
+  return table, folders.ddim_options(cfg)

@@ -53,6 +53,12 @@ def _not_sd(kind: str, path: str) -> str | None:
       f"{path} is a DeepFloyd IF folder ({kind}), not Stable Diffusion: "
       "use configs/if_i_xl.py, if_i_l.py or if_i_m.py"
     )
+  if "XL" in kind or os.path.isdir(os.path.join(path, "text_encoder_2")):
+    return (
+      f"{path} is a Stable Diffusion XL folder ({kind or 'text_encoder_2/'}"
+      "): the sd family reads SD 1.x and 2.x folders (one text encoder, no "
+      "micro-conditioning)"
+    )
   return None
 
 
@@ -70,19 +76,28 @@ def check_folder(path: str) -> dict:
     sd_unet.check_config(unet)
   except sd_unet.SDConfigError as e:
     raise SDError(f"{path}/unet: {e}") from None
+  if unet.get("addition_embed_type"):
+    # The UNet port runs SDXL's added conditioning; this family does not
+    # feed it.
+    raise SDError(
+      f"{path}/unet has addition_embed_type="
+      f"{unet['addition_embed_type']!r} (an SDXL UNet): the sd family "
+      "reads SD 1.x and 2.x UNets"
+    )
   return unet
 
 
-def schedule_config(path: str) -> tuple[dict, str]:
-  """The noise table and native prediction from scheduler_config.json."""
+def schedule_config(path: str) -> tuple[dict, str, dict]:
+  """The noise table, native prediction and DDIM options
+  (`folders.ddim_options`: spacing, clipping, thresholding) from
+  scheduler_config.json."""
   cfg = read_json(
     os.path.join(path, "scheduler", "scheduler_config.json"), "the scheduler"
   )
   # Where the file is silent: SD's scheduler's defaults.
   table = folders.noise_table(cfg, "scaled_linear", 0.00085, 0.012, False)
-  table["ddim_spacing"] = cfg.get("timestep_spacing", "leading")
-  table["ddim_steps_offset"] = int(cfg.get("steps_offset", 0))
-  return table, cfg.get("prediction_type", "epsilon")
+  options = folders.ddim_options(cfg)
+  return table, cfg.get("prediction_type", "epsilon"), options
 
 
 def _read_msgpack(path: str):
@@ -199,7 +214,12 @@ def _vae_and_text(path: str):
     rename_pt=clip_text.weight_key,
     rename_flax=clip_flax_key,
   )
-  tokenizer = CLIPTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
+  tokenizer = folders.read_tokenizer(
+    CLIPTokenizer,
+    os.path.join(path, "tokenizer"),
+    ("vocab.json", "merges.txt"),
+    SDError,
+  )
 
   def text_forward(params, ids):
     # Stable Diffusion's pipelines attend to every token (no padding mask)

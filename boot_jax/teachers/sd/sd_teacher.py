@@ -41,7 +41,7 @@ class SDUNet(nn.Module):
   guidance_embedding: bool = False
   dtype: object = None
   attention: str = "auto"
-  remat: bool = False
+  remat: bool | str = False
 
   @nn.compact
   def __call__(self, x, t, cond=None, train: bool = False, guidance=None):
@@ -139,12 +139,14 @@ class SDTeacher(base.Teacher):
       None; called once, on first use of `prompts()`.
     folder: the diffusers folder it was read from.
     attention: the VAE's attention implementation (`models.attention`).
+    x0_fn: what its own DDIM does to each clean estimate (None: nothing).
   """
 
   parts: Any = None
   prompt_loader: Any = None
   folder: str | None = None
   attention: str = "auto"
+  x0_fn: Any = None
 
   @property
   def pixel_shape(self) -> tuple[int, ...]:
@@ -199,7 +201,9 @@ def build(
   prompt file, see `boot_jax.prompts`; needed for training),
   `prompt_column`, `prompt_cache` (a directory), `text_encoding`
   (`online` or `cache`, see `boot_jax.prompts`), `negative_prompt` (the
-  null condition's text; default the empty prompt).
+  null condition's text; default the empty prompt), `thresholding` (None:
+  the teacher's own DDIM clips or thresholds as the folder's scheduler
+  config says; True or False overrides it).
 
   The prompt file is prepared (or its earlier preparation reused) on the
   first call of the teacher's `prompts()`, so inference never reads it
@@ -211,9 +215,7 @@ def build(
       raise loading.SDError(f"teacher folder {path!r} does not exist")
     path = paths.local_copy(path)  # read once into the local cache
   unet_cfg = loading.check_folder(path)
-  table, native = loading.schedule_config(path)
-  spacing = table.pop("ddim_spacing")
-  offset = table.pop("ddim_steps_offset")
+  table, native, options = loading.schedule_config(path)
   prediction = predictions.canonical_prediction(native)
   wanted = config.get("prediction")
   if wanted and predictions.canonical_prediction(wanted) != prediction:
@@ -255,7 +257,10 @@ def build(
     sample_shape=sample_shape,
     condition=condition,
     # How this model's pipelines space DDIM steps (for parity with them).
-    ddim_spacing=(spacing, offset),
+    ddim_spacing=(options["spacing"], options["offset"]),
+    # What its DDIM does to each clean latent, as the folder's scheduler
+    # config says (SD's folders say clip_sample: false: nothing).
+    x0_fn=predictions.x0_processing(options, config.get("thresholding")),
     parts=parts,
     folder=os.path.abspath(path),
     attention=attention,
