@@ -116,7 +116,13 @@ def _inside(child: str, parent: str) -> bool:
 
 
 def _entries(path: str) -> list[str]:
-  return sorted(n.rstrip("/") for n in paths.listdir(path))
+  try:
+    names = paths.listdir(path)
+  except FileNotFoundError:
+    # Gone since it was seen: a bucket "folder" that held only another
+    # process's write probe (paths.check_writable), now deleted.
+    return []
+  return sorted(n.rstrip("/") for n in names)
 
 
 def _shown(names: list[str], limit: int = 3) -> str:

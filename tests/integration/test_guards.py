@@ -240,6 +240,22 @@ def test_check_workdir_accepts_what_a_run_writes_first(tmp_path):
     guards.check_workdir(str(w))
 
 
+def test_a_folder_gone_between_the_checks_counts_as_missing(
+  tmp_path, monkeypatch
+):
+  """Another process's write probe can be the only object under a bucket
+  "folder": seen by isdir, deleted before the listing. That folder is
+  missing (accepted), not an error."""
+  w = tmp_path / "w"
+  w.mkdir()
+
+  def vanished(path):
+    raise FileNotFoundError(path)
+
+  monkeypatch.setattr(guards.paths, "listdir", vanished)
+  guards.check_workdir(str(w))
+
+
 def test_sample_replaces_only_its_own_files(run, tmp_path):
   user = tmp_path / "mine.npz"
   np.savez(user, weights=np.arange(3))
