@@ -639,23 +639,19 @@ def main():
   )
   args = p.parse_args()
   cache = Cache(args.cache)
-  if args.remat:
-    text = remat_section(cache)
+  for wanted, section, begin, end in (
+    (args.remat, remat_section, REMAT_BEGIN, REMAT_END),
+    (args.refine, refine_section, REFINE_BEGIN, REFINE_END),
+  ):
+    if not wanted:
+      continue
+    text = section(cache)
     print(text)
     if args.write:
       doc = DOC.read_text()
-      if REMAT_BEGIN not in doc:  # its place: after the XLA section
+      if begin not in doc:  # its place: after the XLA section
         DOC.write_text(doc.replace(XLA_END + "\n", XLA_END + "\n\n" + text))
-      demo.write_section(DOC, text, REMAT_BEGIN, REMAT_END)
-    return
-  if args.refine:
-    text = refine_section(cache)
-    print(text)
-    if args.write:
-      doc = DOC.read_text()
-      if REFINE_BEGIN not in doc:  # its place: after the XLA section
-        DOC.write_text(doc.replace(XLA_END + "\n", XLA_END + "\n\n" + text))
-      demo.write_section(DOC, text, REFINE_BEGIN, REFINE_END)
+      demo.write_section(DOC, text, begin, end)
     return
   if args.quick:
     cache.get(step_key(SD15, 512, 1, 4), compile_step, SD15, 512, 1, 4)

@@ -240,9 +240,8 @@ def test_folder_errors(folder, tmp_path):
   cases.append((cut, "truncated, or not a safetensors file"))
   no_spiece = tmp_path / "no_spiece"
   shutil.copytree(path, no_spiece)
-  (no_spiece / "tokenizer" / "spiece.model").unlink()
-  for extra in (no_spiece / "tokenizer").glob("tokenizer.json"):
-    extra.unlink()
+  for name in ("spiece.model", "tokenizer.json"):
+    (no_spiece / "tokenizer" / name).unlink(missing_ok=True)
   cases.append((no_spiece, "lacks spiece.model"))
   testing.make_folder(tmp_path)
   sd_folder = tmp_path / "sd"

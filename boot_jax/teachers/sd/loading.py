@@ -53,10 +53,12 @@ def _not_sd(kind: str, path: str) -> str | None:
       f"{path} is a DeepFloyd IF folder ({kind}), not Stable Diffusion: "
       "use configs/if_i_xl.py, if_i_l.py or if_i_m.py"
     )
-  if "XL" in kind or os.path.isdir(os.path.join(path, "text_encoder_2")):
+  second = os.path.isdir(os.path.join(path, "text_encoder_2"))
+  if "XL" in kind or second:
+    sign = kind if "XL" in kind else "a second text encoder, text_encoder_2/"
     return (
-      f"{path} is a Stable Diffusion XL folder ({kind or 'text_encoder_2/'}"
-      "): the sd family reads SD 1.x and 2.x folders (one text encoder, no "
+      f"{path} is a Stable Diffusion XL folder ({sign}): the sd family "
+      "reads SD 1.x and 2.x folders (one text encoder, no "
       "micro-conditioning)"
     )
   return None
