@@ -359,14 +359,21 @@ def step_key(model, resolution, fsdp, batch, attn="auto") -> str:
   return f"step|{model}|{resolution}px|fsdp={fsdp}|b={batch}|{attn}"
 
 
+def _command(flag: str) -> str:
+  """A section's opening: the command, the machine and the date."""
+  return (
+    f"Command: `python benchmarks/sd_memory.py {flag} --write` "
+    f"({MACHINE}, 8 fake CPU devices, jax {jax.__version__}, "
+    f"{datetime.date.today().isoformat()})."
+  )
+
+
 def refine_section(cache: Cache) -> str:
   """The refinement step's bytes per device next to BOOT's (SD 1.5)."""
   gib = lambda b: f"{b / GIB:.2f}"  # noqa: E731
   lines = [
     REFINE_BEGIN,
-    "Command: `python benchmarks/sd_memory.py --refine --write` "
-    f"({MACHINE}, 8 fake CPU devices, jax {jax.__version__}, "
-    f"{datetime.date.today().isoformat()}). As the table above, for the "
+    _command("--refine") + " As the table above, for the "
     "refinement phase's step (`configs/sd15.py` with `boot.refine=true` "
     "and its defaults: teacher and fake network both guided at 7.5) next "
     "to BOOT's step on the same mesh and batch, GiB per device.",
@@ -405,9 +412,7 @@ def remat_section(cache: Cache) -> str:
   gib = lambda b: f"{b / GIB:.2f}"  # noqa: E731
   lines = [
     REMAT_BEGIN,
-    "Command: `python benchmarks/sd_memory.py --remat --write` "
-    f"({MACHINE}, 8 fake CPU devices, jax {jax.__version__}, "
-    f"{datetime.date.today().isoformat()}). The BOOT step of "
+    _command("--remat") + " The BOOT step of "
     "`configs/sd15.py` at 512 px, fsdp 1, batch 4 a device, under each "
     "`model.remat` policy of the student (the shipped config's 'auto' is "
     "'block'), GiB per device, and XLA's flop count of the step.",
