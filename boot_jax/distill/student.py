@@ -174,7 +174,8 @@ def build_student(
   fields = getattr(module, "__dataclass_fields__", {})
   if "attention" in fields:
     changes["attention"] = attention
-  if remat not in (None, False, "none") and "remat" in fields:
+  remat = layers.remat_policy(remat)
+  if remat != "none" and "remat" in fields:
     changes["remat"] = remat  # the network rematerialises its own blocks
   if guided:
     if teacher.condition.kind == "none":
@@ -189,7 +190,7 @@ def build_student(
       )
     changes["guidance_embedding"] = True
   module = module.clone(**changes)
-  if remat not in (None, False, "none") and "remat" not in fields:
+  if remat != "none" and "remat" not in fields:
     # A network without its own switch (diffusers' UNet) is rematerialised
     # whole: only its inputs are kept for the backward pass.
     kwargs = {

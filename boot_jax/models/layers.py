@@ -32,16 +32,25 @@ _REMAT_SAVED = {
 }
 
 
-def rematted(cls, policy, **kwargs):
-  """`cls`, rematerialised by `policy`: 'none' (or False) leaves it as it
-  is, 'block' (or True) and 'dots' wrap it in `nn.remat` (`kwargs`, e.g.
-  static_argnums, go to it)."""
+def remat_policy(policy) -> str:
+  """'none', 'block' or 'dots' for a policy or a switch (True: 'block';
+  False or None: 'none')."""
   if policy is True:
-    policy = "block"
+    return "block"
   if policy in (None, False, "none"):
-    return cls
+    return "none"
   if policy not in _REMAT_SAVED:
     raise ValueError(f"remat policy {policy!r}: expected none, block or dots")
+  return policy
+
+
+def rematted(cls, policy, **kwargs):
+  """`cls`, rematerialised by `policy` (`remat_policy`): 'none' leaves it
+  as it is, 'block' and 'dots' wrap it in `nn.remat` (`kwargs`, e.g.
+  static_argnums, go to it)."""
+  policy = remat_policy(policy)
+  if policy == "none":
+    return cls
   return nn.remat(cls, policy=_REMAT_SAVED[policy], **kwargs)
 
 
