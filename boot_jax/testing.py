@@ -143,6 +143,107 @@ def make_folder(
   return pipe
 
 
+def make_xl_folder(path, seed: int = 0, vae_levels: int = 2, heads: int = 2):
+  """Writes a complete tiny SDXL folder (`path`/sdxl); returns the PyTorch
+  `StableDiffusionXLPipeline`.
+
+  SDXL's layout in small: a first level without attention, deeper
+  transformers below (`transformer_layers_per_block`), linear
+  projections, `text_time` micro-conditioning, a `CLIPTextModel` and a
+  `CLIPTextModelWithProjection` (widths 32 and 32, so cross-attention
+  reads 64; pooled width 24), a second tokenizer that pads with "!" as
+  SDXL's does, and the folder's scheduler as SDXL ships it: an
+  `EulerDiscreteScheduler` config (its DDIM is `DDIMScheduler.from_config`
+  of it). `heads`: attention heads per level (diffusers'
+  `attention_head_dim`).
+  """
+  import torch
+  from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+  )
+  from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+  )
+
+  torch.manual_seed(seed)
+  pooled, time_dim = 24, 8
+  unet = UNet2DConditionModel(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2),
+    cross_attention_dim=64,
+    attention_head_dim=heads,
+    use_linear_projection=True,
+    norm_num_groups=32,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=time_dim,
+    projection_class_embeddings_input_dim=pooled + 6 * time_dim,
+  )
+  vae = AutoencoderKL(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * vae_levels,
+    up_block_types=("UpDecoderBlock2D",) * vae_levels,
+    block_out_channels=(32, 64) if vae_levels == 2 else (32,) * vae_levels,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=16,
+    scaling_factor=0.13025,  # SDXL's VAE
+  )
+  tok_dir = path / "_tok"
+  tokenizer_files(tok_dir)
+  tokenizer = CLIPTokenizer(
+    str(tok_dir / "vocab.json"),
+    str(tok_dir / "merges.txt"),
+    model_max_length=77,
+  )
+  tokenizer_2 = CLIPTokenizer(
+    str(tok_dir / "vocab.json"),
+    str(tok_dir / "merges.txt"),
+    model_max_length=77,
+    pad_token="a",  # SDXL's second tokenizer pads with another token
+  )
+  text = CLIPTextModel(CLIPTextConfig(**_tiny_clip_text(tokenizer)))
+  text_2 = CLIPTextModelWithProjection(
+    CLIPTextConfig(**_tiny_clip_text(tokenizer), projection_dim=pooled)
+  )
+  with torch.no_grad():
+    for module in (unet, vae, text, text_2):
+      for p in module.parameters():
+        p.add_(0.05 * torch.randn_like(p))
+  scheduler = EulerDiscreteScheduler(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    steps_offset=1,
+    timestep_spacing="leading",
+    prediction_type="epsilon",
+  )
+  scheduler.register_to_config(clip_sample=False, set_alpha_to_one=False)
+  pipe = StableDiffusionXLPipeline(
+    vae=vae,
+    text_encoder=text,
+    text_encoder_2=text_2,
+    tokenizer=tokenizer,
+    tokenizer_2=tokenizer_2,
+    unet=unet,
+    scheduler=scheduler,
+  )
+  pipe.save_pretrained(str(path / "sdxl"), safe_serialization=True)
+  return pipe
+
+
 WORDS = (
   "a the of red blue green cat dog square circle house tree sky big small "
   "photo painting city river night"

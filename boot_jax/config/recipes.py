@@ -8,6 +8,8 @@ Builders on top of `defaults.base_config()`:
 * `pixel_boot_config`, `digits_boot_config`: BOOT on our own pixel teachers
   (configs/digits.py, configs/digits_cond.py).
 * `sd_boot_config`: BOOT on a Stable Diffusion teacher (configs/sd*.py).
+* `sdxl_boot_config`: BOOT on a Stable Diffusion XL teacher
+  (configs/sdxl.py).
 * `if_boot_config`: BOOT on DeepFloyd IF stage I (configs/if_i_*.py).
 * `gmm_config`, `gmm_teacher`: the analytic mixture (configs/gmm.py) and
   its `teacher` section; `sweep_mixture`: random mixtures nobody tuned
@@ -204,6 +206,28 @@ def sd_boot_config(resolution: int, prediction: str):
   c.train.batch_size = 64
   c.mesh.data = -1
   c.mesh.fsdp = 1
+  return c
+
+
+def sdxl_boot_config(resolution: int = 1024):
+  """BOOT on a Stable Diffusion XL teacher (configs/sdxl.py), prompts only.
+
+  The teacher folder and the prompt file are the user's (`teacher.path`,
+  `teacher.prompts`). SD's recipe with SDXL's micro-conditioning keys,
+  its pipeline's guidance (5) and, for a 2.6B UNet, the student's state
+  over every device (FSDP) as IF XL's.
+  """
+  c = sd_boot_config(resolution=resolution, prediction="eps")
+  c.teacher.name = "sdxl"
+  # Micro-conditioning (original height = width, crop corner), in pixels;
+  # the target size is the resolution. None: the original size is the
+  # resolution, as the pipeline's default.
+  c.teacher.original_size = placeholder(int)
+  c.teacher.crop_top_left = (0, 0)
+  c.boot.guidance = 5.0  # StableDiffusionXLPipeline's default
+  c.train.batch_size = 64
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
   return c
 
 

@@ -63,14 +63,18 @@ INDEX_VERSION = 1
 SHARD = 4096
 
 
-def encoder_key(encoder_dir: str) -> str:
-  """Identifies a text encoder by its config and weight files' contents."""
+def encoder_key(encoder_dir) -> str:
+  """Identifies a text encoder by its config and weight files' contents
+  (`encoder_dir`: its folder, or a tuple of the folders of several
+  encoders, as SDXL's two)."""
   h = hashlib.sha256()
-  for name in sorted(os.listdir(encoder_dir)):
-    p = os.path.join(encoder_dir, name)
-    if os.path.isfile(p):
-      h.update(name.encode())
-      h.update(file_hash(p).encode())
+  dirs = (encoder_dir,) if isinstance(encoder_dir, str) else encoder_dir
+  for i, directory in enumerate(dirs):
+    for name in sorted(os.listdir(directory)):
+      p = os.path.join(directory, name)
+      if os.path.isfile(p):
+        h.update((f"{i}/" if i else "").encode() + name.encode())
+        h.update(file_hash(p).encode())
   return h.hexdigest()
 
 
@@ -318,7 +322,8 @@ def load(
     encode: `list[str] -> [n, L, D]` embeddings.
     cache_dir: where prepared indices and embedding caches live.
     encoding: 'online' or 'cache' (see the module doc).
-    encoder_dir: the text encoder's folder (its files key the cache).
+    encoder_dir: the text encoder's folder (its files key the cache), or a
+      tuple of the folders of a teacher's encoders.
     printer: progress lines.
   """
   if encoding not in ENCODINGS:

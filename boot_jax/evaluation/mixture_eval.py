@@ -25,14 +25,14 @@ def teacher_ddim(teacher, grid: boot.Grid, eps, cond, guidance, batch_size):
   """The teacher's DDIM-N on the grid's model-call times from `eps`."""
   ts = grid.ddim_timesteps()
   fn = jax.jit(lambda e, c: teacher.ddim(teacher.params, e, ts, c, guidance))
-  return samplers.run_sampler(fn, eps, cond, batch_size)[0]
+  return samplers.run_sampler(fn, eps, cond, min(batch_size, len(eps)))[0]
 
 
 def student_one_step(student, params, eps, cond, batch_size, guidance=None):
   """The student's one step; `guidance` is read by guided students only."""
   w = guidance if student.guided else None
   fn = jax.jit(lambda e, c: student.generate(params, e, c, w))
-  return samplers.run_sampler(fn, eps, cond, batch_size)[0]
+  return samplers.run_sampler(fn, eps, cond, min(batch_size, len(eps)))[0]
 
 
 def mmd(x, y, scales=MMD_SCALES, bandwidth=None):

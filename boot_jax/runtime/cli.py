@@ -154,6 +154,35 @@ def _program_help() -> str:
   return "\n\n".join([main, *(h for h in shared if h.strip())])
 
 
+# `--config.KEY=None` (or none, null): set KEY to None. ml_collections
+# parses an override by the type of the key's value, so a float key cannot
+# be unset from the command line by itself; these overrides are taken out
+# before absl parses and applied by `config_value`.
+_NONE_WORDS = ("None", "none", "null")
+_none_keys: list[str] = []
+
+
+def _split_none_overrides(argv):
+  kept = []
+  for arg in argv:
+    name, eq, value = arg.partition("=")
+    if eq and name.startswith("--config.") and value in _NONE_WORDS:
+      _none_keys.append(name[len("--config.") :])
+    else:
+      kept.append(arg)
+  return kept
+
+
+def _set_none(config, key: str) -> None:
+  *parents, last = key.split(".")
+  node = config
+  for part in parents:
+    node = node.get(part) if hasattr(node, "get") else None
+  if not hasattr(node, "keys") or last not in node.keys():
+    fail(f"unknown config key {key!r} in --config.{key}=None")
+  node[last] = None
+
+
 def parse_flags(argv):
   """absl flag parsing that turns every parse error into one line.
 
@@ -180,8 +209,12 @@ def parse_flags(argv):
     else:
       print(_program_help())
     sys.exit(0)
+  kept = _split_none_overrides(argv)
+  if len(kept) < len(argv) and sys.argv[1:] == argv[1:]:
+    # ml_collections reads the overrides from sys.argv itself.
+    sys.argv[:] = kept
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(kept)
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for an override of a key the config
     # does not have; name that override only.
@@ -191,7 +224,8 @@ def parse_flags(argv):
 
 
 def config_value(config_flag):
-  """The parsed config, or a one-line error if its file failed to load."""
+  """The parsed config (with the `--config.KEY=None` overrides applied),
+  or a one-line error if its file failed to load."""
   try:
     config = config_flag.value
     if config is not None:
@@ -200,6 +234,8 @@ def config_value(config_flag):
     fail(f"cannot load the config: {_last_line(e)}")
   if config is None:
     fail("--config is required")
+  for key in _none_keys:
+    _set_none(config, key)
   return config
 
 

@@ -246,7 +246,11 @@ def stream(
 
 
 def run_sampler(fn, eps, cond, batch_size: int):
-  """In-memory sampling of given arrays; returns `(samples, images/s)`."""
+  """In-memory sampling of given arrays; returns `(samples, images/s)`.
+
+  Every call is `batch_size` rows (the last padded), even for fewer
+  examples: the batch is what splits over the devices (`batch_for`).
+  """
   eps = np.asarray(eps)
   cond = None if cond is None else np.asarray(cond)
   out = []
@@ -255,7 +259,7 @@ def run_sampler(fn, eps, cond, batch_size: int):
     lambda s, n: eps[s : s + n],
     lambda s, n: None if cond is None else cond[s : s + n],
     len(eps),
-    min(batch_size, len(eps)),
+    batch_size,
     lambda s, e, smp, pix: out.append(smp),
     lambda smp: None,
   )

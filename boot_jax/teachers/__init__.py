@@ -3,7 +3,7 @@
 A family is one module of this package with a `build(config, placement,
 dtype) -> Teacher` function (its subclass of `base.Teacher` holds what is
 particular to it). Adding a family = one module (or one subpackage, as
-`sd/` and `deepfloyd_if/`), its configs and its tests, plus one line in
+`sd/`, `sdxl/` and `deepfloyd_if/`), its configs and its tests, plus one line in
 `TEACHERS` and, when it needs an optional dependency, one in `EXTRAS`
 (docs/architecture.md).
 """
@@ -14,12 +14,14 @@ from boot_jax.teachers import base, gmm, network
 from boot_jax.teachers.base import ConditionSpec, Teacher
 from boot_jax.teachers.deepfloyd_if import if_teacher
 from boot_jax.teachers.sd import sd_teacher
+from boot_jax.teachers.sdxl import sdxl_teacher
 
 TEACHERS = {
   "gmm": gmm,
   "unet": network,
   "mlp": network,
   "sd": sd_teacher,
+  "sdxl": sdxl_teacher,
   "if": if_teacher,
 }
 
@@ -28,6 +30,7 @@ TEACHERS = {
 # needs beyond the core install; families not named need none.
 EXTRAS = {
   "sd": ("sd",),
+  "sdxl": ("sd",),
   "if": ("if",),
 }
 

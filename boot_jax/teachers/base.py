@@ -268,11 +268,14 @@ def module_apply(module):
   return apply
 
 
-def text_teacher_fields(config, path: str, module, params, table, encode):
+def text_teacher_fields(
+  config, path: str, module, params, table, encode, encoders=("text_encoder",)
+):
   """The fields a text-to-image family's teacher fills the same way: its
   name, network and parameters, noise table, the embedding of the
   negative prompt (guidance's unconditional branch) and the prompt loader
-  of `config.prompts` (the encoder folder is `path`/text_encoder)."""
+  of `config.prompts` (the encoder folders, which key the prompt cache,
+  are `encoders` in `path`)."""
   return dict(
     name=config.name,
     apply=module_apply(module),
@@ -281,12 +284,16 @@ def text_teacher_fields(config, path: str, module, params, table, encode):
     module=module,
     null_embedding=encode([config.get("negative_prompt") or ""])[0],
     prompt_loader=prompt_loader(
-      config, encode, os.path.join(path, "text_encoder")
+      config,
+      encode,
+      os.path.join(path, encoders[0])
+      if len(encoders) == 1
+      else tuple(os.path.join(path, e) for e in encoders),
     ),
   )
 
 
-def prompt_loader(config, encode, encoder_dir: str):
+def prompt_loader(config, encode, encoder_dir):
   """`() -> PromptSet` for a text teacher's config section, loaded on
   first call and kept (None without `config.prompts`).
 

@@ -35,10 +35,19 @@ def sample_grid_fn(setup: trainer.Setup, config, workdir: str):
     return None
   num = int(config.eval.get("grid_size", 64))
   eps, cond = conditions.eval_inputs(setup.teacher, num, config.eval.seed)
+  # A guidance-conditioned student is drawn at eval.guidance, else at the
+  # middle of its range (as `sample` draws it by default).
+  w = None
+  if setup.student.guided:
+    w = config.eval.get("guidance")
+    if w is None:
+      w = sum(float(v) for v in config.boot.guidance_range) / 2
+    w = float(w)
   # Every process runs the (sharded) step; the replicated result lets
   # process 0 alone write the picture.
   generate = jax.jit(
-    setup.student.generate, out_shardings=sharding.replicated(setup.mesh)
+    lambda p, e, c: setup.student.generate(p, e, c, w),
+    out_shardings=sharding.replicated(setup.mesh),
   )
   # eval.batch_size images per call (the last call padded: one shape), so
   # the grid never holds more activations than an evaluation batch.

@@ -101,3 +101,43 @@ def test_evaluate_refuses_bad_text_inputs_before_loading(tmp_path):
       evaluate.check_flags(flags(**over))
   (clip / "config.json").write_text("{}")
   evaluate.check_flags(flags())  # passes: the folder is read later
+
+
+_NONE_BODY = """
+import sys
+from ml_collections import config_flags
+from boot_jax.runtime import cli
+f = config_flags.DEFINE_config_file("config")
+cli.parse_flags(sys.argv)
+c = cli.config_value(f)
+print(c.boot.guidance, c.boot.guidance_range, c.optim.lr)
+"""
+
+
+def test_config_keys_can_be_set_to_none():
+  """`--config.KEY=None` unsets a key of any type (ml_collections alone
+  parses "None" as the key's type and fails for a float); an unknown key
+  is one line."""
+
+  def run(*args):
+    return subprocess.run(
+      [sys.executable, "-c", _NONE_BODY, "--config", "configs/sd15.py", *args],
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=False,
+    )
+
+  proc = run(
+    "--config.boot.guidance=None",
+    "--config.boot.guidance_range=(2.0, 8.0)",
+    "--config.optim.lr=null",
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.split() == ["None", "(2.0,", "8.0)", "None"]
+  proc = run("--config.boot.nope=None")
+  lines = [x for x in proc.stderr.splitlines() if x.strip()]
+  assert proc.returncode != 0
+  assert lines == [
+    "error: unknown config key 'boot.nope' in --config.boot.nope=None"
+  ], proc.stderr

@@ -6,7 +6,9 @@
                                 PyTorch UNet2DConditionModel (config.json,
                                 diffusion_pytorch_model.safetensors)
     OUT/vae/, text_encoder/,    copies of the teacher folder's
-        tokenizer/, scheduler/  (PyTorch pickles are never copied)
+        tokenizer/, scheduler/  (PyTorch pickles are never copied);
+                                an SDXL folder's text_encoder_2/ and
+                                tokenizer_2/ too
     OUT/model_index.json
     OUT/boot_student.json       what the one-step function needs (below)
     OUT/boot_guidance.safetensors
@@ -35,7 +37,9 @@ is the signal; 'teacher': it is read as the teacher's native `prediction`
 at the noise end), `prediction` ('eps', 'v' or 'x0'), `space` ('signal' or
 'x'), `t_clean` and `t_max` (integer timesteps), `alpha_clean`,
 `sigma_clean`, `alpha_max`, `sigma_max` (float32 values written as floats),
-`vae_scaling_factor`, `guidance` (null, or how the w embedding is made).
+`vae_scaling_factor`, `guidance` (null, or how the w embedding is made),
+`micro_conditioning` (null, or for SDXL: `text_length`, `pooled_width`
+and the `time_ids` the student was distilled with).
 """
 
 from __future__ import annotations
@@ -87,9 +91,14 @@ GUIDANCE_PARAMS = "GuidanceEmbedding_0"
 
 
 def export_diffusers(
-  teacher_folder: str, params, student, out_dir: str
+  teacher_folder: str,
+  params,
+  student,
+  out_dir: str,
+  check=loading.check_folder,
+  copied=COPIED,
 ) -> dict:
-  """Writes a Stable Diffusion student as a diffusers folder.
+  """Writes a Stable Diffusion (or SDXL) student as a diffusers folder.
 
   Args:
     teacher_folder: the teacher's diffusers folder (see `sd`); its UNet
@@ -100,6 +109,10 @@ def export_diffusers(
     student: the `boot_jax.student.Student` (parameterization, prediction,
       space, schedule, guided).
     out_dir: the folder to write; it must not exist or be empty.
+    check: `folder -> UNet config`, the family's folder check (SDXL's
+      `teachers.sdxl.loading.check_folder`).
+    copied: the teacher's parts copied beside the student's UNet (SDXL's
+      second text encoder and tokenizer too).
 
   Returns:
     The contents of `boot_student.json`.
@@ -111,7 +124,7 @@ def export_diffusers(
       `out_dir` is not empty.
   """
 
-  unet_config = _check_teacher(teacher_folder)
+  unet_config = _check_teacher(teacher_folder, check, copied)
   _check_student(student, unet_config, teacher_folder)
   if os.path.exists(out_dir) and (
     not os.path.isdir(out_dir) or os.listdir(out_dir)
@@ -139,13 +152,13 @@ def export_diffusers(
 
   os.makedirs(out_dir, exist_ok=True)
   model.save_pretrained(os.path.join(out_dir, "unet"), safe_serialization=True)
-  for part in COPIED:
+  for part in copied:
     shutil.copytree(
       os.path.join(teacher_folder, part),
       os.path.join(out_dir, part),
       ignore=shutil.ignore_patterns(*PICKLES),
     )
-  _write_model_index(teacher_folder, out_dir)
+  _write_model_index(teacher_folder, out_dir, copied)
   if student.guided:
     _write_guidance(
       params[GUIDANCE_PARAMS], os.path.join(out_dir, GUIDANCE_FILE)
@@ -171,18 +184,21 @@ WEIGHTS = (
     "diffusion_pytorch_model.safetensors",
   ),
   ("text_encoder", "flax_model.msgpack", "model.safetensors"),
+  ("text_encoder_2", "flax_model.msgpack", "model.safetensors"),
 )
 
 
-def _check_teacher(folder: str) -> dict:
+def _check_teacher(folder: str, check, copied) -> dict:
   """The UNet config of an exportable teacher folder.
 
   Pickles are refused as `sd.build` refuses them. The teacher's UNet
   weights are replaced by the student's (either format will do); the VAE
   and text encoder are copied for PyTorch, so they need safetensors.
   """
-  unet_config = loading.check_folder(folder)
+  unet_config = check(folder)
   for part, flax_name, pt_name in WEIGHTS:
+    if part != "unet" and part not in copied:
+      continue
     has = {
       name: os.path.isfile(os.path.join(folder, part, name))
       for name in (flax_name, pt_name)
@@ -290,6 +306,14 @@ def _meta(folder: str, student, unet_config: dict) -> dict:
       scale=float(layers.GuidanceEmbedding.scale),
       max_period=10000.0,
     )
+  micro = getattr(student.module, "micro", None)
+  if micro is not None:
+    # SDXL: the packed condition's layout and the run's time ids.
+    micro = dict(
+      text_length=int(micro[0]),
+      pooled_width=int(micro[1]),
+      time_ids=[float(v) for v in micro[2]],
+    )
   return dict(
     format=FORMAT,
     parameterization=student.parameterization,
@@ -304,6 +328,7 @@ def _meta(folder: str, student, unet_config: dict) -> dict:
     sigma_max=float(np.float32(sigma_max)),
     vae_scaling_factor=float(vae_config.get("scaling_factor", 0.18215)),
     guidance=guidance,
+    micro_conditioning=micro,
   )
 
 
@@ -313,12 +338,12 @@ def _integer_time(t: float) -> int:
   return int(t)
 
 
-def _write_model_index(folder: str, out_dir: str) -> None:
+def _write_model_index(folder: str, out_dir: str, copied) -> None:
   """model_index.json, with components that were not copied set to null."""
   index = loading.read_json(
     os.path.join(folder, "model_index.json"), "the pipeline index"
   )
-  kept = set(COPIED) | {"unet"}
+  kept = set(copied) | {"unet"}
   for key, value in index.items():
     if not key.startswith("_") and isinstance(value, list) and key not in kept:
       index[key] = [None, None]

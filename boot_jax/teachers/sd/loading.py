@@ -175,20 +175,14 @@ def read_safetensors(path: str) -> dict:
   return folders.read_safetensors(path, SDError)
 
 
-@functools.cache
-def _vae_and_text(path: str):
-  """The VAE (`models.sd_vae`) and CLIP text encoder (`models.clip_text`)
-  with their float32 parameters, and the tokenizer (cached)."""
-  from transformers import CLIPTokenizer  # noqa: PLC0415
-
+def vae_parts(path: str) -> dict:
+  """The VAE of a folder (`models.sd_vae`): its float32 parameters, a
+  jitted decoder and the latent scaling (`scaling_factor`,
+  `shift_factor`, the spatial factor)."""
   vae_cfg = read_json(os.path.join(path, "vae", "config.json"), "the VAE")
-  text_cfg = read_json(
-    os.path.join(path, "text_encoder", "config.json"), "the text encoder"
-  )
   try:
     sd_vae.check_config(vae_cfg)
-    clip_text.check_config(text_cfg)
-  except (sd_vae.VAEConfigError, clip_text.CLIPConfigError) as e:
+  except sd_vae.VAEConfigError as e:
     raise SDError(f"{path}: {e}") from None
   vae = sd_vae.AutoencoderKL(vae_cfg)
   size = int(vae_cfg.get("sample_size", 64))
@@ -204,29 +198,6 @@ def _vae_and_text(path: str):
     rename_pt=sd_vae.legacy_key,
     rename_flax=vae_flax_key,
   )
-  text = clip_text.CLIPText(text_cfg)
-  ids = jnp.zeros((1, 1), jnp.int32)
-  abstract = jax.eval_shape(lambda: text.init(jax.random.key(0), ids))
-  text_params = load_part(
-    os.path.join(path, "text_encoder"),
-    nn.meta.unbox(abstract["params"]),
-    "flax_model.msgpack",
-    "model",
-    "text encoder",
-    rename_pt=clip_text.weight_key,
-    rename_flax=clip_flax_key,
-  )
-  tokenizer = folders.read_tokenizer(
-    CLIPTokenizer,
-    os.path.join(path, "tokenizer"),
-    ("vocab.json", "merges.txt"),
-    SDError,
-  )
-
-  def text_forward(params, ids):
-    # Stable Diffusion's pipelines attend to every token (no padding mask)
-    # and condition on the last state.
-    return text.apply({"params": params}, ids)["last_hidden_state"]
 
   def vae_decode(params, z, attention="auto"):
     module = sd_vae.AutoencoderKL(vae_cfg, attention=attention)
@@ -235,13 +206,68 @@ def _vae_and_text(path: str):
   shift = vae_cfg.get("shift_factor")
   return dict(
     # Compiled once per folder (and per batch shape), not per call.
-    text_forward=jax.jit(text_forward),
-    text_apply=text_forward,
     vae_decode=jax.jit(vae_decode, static_argnames="attention"),
     vae_params=vae_params,
     scaling_factor=float(vae_cfg.get("scaling_factor") or 0.18215),
     shift_factor=float(shift or 0.0),
     vae_factor=2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1),
+  )
+
+
+def text_encoder(path: str, part: str = "text_encoder", projection=False):
+  """A CLIP text encoder of a folder (`models.clip_text`) and its float32
+  parameters: `(module, params)`. `projection`: the encoder is a
+  `CLIPTextModelWithProjection` (SDXL's second)."""
+  what = part.replace("_", " ")  # "text encoder", "text encoder 2"
+  text_cfg = read_json(os.path.join(path, part, "config.json"), f"the {what}")
+  try:
+    clip_text.check_config(text_cfg)
+  except clip_text.CLIPConfigError as e:
+    raise SDError(f"{path}/{part}: {e}") from None
+  text = clip_text.CLIPText(text_cfg, projection=projection)
+  ids = jnp.zeros((1, 1), jnp.int32)
+  abstract = jax.eval_shape(lambda: text.init(jax.random.key(0), ids))
+  params = load_part(
+    os.path.join(path, part),
+    nn.meta.unbox(abstract["params"]),
+    "flax_model.msgpack",
+    "model",
+    what,
+    rename_pt=clip_text.weight_key,
+    rename_flax=clip_flax_key,
+  )
+  return text, params
+
+
+def tokenizer(path: str, part: str = "tokenizer"):
+  """The CLIP tokenizer in `path`/`part` (transformers' `CLIPTokenizer`)."""
+  from transformers import CLIPTokenizer  # noqa: PLC0415
+
+  return folders.read_tokenizer(
+    CLIPTokenizer,
+    os.path.join(path, part),
+    ("vocab.json", "merges.txt"),
+    SDError,
+  )
+
+
+@functools.cache
+def _vae_and_text(path: str):
+  """The VAE (`models.sd_vae`) and CLIP text encoder (`models.clip_text`)
+  with their float32 parameters, and the tokenizer (cached)."""
+  vae = vae_parts(path)
+  text, text_params = text_encoder(path)
+
+  def text_forward(params, ids):
+    # Stable Diffusion's pipelines attend to every token (no padding mask)
+    # and condition on the last state.
+    return text.apply({"params": params}, ids)["last_hidden_state"]
+
+  return dict(
+    vae,
+    # Compiled once per folder (and per batch shape), not per call.
+    text_forward=jax.jit(text_forward),
+    text_apply=text_forward,
     text_params=text_params,
-    tokenizer=tokenizer,
+    tokenizer=tokenizer(path),
   )

@@ -16,7 +16,11 @@ import os
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import (
+  CLIPTextModel,
+  CLIPTextModelWithProjection,
+  CLIPTokenizer,
+)
 
 _LOADED = {}
 
@@ -41,6 +45,13 @@ def load(folder, device="cpu"):
     tokenizer=CLIPTokenizer.from_pretrained(os.path.join(folder, "tokenizer")),
     guidance=None,
   )
+  if meta.get("micro_conditioning"):  # SDXL: the second encoder too
+    parts["text_encoder_2"] = part(
+      CLIPTextModelWithProjection, "text_encoder_2"
+    )
+    parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(
+      os.path.join(folder, "tokenizer_2")
+    )
   if meta.get("guidance"):
     from safetensors.torch import load_file
 
@@ -57,19 +68,30 @@ def clip_words(text, max_tokens):
   return " ".join(w[:1000] for w in words)
 
 
-def encode_prompts(parts, prompts, device="cpu"):
-  """CLIP's last hidden state, as boot_jax computes it: padded to the
-  tokenizer's length (77), every token attended, over-long prompts cut to
-  their first tokens and the end token."""
-  tok = parts["tokenizer"]
+def _token_ids(tok, prompts, device):
   length = tok.model_max_length
   prompts = [clip_words(p, length) for p in prompts]
   ids = tok(
     list(prompts), padding="max_length", max_length=length, truncation=False
   ).input_ids
   ids = [i[: length - 1] + i[-1:] if len(i) > length else i for i in ids]
-  ids = torch.tensor(ids, dtype=torch.long, device=device)
-  return parts["text_encoder"](input_ids=ids)[0]
+  return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+def encode_prompts(parts, prompts, device="cpu"):
+  """The text condition, as boot_jax computes it: padded to the
+  tokenizer's length (77), every token attended, over-long prompts cut to
+  their first tokens and the end token. SD: CLIP's last hidden state.
+  SDXL: both encoders' penultimate hidden states, concatenated, and the
+  second's projected pooled state, `(text, pooled)`."""
+  ids = _token_ids(parts["tokenizer"], prompts, device)
+  if "text_encoder_2" not in parts:
+    return parts["text_encoder"](input_ids=ids)[0]
+  ids_2 = _token_ids(parts["tokenizer_2"], prompts, device)
+  one = parts["text_encoder"](input_ids=ids, output_hidden_states=True)
+  two = parts["text_encoder_2"](input_ids=ids_2, output_hidden_states=True)
+  text = torch.cat([one.hidden_states[-2], two.hidden_states[-2]], dim=-1)
+  return text, two.text_embeds
 
 
 def _guidance_embedding(parts, w, batch, device):
@@ -138,6 +160,13 @@ def one_step(folder, prompts, noise, device="cpu", guidance=None):
     return torch.tensor(value, dtype=torch.float32, device=device)
 
   text = encode_prompts(parts, prompts, device)
+  kwargs = {}
+  if meta.get("micro_conditioning"):
+    text, pooled = text
+    ids = f32(meta["micro_conditioning"]["time_ids"])
+    kwargs["added_cond_kwargs"] = dict(
+      text_embeds=pooled, time_ids=ids.expand(batch, -1)
+    )
   t = torch.full((batch,), float(meta["t_clean"]), device=device)
   hook = None
   if guidance is not None:
@@ -146,7 +175,7 @@ def one_step(folder, prompts, noise, device="cpu", guidance=None):
       lambda module, args, out: out + w_emb.to(out.dtype)
     )
   try:
-    out = parts["unet"](noise, t, encoder_hidden_states=text).sample
+    out = parts["unet"](noise, t, encoder_hidden_states=text, **kwargs).sample
   finally:
     if hook is not None:
       hook.remove()

@@ -30,11 +30,17 @@ class SDUNet(nn.Module):
   """The family's network: our Stable Diffusion UNet (`models.sd_unet`)
   under the scope `unet`, NHWC latents in and out.
 
-  `(x [B, h, w, 4], t [B], text [B, L, D]) -> native output [B, h, w, 4]`.
+  `(x [B, h, w, 4], t [B], cond [B, L, D]) -> native output [B, h, w, 4]`.
   A guidance-conditioned student's w embedding (zero at initialisation,
   so it starts as the teacher) is made here and added to the output of
   the UNet's time embedding. (The parameter tree is the one diffusers'
   Flax UNet had, so work directories written with it still load.)
+
+  SDXL's UNet (`micro` set: `(text_length, pooled_width, time_ids)`)
+  reads one packed condition: the text embeddings in the first
+  `text_length` rows, the pooled text embedding in the rows after them
+  (`pack_pooled`), and the micro-conditioning `time_ids` (original size,
+  crop corner, target size) of the run, the same for every example.
   """
 
   unet_config: dict
@@ -42,6 +48,7 @@ class SDUNet(nn.Module):
   dtype: object = None
   attention: str = "auto"
   remat: bool | str = False
+  micro: tuple | None = None
 
   @nn.compact
   def __call__(self, x, t, cond=None, train: bool = False, guidance=None):
@@ -55,13 +62,41 @@ class SDUNet(nn.Module):
       extra = layers.add_guidance(
         jnp.zeros((x.shape[0], dim), jnp.float32), guidance, True, self.dtype
       )
+    added = None
+    if self.micro is not None:
+      length, width, time_ids = self.micro
+      cond, pooled = unpack_pooled(cond, length, width)
+      ids = jnp.asarray(time_ids, jnp.float32)
+      added = dict(
+        text_embeds=pooled,
+        time_ids=jnp.broadcast_to(ids, (x.shape[0],) + ids.shape),
+      )
     return sd_unet.SDUNet(
       self.unet_config,
       dtype=self.dtype,
       attention=self.attention,
       remat=self.remat,
       name="unet",
-    )(x, t, cond, extra_embedding=extra)
+    )(x, t, cond, added=added, extra_embedding=extra)
+
+
+def pack_pooled(text, pooled):
+  """SDXL's two conditions as one array: `text [B, L, D]` with the pooled
+  embedding `pooled [B, P]` in `ceil(P / D)` rows after it (zero-padded),
+  so that every path that moves, caches, shards or guides one text
+  embedding carries both. `unpack_pooled` inverts it."""
+  batch, _, width = text.shape
+  rows = -(-pooled.shape[-1] // width)
+  pad = rows * width - pooled.shape[-1]
+  extra = jnp.pad(pooled, ((0, 0), (0, pad))).reshape(batch, rows, width)
+  return jnp.concatenate([text, extra.astype(text.dtype)], axis=1)
+
+
+def unpack_pooled(cond, length: int, width: int):
+  """`(text [B, length, D], pooled [B, width])` of a packed condition."""
+  text = cond[:, :length]
+  pooled = cond[:, length:].reshape(cond.shape[0], -1)[:, :width]
+  return text, pooled
 
 
 def unet_params_abstract(module: SDUNet, sample_shape, cond_shape):
@@ -99,24 +134,32 @@ def encode_prompts(parts: dict, prompts, max_length: int | None = None):
 
 
 def tokenize(parts: dict, prompts, max_length: int | None = None):
-  """CLIP token ids `[len(prompts), L]` (int32), padded to the limit.
+  """CLIP token ids `[len(prompts), L]` (int32), padded to the limit; for
+  a folder with two tokenizers (SDXL: `parts["tokenizers"]`) the first's
+  ids then the second's, `[len(prompts), 2L]`.
 
   Prompts longer than the limit are truncated with a warning.
   """
-  tok = parts["tokenizer"]
+  toks = parts.get("tokenizers") or (parts["tokenizer"],)
+  prompts = list(prompts)
+  out = [_token_ids(t, prompts, max_length, i == 0) for i, t in enumerate(toks)]
+  return np.concatenate(out, axis=1)
+
+
+def _token_ids(tok, prompts, max_length, warn: bool):
   length = max_length or tok.model_max_length
   prompts = [clip_words(p, length) for p in prompts]
   ids = tok(
     list(prompts), padding="max_length", max_length=length, truncation=False
   ).input_ids
   long = [p for p, i in zip(prompts, ids, strict=True) if len(i) > length]
-  if long:
+  if long and warn:
     import warnings  # noqa: PLC0415
 
     warnings.warn(
       f"{len(long)} prompt(s) longer than {length} tokens were truncated, "
       f"e.g. {long[0][:60]!r}",
-      stacklevel=2,
+      stacklevel=3,
     )
   return np.asarray(
     [i[: length - 1] + i[-1:] if len(i) > length else i for i in ids], np.int32
