@@ -1,7 +1,7 @@
 r"""Bytes per device of BOOT on Stable Diffusion's UNets: state and XLA.
 
     python benchmarks/sd_memory.py [--write] [--quick] [--batches 4,8,16,32]
-    python benchmarks/sd_memory.py --refine | --remat [--write]
+    python benchmarks/sd_memory.py --refine | --remat | --sdxl [--write]
 
 Two measurements, on 8 fake CPU devices:
 
@@ -31,7 +31,9 @@ Compiles are slow on a CPU (minutes each); results are cached in
 `--write` replaces the tables in docs/text_to_image.md; `--quick` compiles
 one row (a smoke test). `--refine` compiles the refinement phase's step
 (boot.refine) next to BOOT's for SD 1.5 at fsdp 1 and 8 and writes its
-own table; `--remat` the BOOT step under each `model.remat` policy.
+own table; `--remat` the BOOT step under each `model.remat` policy;
+`--sdxl` SDXL's BOOT step at 1024 px (fsdp 4 and 8, batch 2 and 4 a
+device). The state table has SDXL's rows too.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ from boot_jax.models import clip_text  # noqa: E402
 from boot_jax.runtime import sharding  # noqa: E402
 from boot_jax.teachers import base  # noqa: E402
 from boot_jax.teachers.sd import sd_teacher  # noqa: E402
+from boot_jax.teachers.sdxl import sdxl_teacher  # noqa: E402
 from boot_jax.training import trainer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -124,6 +127,44 @@ MODELS = {
   ),
 }
 SD15, SD21 = MODELS
+# SDXL base 1.0's published UNet config (2.6B parameters): its condition is
+# the packed text (77 x 2048) plus one row holding the 1280-wide pooled
+# embedding (`sd_teacher.pack_pooled`).
+SDXL = "SDXL (1024 px)"
+XL_MODELS = {
+  SDXL: (
+    dict(
+      in_channels=4,
+      out_channels=4,
+      sample_size=128,
+      down_block_types=(
+        "DownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+      ),
+      up_block_types=(
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "UpBlock2D",
+      ),
+      block_out_channels=(320, 640, 1280),
+      layers_per_block=2,
+      attention_head_dim=(5, 10, 20),
+      transformer_layers_per_block=(1, 2, 10),
+      cross_attention_dim=2048,
+      use_linear_projection=True,
+      addition_embed_type="text_time",
+      addition_time_embed_dim=256,
+      projection_class_embeddings_input_dim=2816,
+    ),
+    128,
+    2048,
+    "eps",
+  )
+}
+XL_POOLED = 1280
+XL_FSDPS = (4, 8)
+XL_BATCHES = (2, 4)
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 8, 1)]
 BATCHES = (4, 8, 16, 32)  # per device
 FSDPS = (1, 4, 8)
@@ -145,12 +186,10 @@ def rows() -> list[str]:
   """The parameter-state table (shard shapes; activations excluded)."""
   out = []
   opt = optax.adamw(1e-5)
-  for name, (cfg, latent, width, _) in MODELS.items():
-    module = sd_teacher.SDUNet(cfg)
+  for name, (cfg, latent, width, _) in {**MODELS, **XL_MODELS}.items():
+    module, shape = _module(cfg, width, latent * 8)
     params = nn.meta.unbox(
-      sd_teacher.unet_params_abstract(
-        module, (latent, latent, 4), (TOKENS, width)
-      )
+      sd_teacher.unet_params_abstract(module, (latent, latent, 4), shape)
     )
     state = jax.eval_shape(lambda p: state_lib.create(p, opt, True), params)
     n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
@@ -193,10 +232,11 @@ def _abstract_family(unet_config: dict, width: int):
   """
 
   def build(config, placement=None, dtype=None, attention="auto"):
-    latent = int(config.resolution) // 8  # SD's VAE factor
+    resolution = int(config.resolution)
+    latent = resolution // 8  # SD's VAE factor
     sample_shape = (latent, latent, 4)
-    condition = teachers.ConditionSpec("text", shape=(TOKENS, width))
-    module = sd_teacher.SDUNet(unet_config, dtype=dtype, attention=attention)
+    module, shape = _module(unet_config, width, resolution, dtype, attention)
+    condition = teachers.ConditionSpec("text", shape=shape)
     params = nn.meta.unbox(
       sd_teacher.unet_params_abstract(module, sample_shape, condition.shape)
     )
@@ -205,8 +245,10 @@ def _abstract_family(unet_config: dict, width: int):
     schedule = defaults.discrete_schedule(
       "scaled_linear", 1000, 0.00085, 0.012, set_alpha_to_one=False
     )
-
-    return sd_teacher.SDTeacher(
+    cls = sd_teacher.SDTeacher
+    if module.micro is not None:
+      cls = sdxl_teacher.SDXLTeacher
+    return cls(
       name="sd",
       apply=base.module_apply(module),
       params=params,
@@ -215,12 +257,32 @@ def _abstract_family(unet_config: dict, width: int):
       sample_shape=sample_shape,
       condition=condition,
       module=module,
-      null_embedding=jnp.zeros((TOKENS, width), jnp.float32),
+      null_embedding=jnp.zeros(shape, jnp.float32),
       ddim_spacing=("leading", 1),
-      prompt_loader=functools.partial(xla_memory.NoPrompts, width),
+      prompt_loader=functools.partial(xla_memory.NoPrompts, width, shape[0]),
     )
 
   return types.SimpleNamespace(build=build)
+
+
+def _module(unet_config, width, resolution, dtype=None, attention="auto"):
+  """The family's network and its condition's shape: SD's text, or SDXL's
+  packed text and pooled embedding with the pipeline's default
+  micro-conditioning at `resolution`."""
+  micro = None
+  shape = (TOKENS, width)
+  if unet_config.get("addition_embed_type"):
+    ids = (resolution, resolution, 0, 0, resolution, resolution)
+    micro = (TOKENS, XL_POOLED, tuple(float(v) for v in ids))
+    shape = (TOKENS + -(-XL_POOLED // width), width)
+  module = sd_teacher.SDUNet(
+    unet_config, dtype=dtype, attention=attention, micro=micro
+  )
+  return module, shape
+
+
+def _model(name: str):
+  return {**MODELS, **XL_MODELS}[name]
 
 
 def step_config(
@@ -235,8 +297,11 @@ def step_config(
   """`sd_boot_config` as shipped; only the batch, mesh and shapes set
   (with `refine`, `boot.refine` on with its defaults; `remat`: another
   `model.remat` policy)."""
-  _, _, _, prediction = MODELS[model]
-  c = recipes.sd_boot_config(resolution=resolution, prediction=prediction)
+  _, _, _, prediction = _model(model)
+  if model in XL_MODELS:
+    c = recipes.sdxl_boot_config(resolution=resolution)
+  else:
+    c = recipes.sd_boot_config(resolution=resolution, prediction=prediction)
   c.boot.refine = refine
   c.teacher.name = "sd_abstract"
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, fsdp, 1
@@ -264,7 +329,7 @@ def compile_step(
 ) -> dict:
   """Lowers and compiles the BOOT step (with `refine`, the refinement
   phase's step); XLA's bytes per device."""
-  cfg, _, width, _ = MODELS[model]
+  cfg, _, width, _ = _model(model)
   c = step_config(model, resolution, fsdp, batch, attn, refine, remat)
   family = _abstract_family(cfg, width)
   with mock.patch.dict(teachers.TEACHERS, {"sd_abstract": family}):
@@ -430,6 +495,40 @@ def remat_section(cache: Cache) -> str:
       f"{r['flops'] / 1e12:.2f} |"
     )
   lines.append(REMAT_END)
+  return "\n".join(lines) + "\n"
+
+
+SDXL_BEGIN = "<!-- sdxl memory: begin -->"
+SDXL_END = "<!-- sdxl memory: end -->"
+
+
+def sdxl_section(cache: Cache) -> str:
+  """SDXL's BOOT step at 1024 px (`configs/sdxl.py` as shipped) per fsdp
+  and per-device batch, against the 80 GB card."""
+  gib = lambda b: f"{b / GIB:.2f}"  # noqa: E731
+  lines = [
+    SDXL_BEGIN,
+    _command("--sdxl") + " The BOOT step of `configs/sdxl.py` as shipped "
+    "(1024 px, 128x128 latents, bf16 compute, remat, guidance inside the "
+    "teacher, EMA) around SDXL base's UNet (2.6B parameters), GiB per "
+    "device; 'fits 80 GB' holds when the total is at most 90% of 80e9 "
+    "bytes (the headroom of the tables above).",
+    "",
+    "| fsdp | batch / device | arguments | outputs | temporaries | total | "
+    "temporaries / example | fits 80 GB | compile s |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for fsdp in XL_FSDPS:
+    for b in XL_BATCHES:
+      key = step_key(SDXL, 1024, fsdp, b)
+      r = cache.get(key, compile_step, SDXL, 1024, fsdp, b)
+      fits = "yes" if r["total"] <= USABLE * 80e9 else "no"
+      lines.append(
+        f"| {fsdp} | {b} | {gib(r['argument'])} | {gib(r['output'])} | "
+        f"{gib(r['temp'])} | **{gib(r['total'])}** | {gib(r['temp'] / b)} | "
+        f"{fits} | {r['compile_s']:.0f} |"
+      )
+  lines.append(SDXL_END)
   return "\n".join(lines) + "\n"
 
 
@@ -642,9 +741,15 @@ def main():
     action="store_true",
     help="only the BOOT step under each model.remat policy (SD 1.5)",
   )
+  p.add_argument(
+    "--sdxl",
+    action="store_true",
+    help="only SDXL's BOOT step at 1024 px per fsdp and batch",
+  )
   args = p.parse_args()
   cache = Cache(args.cache)
   for wanted, section, begin, end in (
+    (args.sdxl, sdxl_section, SDXL_BEGIN, SDXL_END),
     (args.remat, remat_section, REMAT_BEGIN, REMAT_END),
     (args.refine, refine_section, REFINE_BEGIN, REFINE_END),
   ):

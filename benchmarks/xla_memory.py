@@ -22,8 +22,8 @@ class NoPrompts:
   encoding = "cache"
   source_sha256 = ""
 
-  def __init__(self, width: int):
-    self.shape = (TOKENS, width)
+  def __init__(self, width: int, rows: int = TOKENS):
+    self.shape = (rows, width)
 
   def __len__(self) -> int:
     return 1000
