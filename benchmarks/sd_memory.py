@@ -95,27 +95,17 @@ DATE = "2026-11-26"
 MACHINE = "a 2-core CPU"
 CACHE = "/tmp/boot_jax_sd_memory.json"
 
-_COMMON = dict(
-  in_channels=4,
-  out_channels=4,
-  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-  block_out_channels=(320, 640, 1280, 1280),
-  layers_per_block=2,
-)
 # name -> (UNet config, latent size, text width, prediction)
 MODELS = {
   "SD 1.5 (512 px)": (
-    dict(
-      _COMMON, sample_size=64, cross_attention_dim=768, attention_head_dim=8
-    ),
+    xla_memory.SD15_UNET,
     64,
     768,
     "eps",
   ),
   "SD 2.1 (768 px)": (
     dict(
-      _COMMON,
+      xla_memory.SD_COMMON,
       sample_size=96,
       cross_attention_dim=1024,
       attention_head_dim=(5, 10, 20, 20),

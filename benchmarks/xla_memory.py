@@ -13,6 +13,19 @@ import numpy as np
 
 TOKENS = 77  # CLIP's and IF's T5 prompt length
 
+# Stable Diffusion's published UNet configs (diffusers' config.json keys).
+SD_COMMON = dict(
+  in_channels=4,
+  out_channels=4,
+  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+  block_out_channels=(320, 640, 1280, 1280),
+  layers_per_block=2,
+)
+SD15_UNET = dict(
+  SD_COMMON, sample_size=64, cross_attention_dim=768, attention_head_dim=8
+)
+
 
 class NoPrompts:
   """Stands in for the prompt cache: zero embeddings of the right shape

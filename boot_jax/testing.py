@@ -56,6 +56,33 @@ def tokenizer_files(directory) -> None:
   (directory / "merges.txt").write_text("#version: 0.2\n")
 
 
+def _tiny_vae(levels: int, **fields):
+  """diffusers' AutoencoderKL, `levels` resolutions (factor 2^(levels-1))."""
+  from diffusers import AutoencoderKL
+
+  return AutoencoderKL(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * levels,
+    up_block_types=("UpDecoderBlock2D",) * levels,
+    block_out_channels=(32, 64) if levels == 2 else (32,) * levels,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=16,
+    **fields,
+  )
+
+
+def _perturb(*modules, scale: float = 0.05) -> None:
+  """Adds Gaussian noise to every parameter of PyTorch `modules`."""
+  import torch
+
+  with torch.no_grad():
+    for module in modules:
+      for p in module.parameters():
+        p.add_(scale * torch.randn_like(p))
+
+
 def make_folder(
   path,
   prediction: str = "epsilon",
@@ -74,7 +101,6 @@ def make_folder(
   """
   import torch
   from diffusers import (
-    AutoencoderKL,
     DDIMScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
@@ -96,16 +122,7 @@ def make_folder(
     use_linear_projection=sd2,
     norm_num_groups=32,
   )
-  vae = AutoencoderKL(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * vae_levels,
-    up_block_types=("UpDecoderBlock2D",) * vae_levels,
-    block_out_channels=(32, 64) if vae_levels == 2 else (32,) * vae_levels,
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=16,
-  )
+  vae = _tiny_vae(vae_levels)
   tok_dir = path / "_tok"
   tokenizer_files(tok_dir)
   tokenizer = CLIPTokenizer(
@@ -116,10 +133,7 @@ def make_folder(
   text = CLIPTextModel(CLIPTextConfig(**_tiny_clip_text(tokenizer)))
   # Random, not default, weights everywhere (default inits zero some
   # layers, which would hide mistakes in converting them).
-  with torch.no_grad():
-    for module in (unet, vae, text):
-      for p in module.parameters():
-        p.add_(0.05 * torch.randn_like(p))
+  _perturb(unet, vae, text)
   scheduler = DDIMScheduler(
     beta_start=0.00085,
     beta_end=0.012,
@@ -159,7 +173,6 @@ def make_xl_folder(path, seed: int = 0, vae_levels: int = 2, heads: int = 2):
   """
   import torch
   from diffusers import (
-    AutoencoderKL,
     EulerDiscreteScheduler,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -190,17 +203,7 @@ def make_xl_folder(path, seed: int = 0, vae_levels: int = 2, heads: int = 2):
     addition_time_embed_dim=time_dim,
     projection_class_embeddings_input_dim=pooled + 6 * time_dim,
   )
-  vae = AutoencoderKL(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * vae_levels,
-    up_block_types=("UpDecoderBlock2D",) * vae_levels,
-    block_out_channels=(32, 64) if vae_levels == 2 else (32,) * vae_levels,
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=16,
-    scaling_factor=0.13025,  # SDXL's VAE
-  )
+  vae = _tiny_vae(vae_levels, scaling_factor=0.13025)  # SDXL's VAE
   tok_dir = path / "_tok"
   tokenizer_files(tok_dir)
   tokenizer = CLIPTokenizer(
@@ -218,10 +221,7 @@ def make_xl_folder(path, seed: int = 0, vae_levels: int = 2, heads: int = 2):
   text_2 = CLIPTextModelWithProjection(
     CLIPTextConfig(**_tiny_clip_text(tokenizer), projection_dim=pooled)
   )
-  with torch.no_grad():
-    for module in (unet, vae, text, text_2):
-      for p in module.parameters():
-        p.add_(0.05 * torch.randn_like(p))
+  _perturb(unet, vae, text, text_2)
   scheduler = EulerDiscreteScheduler(
     beta_start=0.00085,
     beta_end=0.012,

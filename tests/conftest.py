@@ -305,6 +305,72 @@ def run_export(out_dir, inputs, result):
   return np.load(result)
 
 
+def perturbed_student(teacher, guided: bool):
+  """A student of `teacher` (the default student config) whose parameters
+  are the teacher's plus N(0, 0.02^2) noise: an export that carried the
+  teacher's weights (or none) instead gives other images."""
+  import jax
+
+  from boot_jax.config import defaults
+  from boot_jax.distill import student as student_lib
+
+  config = defaults.base_config().student
+  student, params_fn = student_lib.build_student(
+    teacher, config, jax.random.key(0), guided=guided
+  )
+  params = jax.jit(params_fn)(teacher.params)
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  leaves = [
+    p + 0.02 * jax.random.normal(k, p.shape, p.dtype)
+    for p, k in zip(leaves, keys, strict=True)
+  ]
+  return student, jax.tree.unflatten(tree, leaves)
+
+
+def check_refinement_setup(config, guidance: float) -> None:
+  """Two refinement steps of a text-to-image `config` (boot.refine on,
+  train.steps 0, a data=2, fsdp=4 mesh): the fake network starts as the
+  teacher's UNet, its state and both Adams are split over fsdp, and the
+  steps are finite and move the student."""
+  import jax
+
+  from boot_jax.distill import refine
+  from boot_jax.runtime import sharding
+  from boot_jax.training import trainer
+
+  config.train.batch_size = 8
+  config.train.steps = 0
+  config.boot.refine = True
+  config.refine.steps = 2
+  config.mesh.data, config.mesh.fsdp = 2, 4
+  s = trainer.setup(config)
+  assert refine.guidance(config) == guidance
+  state = s.init_state()
+  start = jax.device_get(state.params)
+  for a, b in zip(
+    jax.tree.leaves(jax.device_get(state.refine["fake"])),
+    jax.tree.leaves(jax.device_get(s.teacher.params)),
+    strict=True,
+  ):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), b)
+  for name in ("fake", "fake_opt", "student_opt"):
+    tree = state.refine[name]
+    counts = sharding.bytes_per_device(tree).values()
+    assert max(counts) <= 0.3 * sharding.tree_bytes(tree), name
+  state, history = trainer.run(s, state)
+  assert int(state.step) == 2
+  leaves = jax.tree.leaves(jax.device_get(state.params))
+  assert all(np.all(np.isfinite(x)) for x in leaves)
+  moved = max(
+    float(np.max(np.abs(a - b)))
+    for a, b in zip(leaves, jax.tree.leaves(start), strict=True)
+  )
+  assert moved > 0.0
+  assert history and all(np.isfinite(row["loss"]) for row in history)
+  assert all(np.isfinite(row["loss_fake"]) for row in history)
+
+
 def pytest_collection_modifyitems(config, items):
   """Marks every test under tests/integration/ `slow`."""
   del config

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 from conftest import (
+  check_refinement_setup,
   error_lines,
   random_weights_file,
   run_export,
@@ -30,9 +31,7 @@ from conftest import (
 from boot_jax import teachers, testing
 from boot_jax.config import defaults, recipes
 from boot_jax.diffusion import predictions
-from boot_jax.distill import refine
 from boot_jax.evaluation import clip_score, digits_classifier, reference_stats
-from boot_jax.runtime import sharding
 from boot_jax.teachers.sd import loading as sd_loading
 from boot_jax.teachers.sd import sd_teacher
 from boot_jax.training import trainer
@@ -526,7 +525,6 @@ def test_guidance_conditioned_sd_student_starts_as_the_teacher(folder):
   """The w embedding enters through the UNet's time embedding, zero at
   initialisation: for every w the student equals the teacher, and the
   embedding receives gradient."""
-  import jax
   import jax.numpy as jnp
 
   from boot_jax.distill import student as student_lib
@@ -612,36 +610,7 @@ def test_refinement_on_sd(folder, tmp_path):
   c.teacher.path = str(path)
   c.teacher.prompts = str(src)
   c.teacher.prompt_cache = str(tmp_path / "cache")
-  c.train.batch_size = 8
-  c.train.steps = 0
-  c.boot.refine = True
-  c.refine.steps = 2
-  c.mesh.data, c.mesh.fsdp = 2, 4
-  s = trainer.setup(c)
-  assert refine.guidance(c) == 7.5
-  state = s.init_state()
-  start = jax.device_get(state.params)
-  fake = state.refine["fake"]
-  teacher = jax.device_get(s.teacher.params)
-  for a, b in zip(
-    jax.tree.leaves(jax.device_get(fake)), jax.tree.leaves(teacher), strict=True
-  ):
-    np.testing.assert_array_equal(np.asarray(a, np.float32), b)
-  for name in ("fake", "fake_opt", "student_opt"):
-    tree = state.refine[name]
-    counts = sharding.bytes_per_device(tree).values()
-    assert max(counts) <= 0.3 * sharding.tree_bytes(tree), name
-  state, history = trainer.run(s, state)
-  assert int(state.step) == 2
-  leaves = jax.tree.leaves(jax.device_get(state.params))
-  assert all(np.all(np.isfinite(x)) for x in leaves)
-  moved = max(
-    float(np.max(np.abs(a - b)))
-    for a, b in zip(leaves, jax.tree.leaves(start), strict=True)
-  )
-  assert moved > 0.0
-  assert history and all(np.isfinite(row["loss"]) for row in history)
-  assert all(np.isfinite(row["loss_fake"]) for row in history)
+  check_refinement_setup(c, 7.5)
 
 
 def test_sd15_as_shipped_at_512_px(tmp_path):

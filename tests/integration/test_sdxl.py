@@ -1,5 +1,6 @@
 """configs/sdxl.py end to end on a tiny SDXL folder, and the refinement on
-SDXL (the library-level parity checks are in tests/unit/test_sdxl.py).
+SDXL (the library-level parity checks are in
+tests/unit/test_sdxl_teacher.py).
 
 The folder is written by diffusers' `StableDiffusionXLPipeline`
 (`testing.make_xl_folder`); only the resolution, batch, step counts and
@@ -9,17 +10,20 @@ mesh of the shipped config are reduced.
 import json
 import pathlib
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import error_lines, run_export, run_module, run_sample, tree_hash
+from conftest import (
+  check_refinement_setup,
+  error_lines,
+  run_export,
+  run_module,
+  run_sample,
+  tree_hash,
+)
 
 from boot_jax import teachers, testing
 from boot_jax.config import recipes
-from boot_jax.distill import refine
-from boot_jax.runtime import sharding
-from boot_jax.training import trainer
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -192,33 +196,4 @@ def test_refinement_on_sdxl(folder, tmp_path):
   c.teacher.path = str(folder)
   c.teacher.prompts = str(src)
   c.teacher.prompt_cache = str(tmp_path / "cache")
-  c.train.batch_size = 8
-  c.train.steps = 0
-  c.boot.refine = True
-  c.refine.steps = 2
-  c.mesh.data, c.mesh.fsdp = 2, 4
-  s = trainer.setup(c)
-  assert refine.guidance(c) == 5.0
-  state = s.init_state()
-  start = jax.device_get(state.params)
-  fake = state.refine["fake"]
-  for a, b in zip(
-    jax.tree.leaves(jax.device_get(fake)),
-    jax.tree.leaves(jax.device_get(s.teacher.params)),
-    strict=True,
-  ):
-    np.testing.assert_array_equal(np.asarray(a, np.float32), b)
-  for name in ("fake", "fake_opt", "student_opt"):
-    tree = state.refine[name]
-    counts = sharding.bytes_per_device(tree).values()
-    assert max(counts) <= 0.3 * sharding.tree_bytes(tree), name
-  state, history = trainer.run(s, state)
-  assert int(state.step) == 2
-  leaves = jax.tree.leaves(jax.device_get(state.params))
-  assert all(np.all(np.isfinite(x)) for x in leaves)
-  moved = max(
-    float(np.max(np.abs(a - b)))
-    for a, b in zip(leaves, jax.tree.leaves(start), strict=True)
-  )
-  assert moved > 0.0
-  assert history and all(np.isfinite(row["loss_fake"]) for row in history)
+  check_refinement_setup(c, 5.0)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import perturbed_student
 
 from boot_jax import teachers, testing
 from boot_jax.config import defaults
@@ -36,21 +37,6 @@ def _teacher(path):
   )
 
 
-def _perturbed_student(teacher, guided):
-  config = defaults.base_config().student
-  student, params_fn = student_lib.build_student(
-    teacher, config, jax.random.key(0), guided=guided
-  )
-  params = jax.jit(params_fn)(teacher.params)
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  leaves = [
-    p + 0.02 * jax.random.normal(k, p.shape, p.dtype)
-    for p, k in zip(leaves, keys, strict=True)
-  ]
-  return student, jax.tree.unflatten(tree, leaves)
-
-
 def _import(path):
   spec = importlib.util.spec_from_file_location(f"one_step_{id(path)}", path)
   module = importlib.util.module_from_spec(spec)
@@ -65,7 +51,7 @@ def test_one_step_matches_the_jax_student(tmp_path, prediction, guided):
   testing.make_folder(tmp_path, prediction)
   folder = tmp_path / "sd"
   teacher = _teacher(folder)
-  student, params = _perturbed_student(teacher, guided)
+  student, params = perturbed_student(teacher, guided)
   assert student.parameterization == (
     "direct" if prediction == "epsilon" else "teacher"
   )

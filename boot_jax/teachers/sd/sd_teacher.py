@@ -234,6 +234,34 @@ class SDTeacher(base.Teacher):
     return export.README
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """What a Stable Diffusion family reads from its folder, and how.
+
+  Attributes:
+    check_folder: `path -> UNet config`; refuses another family's folder.
+    parts: `path -> dict` of the VAE, text encoders and tokenizers
+      (`loading._vae_and_text`'s keys; SDXL's add `pooled_width` and
+      `force_zeros`).
+    teacher_cls: the family's teacher class.
+    resolution: the default `teacher.resolution`.
+    encoders: the text encoders' subfolders (they key the prompt cache).
+    micro: `(config, resolution) -> time ids` for a UNet with SDXL's
+      micro-conditioning (the condition then packs the pooled embedding,
+      `pack_pooled`); None for SD 1.x and 2.x.
+    hint: what to say when the folder's prediction type is not the
+      config's.
+  """
+
+  check_folder: Any
+  parts: Any
+  teacher_cls: Any
+  resolution: int
+  encoders: tuple[str, ...] = ("text_encoder",)
+  micro: Any = None
+  hint: str = ""
+
+
 def build(
   config, placement=None, dtype=None, attention: str = "auto"
 ) -> base.Teacher:
@@ -252,23 +280,30 @@ def build(
   first call of the teacher's `prompts()`, so inference never reads it
   unless asked.
   """
+  return build_from_folder(config, LAYOUT, placement, dtype, attention)
+
+
+def build_from_folder(
+  config, layout: Layout, placement=None, dtype=None, attention="auto"
+) -> base.Teacher:
+  """A teacher of a Stable Diffusion family (`layout`) from `config.path`
+  (the keys of `build`)."""
   path = config.get("path")
   if path and paths.is_remote(path):
     if not paths.isdir(path):
       raise loading.SDError(f"teacher folder {path!r} does not exist")
     path = paths.local_copy(path)  # read once into the local cache
-  unet_cfg = loading.check_folder(path)
+  unet_cfg = layout.check_folder(path)
   table, native, options = loading.schedule_config(path)
   prediction = predictions.canonical_prediction(native)
   wanted = config.get("prediction")
   if wanted and predictions.canonical_prediction(wanted) != prediction:
     raise loading.SDError(
       f"teacher.prediction={wanted!r} but {path}/scheduler says "
-      f"{native!r}: a folder of another model (SD 1.x and 2.x base predict "
-      "epsilon, SD 2.x at 768 predicts v)"
+      f"{native!r}: a folder of another model{layout.hint}"
     )
-  parts = loading._vae_and_text(os.path.abspath(path))
-  resolution = int(config.get("resolution") or 512)
+  parts = layout.parts(os.path.abspath(path))
+  resolution = int(config.get("resolution") or layout.resolution)
   factor = parts["vae_factor"]
   if resolution % factor:
     raise loading.SDError(
@@ -277,10 +312,15 @@ def build(
     )
   latent = resolution // factor
   sample_shape = (latent, latent, int(unet_cfg.get("in_channels", 4)))
-  max_len = parts["tokenizer"].model_max_length
+  length = parts["tokenizer"].model_max_length
   width = int(unet_cfg.get("cross_attention_dim", 768))
-  condition = base.ConditionSpec("text", shape=(max_len, width))
-  module = SDUNet(unet_cfg, dtype=dtype, attention=attention)
+  shape, micro = (length, width), None
+  if layout.micro is not None:
+    pooled = parts["pooled_width"]
+    shape = (length + -(-pooled // width), width)
+    micro = (length, pooled, layout.micro(config, resolution))
+  condition = base.ConditionSpec("text", shape=shape)
+  module = SDUNet(unet_cfg, dtype=dtype, attention=attention, micro=micro)
   abstract = unet_params_abstract(module, sample_shape, condition.shape)
   params = loading.load_part(
     os.path.join(path, "unet"),
@@ -294,8 +334,14 @@ def build(
     specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)
     params = jax.device_put(params, placement(params, specs))
   encode = functools.partial(encode_prompts, parts)
-  return SDTeacher(
-    **base.text_teacher_fields(config, path, module, params, table, encode),
+  fields = base.text_teacher_fields(
+    config, path, module, params, table, encode, layout.encoders
+  )
+  if parts.get("force_zeros") and not config.get("negative_prompt"):
+    # SDXL's pipeline: zeros for an empty negative prompt.
+    fields["null_embedding"] = jnp.zeros(shape, jnp.float32)
+  return layout.teacher_cls(
+    **fields,
     prediction=prediction,
     sample_shape=sample_shape,
     condition=condition,
@@ -308,3 +354,12 @@ def build(
     folder=os.path.abspath(path),
     attention=attention,
   )
+
+
+LAYOUT = Layout(
+  check_folder=loading.check_folder,
+  parts=loading._vae_and_text,
+  teacher_cls=SDTeacher,
+  resolution=512,
+  hint=" (SD 1.x and 2.x base predict epsilon, SD 2.x at 768 predicts v)",
+)

@@ -18,12 +18,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from boot_jax.diffusion import predictions
-from boot_jax.runtime import paths
 from boot_jax.teachers import base
 from boot_jax.teachers.sd import export, sd_teacher
 from boot_jax.teachers.sd import loading as sd_loading
@@ -82,80 +78,20 @@ def build(
 ) -> base.Teacher:
   """An SDXL teacher from `config.path` (a diffusers SDXL folder).
 
-  Keys: those of the `sd` family (`sd_teacher.build`), and
-  `original_size` (pixels; None: the resolution) and `crop_top_left`
-  (pixels), SDXL's micro-conditioning.
+  Keys: those of the `sd` family (`sd_teacher.build`; the resolution
+  defaults to 1024), and `original_size` (pixels; None: the resolution)
+  and `crop_top_left` (pixels), SDXL's micro-conditioning.
   """
-  path = config.get("path")
-  if path and paths.is_remote(path):
-    if not paths.isdir(path):
-      raise SDError(f"teacher folder {path!r} does not exist")
-    path = paths.local_copy(path)  # read once into the local cache
-  unet_cfg = loading.check_folder(path)
-  table, native, options = sd_loading.schedule_config(path)
-  prediction = predictions.canonical_prediction(native)
-  wanted = config.get("prediction")
-  if wanted and predictions.canonical_prediction(wanted) != prediction:
-    raise SDError(
-      f"teacher.prediction={wanted!r} but {path}/scheduler says {native!r}"
-    )
-  parts = loading.parts(os.path.abspath(path))
-  resolution = int(config.get("resolution") or 1024)
-  factor = parts["vae_factor"]
-  if resolution % factor:
-    raise SDError(
-      f"teacher.resolution={resolution} is not divisible by the VAE's "
-      f"factor {factor}"
-    )
-  latent = resolution // factor
-  sample_shape = (latent, latent, int(unet_cfg.get("in_channels", 4)))
-  length = parts["tokenizer"].model_max_length
-  width = int(unet_cfg.get("cross_attention_dim", 2048))
-  pooled = parts["pooled_width"]
-  rows = -(-pooled // width)
-  condition = base.ConditionSpec("text", shape=(length + rows, width))
-  micro = (length, pooled, time_ids(config, resolution))
-  module = sd_teacher.SDUNet(
-    unet_cfg, dtype=dtype, attention=attention, micro=micro
+  return sd_teacher.build_from_folder(
+    config, LAYOUT, placement, dtype, attention
   )
-  abstract = sd_teacher.unet_params_abstract(
-    module, sample_shape, condition.shape
-  )
-  params = sd_loading.load_part(
-    os.path.join(path, "unet"),
-    nn.meta.unbox(abstract["unet"]),
-    "diffusion_flax_model.msgpack",
-    "diffusion_pytorch_model",
-    "UNet",
-  )
-  params = {"unet": params}
-  if placement is not None:
-    specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)
-    params = jax.device_put(params, placement(params, specs))
 
-  def encode(texts):
-    return sd_teacher.encode_prompts(parts, texts)
 
-  fields = base.text_teacher_fields(
-    config,
-    path,
-    module,
-    params,
-    table,
-    encode,
-    encoders=("text_encoder", "text_encoder_2"),
-  )
-  if parts["force_zeros"] and not config.get("negative_prompt"):
-    # The pipeline's unconditional branch for an empty negative prompt.
-    fields["null_embedding"] = jnp.zeros(condition.shape, jnp.float32)
-  return SDXLTeacher(
-    **fields,
-    prediction=prediction,
-    sample_shape=sample_shape,
-    condition=condition,
-    ddim_spacing=(options["spacing"], options["offset"]),
-    x0_fn=predictions.x0_processing(options, config.get("thresholding")),
-    parts=parts,
-    folder=os.path.abspath(path),
-    attention=attention,
-  )
+LAYOUT = sd_teacher.Layout(
+  check_folder=loading.check_folder,
+  parts=loading.parts,
+  teacher_cls=SDXLTeacher,
+  resolution=1024,
+  encoders=("text_encoder", "text_encoder_2"),
+  micro=time_ids,
+)

@@ -13,15 +13,13 @@ within 1e-3 and 1e-4 on [-1, 1] pixels (the acceptance bars).
 import json
 import shutil
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import perturbed_student
 
 from boot_jax import teachers, testing
-from boot_jax.config import defaults
-from boot_jax.distill import student as student_lib
 from boot_jax.teachers.sd import export, sd_teacher
 from boot_jax.teachers.sd import loading as sd_loading
 from boot_jax.teachers.sdxl import sdxl_teacher
@@ -142,21 +140,6 @@ def test_unet_and_guided_ddim_match_the_pipeline(folder):
   assert err <= 1e-3, err
 
 
-def _perturbed_student(teacher, guided):
-  config = defaults.base_config().student
-  student, params_fn = student_lib.build_student(
-    teacher, config, jax.random.key(0), guided=guided
-  )
-  params = jax.jit(params_fn)(teacher.params)
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  leaves = [
-    p + 0.02 * jax.random.normal(k, p.shape, p.dtype)
-    for p, k in zip(leaves, keys, strict=True)
-  ]
-  return student, jax.tree.unflatten(tree, leaves)
-
-
 @pytest.mark.slow
 def test_export_loads_in_the_xl_pipeline_and_one_step_matches(folder, tmp_path):
   """The exported folder loads in current `StableDiffusionXLPipeline`
@@ -168,7 +151,7 @@ def test_export_loads_in_the_xl_pipeline_and_one_step_matches(folder, tmp_path):
 
   path, _ = folder
   teacher = _teacher(path, original_size=32)
-  student, params = _perturbed_student(teacher, guided=True)
+  student, params = perturbed_student(teacher, guided=True)
   out = tmp_path / "export"
   meta = export.export_diffusers(
     str(path),
