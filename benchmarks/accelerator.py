@@ -71,9 +71,10 @@ TINY_UNET = dict(
 )
 
 
-def random_family(unet_config: dict):
-  """A teacher family like `teachers.sd` with random UNet weights and
-  zero prompt embeddings (`xla_memory.NoPrompts`)."""
+def random_family(unet_config: dict, materialize: bool = True):
+  """A teacher family like `teachers.sd` with random UNet weights (or,
+  without `materialize`, ShapeDtypeStructs of them: enough to compile)
+  and zero prompt embeddings (`xla_memory.NoPrompts`)."""
   width = int(unet_config["cross_attention_dim"])
 
   def build(config, placement=None, dtype=None, attention="auto"):
@@ -84,11 +85,16 @@ def random_family(unet_config: dict):
     x = jnp.zeros((1,) + sample_shape, jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
     c = jnp.zeros((1,) + shape, jnp.float32)
-    params = jax.jit(module.init)(jax.random.key(0), x, t, c)["params"]
-    params = nn.meta.unbox(params)
-    if placement is not None:
+    init = functools.partial(module.init, jax.random.key(0), x, t, c)
+    if not materialize:
+      params = nn.meta.unbox(jax.eval_shape(init)["params"])
       specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)
-      params = jax.device_put(params, placement(params, specs))
+      params = xla_memory.placed_abstract(params, placement(params, specs))
+    else:
+      params = nn.meta.unbox(jax.jit(init)()["params"])
+      if placement is not None:
+        specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)
+        params = jax.device_put(params, placement(params, specs))
     schedule = defaults.discrete_schedule(
       "scaled_linear", 1000, 0.00085, 0.012, set_alpha_to_one=False
     )
@@ -109,14 +115,16 @@ def random_family(unet_config: dict):
   return types.SimpleNamespace(build=build)
 
 
-def setup(per_device: int, tiny: bool):
+def setup(per_device: int, tiny: bool, materialize: bool = True):
   """`configs/sd15.py` as shipped around the random UNet, batch
   `per_device` on every local device."""
   c = recipes.sd_boot_config(resolution=64 if tiny else 512, prediction="eps")
   c.teacher.name = "sd_random"
   c.train.batch_size = per_device * jax.device_count()
   c.mesh.data, c.mesh.fsdp = -1, 1
-  family = random_family(TINY_UNET if tiny else xla_memory.SD15_UNET)
+  family = random_family(
+    TINY_UNET if tiny else xla_memory.SD15_UNET, materialize
+  )
   with mock.patch.dict(teachers.TEACHERS, {"sd_random": family}):
     return trainer.setup(c)
 
@@ -140,9 +148,13 @@ def flops_of(compiled) -> float:
 
 
 def step_row(per_device: int, timed: bool, repeats: int, tiny: bool, log):
-  s = setup(per_device, tiny)
-  state = s.init_state()
-  batch = s.draw(0, 0)
+  """The compiled step's memory and flops (and, when `timed`, its time);
+  untimed, nothing is allocated: the step is compiled from shapes."""
+  s = setup(per_device, tiny, materialize=timed)
+  if timed:
+    state, batch = s.init_state(), s.draw(0, 0)
+  else:
+    state, batch = s.abstract_state(), xla_memory.abstract_batch(s)
   t0 = time.perf_counter()
   compiled = s.train_step.lower(state, s.teacher.params, batch).compile()
   log(f"batch {per_device}/device: compiled in {time.perf_counter() - t0:.0f}s")

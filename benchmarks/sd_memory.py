@@ -32,8 +32,9 @@ Compiles are slow on a CPU (minutes each); results are cached in
 one row (a smoke test). `--refine` compiles the refinement phase's step
 (boot.refine) next to BOOT's for SD 1.5 at fsdp 1 and 8 and writes its
 own table; `--remat` the BOOT step under each `model.remat` policy;
-`--sdxl` SDXL's BOOT step at 1024 px (fsdp 4 and 8, batch 2 and 4 a
-device). The state table has SDXL's rows too.
+`--sdxl` SDXL's BOOT step at 1024 px (`--sdxl_rows`, fsdp x batch a
+device: 4x2, 4x4, 8x2 and 8x4 by default). The state table has SDXL's
+rows too.
 """
 
 from __future__ import annotations
@@ -153,8 +154,7 @@ XL_MODELS = {
   )
 }
 XL_POOLED = 1280
-XL_FSDPS = (4, 8)
-XL_BATCHES = (2, 4)
+XL_ROWS = "4x2,4x4,8x2,8x4"  # fsdp x batch a device
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 8, 1)]
 BATCHES = (4, 8, 16, 32)  # per device
 FSDPS = (1, 4, 8)
@@ -492,13 +492,14 @@ SDXL_BEGIN = "<!-- sdxl memory: begin -->"
 SDXL_END = "<!-- sdxl memory: end -->"
 
 
-def sdxl_section(cache: Cache) -> str:
-  """SDXL's BOOT step at 1024 px (`configs/sdxl.py` as shipped) per fsdp
-  and per-device batch, against the 80 GB card."""
+def sdxl_section(cache: Cache, rows: str = XL_ROWS) -> str:
+  """SDXL's BOOT step at 1024 px (`configs/sdxl.py` as shipped) for each
+  `fsdp x batch` of `rows`, against the 80 GB card."""
   gib = lambda b: f"{b / GIB:.2f}"  # noqa: E731
   lines = [
     SDXL_BEGIN,
-    _command("--sdxl") + " The BOOT step of `configs/sdxl.py` as shipped "
+    _command("--sdxl" + ("" if rows == XL_ROWS else f" --sdxl_rows {rows}"))
+    + " The BOOT step of `configs/sdxl.py` as shipped "
     "(1024 px, 128x128 latents, bf16 compute, remat, guidance inside the "
     "teacher, EMA) around SDXL base's UNet (2.6B parameters), GiB per "
     "device; 'fits 80 GB' holds when the total is at most 90% of 80e9 "
@@ -508,16 +509,16 @@ def sdxl_section(cache: Cache) -> str:
     "temporaries / example | fits 80 GB | compile s |",
     "|---|---|---|---|---|---|---|---|---|",
   ]
-  for fsdp in XL_FSDPS:
-    for b in XL_BATCHES:
-      key = step_key(SDXL, 1024, fsdp, b)
-      r = cache.get(key, compile_step, SDXL, 1024, fsdp, b)
-      fits = "yes" if r["total"] <= USABLE * 80e9 else "no"
-      lines.append(
-        f"| {fsdp} | {b} | {gib(r['argument'])} | {gib(r['output'])} | "
-        f"{gib(r['temp'])} | **{gib(r['total'])}** | {gib(r['temp'] / b)} | "
-        f"{fits} | {r['compile_s']:.0f} |"
-      )
+  for row in rows.split(","):
+    fsdp, b = (int(v) for v in row.split("x"))
+    key = step_key(SDXL, 1024, fsdp, b)
+    r = cache.get(key, compile_step, SDXL, 1024, fsdp, b)
+    fits = "yes" if r["total"] <= USABLE * 80e9 else "no"
+    lines.append(
+      f"| {fsdp} | {b} | {gib(r['argument'])} | {gib(r['output'])} | "
+      f"{gib(r['temp'])} | **{gib(r['total'])}** | {gib(r['temp'] / b)} | "
+      f"{fits} | {r['compile_s']:.0f} |"
+    )
   lines.append(SDXL_END)
   return "\n".join(lines) + "\n"
 
@@ -736,10 +737,20 @@ def main():
     action="store_true",
     help="only SDXL's BOOT step at 1024 px per fsdp and batch",
   )
+  p.add_argument(
+    "--sdxl_rows",
+    default=XL_ROWS,
+    help="with --sdxl: the fsdp x per-device batch rows to compile",
+  )
   args = p.parse_args()
   cache = Cache(args.cache)
   for wanted, section, begin, end in (
-    (args.sdxl, sdxl_section, SDXL_BEGIN, SDXL_END),
+    (
+      args.sdxl,
+      functools.partial(sdxl_section, rows=args.sdxl_rows),
+      SDXL_BEGIN,
+      SDXL_END,
+    ),
     (args.remat, remat_section, REMAT_BEGIN, REMAT_END),
     (args.refine, refine_section, REFINE_BEGIN, REFINE_END),
   ):
