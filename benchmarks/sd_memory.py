@@ -32,6 +32,7 @@ Compiles are slow on a CPU (minutes each); results are cached in
 one row (a smoke test). `--refine` compiles the refinement phase's step
 (boot.refine) next to BOOT's for SD 1.5 at fsdp 1 and 8 and writes its
 own table; `--remat` the BOOT step under each `model.remat` policy;
+`--state` writes the state table alone (nothing compiled);
 `--sdxl` SDXL's BOOT step at 1024 px (`--sdxl_rows`, fsdp x batch a
 device: 4x2, 4x4, 8x2 and 8x4 by default). The state table has SDXL's
 rows too.
@@ -697,9 +698,10 @@ def state_section() -> str:
     "\n".join(
       [
         BEGIN,
-        "Command: `python benchmarks/sd_memory.py --write` (shard shapes on "
-        f"8 fake CPU devices, jax {jax.__version__}, {DATE}). GiB per "
-        "device, float32, activations excluded.",
+        "Command: `python benchmarks/sd_memory.py --state --write` (shard "
+        f"shapes on 8 fake CPU devices, jax {jax.__version__}, "
+        f"{datetime.date.today().isoformat()}). GiB per device, float32, "
+        "activations excluded.",
         "",
         "| UNet | params | mesh | student params + AdamW + EMA | teacher "
         "replicated | teacher over fsdp |",
@@ -738,6 +740,11 @@ def main():
     help="only SDXL's BOOT step at 1024 px per fsdp and batch",
   )
   p.add_argument(
+    "--state",
+    action="store_true",
+    help="only the parameter-state table (shard shapes; nothing compiled)",
+  )
+  p.add_argument(
     "--sdxl_rows",
     default=XL_ROWS,
     help="with --sdxl: the fsdp x per-device batch rows to compile",
@@ -766,6 +773,12 @@ def main():
     return
   if args.quick:
     cache.get(step_key(SD15, 512, 1, 4), compile_step, SD15, 512, 1, 4)
+    return
+  if args.state:
+    state = state_section()
+    print(state)
+    if args.write:
+      demo.write_section(DOC, state, BEGIN, END)
     return
   batches = sorted(int(b) for b in args.batches.split(","))
   if batches[0] != BATCHES[0] or batches[-1] != BATCHES[-1]:
