@@ -1,13 +1,13 @@
 """Diffusion math: prediction conversions and DDIM steps.
 
-Everything here is pure and jittable. Network outputs in any of the three
-parameterisations (eps, v, x0) are read as the pair `(x0_hat, eps_hat)` and
-written back; the deterministic DDIM step is given in x space and in signal
-space (`y_t = (x_t - sigma_t eps) / alpha_t`), and `ddim_sample` runs it
-over a timestep grid. The noise schedules themselves (DDPM tables, VP
-schedules, `make_schedule`) are in `boot_jax.schedules` and re-exported here,
-so `diffusion.DiscreteSchedule` and the like keep working; docs/method.md
-gives the equations.
+Everything here is pure and jittable. Network outputs in any of the four
+parameterisations (eps, v, x0, flow) are read as the pair `(x0_hat,
+eps_hat)` and written back; the deterministic DDIM step is given in x
+space and in signal space (`y_t = (x_t - sigma_t eps) / alpha_t`), and
+`ddim_sample` runs it over a timestep grid. The noise schedules themselves
+(DDPM tables, VP schedules, the rectified flow, `make_schedule`) are in
+`boot_jax.schedules` and re-exported here, so `diffusion.DiscreteSchedule`
+and the like keep working; docs/method.md gives the equations.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ __all__ = [
   "ddim_sample",
 ]
 
-PREDICTIONS = ("eps", "v", "x0")
+PREDICTIONS = ("eps", "v", "x0", "flow")
 # diffusers spells prediction types differently; accept both.
 _PREDICTION_ALIASES = {
   "epsilon": "eps",
@@ -61,11 +61,15 @@ _PREDICTION_ALIASES = {
   "v": "v",
   "sample": "x0",
   "x0": "x0",
+  # A flow-matching network's velocity `eps - x0` (SD3, FLUX).
+  "flow": "flow",
+  "flow_prediction": "flow",
 }
 
 
 def canonical_prediction(name: str) -> str:
-  """Maps diffusers' and our prediction names onto 'eps', 'v' or 'x0'."""
+  """Maps diffusers' and our prediction names onto 'eps', 'v', 'x0' or
+  'flow'."""
   try:
     return _PREDICTION_ALIASES[name]
   except KeyError:
@@ -92,6 +96,10 @@ def x0_eps_from_output(output, x_t, alpha, sigma, prediction: str):
   * v (`v = alpha eps - sigma x0`): `x0 = alpha x_t - sigma v`,
     `eps = sigma x_t + alpha v`.
   * x0: `eps = (x_t - alpha x0) / sigma`.
+  * flow (the velocity `u = eps - x0` of a flow-matching network):
+    `x0 = (x_t - sigma u) / (alpha + sigma)`, `eps = (x_t + alpha u) /
+    (alpha + sigma)`; on the rectified flow (`alpha + sigma = 1`) the
+    DDIM step to s is then exactly the Euler step `x_t + (s - t) u`.
 
   Both members are computed directly from the output, never one from the
   other, which keeps them as accurate as diffusers' scheduler.
@@ -103,6 +111,9 @@ def x0_eps_from_output(output, x_t, alpha, sigma, prediction: str):
     return alpha * x_t - sigma * output, sigma * x_t + alpha * output
   if prediction == "x0":
     return output, (x_t - alpha * output) / sigma
+  if prediction == "flow":
+    total = alpha + sigma
+    return (x_t - sigma * output) / total, (x_t + alpha * output) / total
   raise ValueError(f"unknown prediction type {prediction!r}")
 
 
@@ -115,6 +126,8 @@ def output_from_x0_eps(x0, eps, alpha, sigma, prediction: str):
     return alpha * eps - sigma * x0
   if prediction == "x0":
     return x0
+  if prediction == "flow":
+    return eps - x0
   raise ValueError(f"unknown prediction type {prediction!r}")
 
 
@@ -170,7 +183,7 @@ def ddim_step(
     output: `[B, ...]` the model's native output at `(x_t, t)`.
     t: `[B]` or scalar current times.
     s: `[B]` or scalar target times (`s < t`; the clean end allowed).
-    prediction: 'eps', 'v' or 'x0'.
+    prediction: 'eps', 'v', 'x0' or 'flow'.
     x0_fn: None, or `x0_hat -> x0_hat'` applied to the clean estimate only
       (the noise estimate is kept), as diffusers' `DDIMScheduler` clips or
       thresholds it.

@@ -8,8 +8,9 @@ clean end to the noise end `T`. Two families of schedules share one interface:
   Stable Diffusion and DeepFloyd IF. Times are integer timesteps; the extra
   time `-1` is the clean end of DDIM sampling, whose `alphas_cumprod` is 1
   (`set_alpha_to_one=True`) or `alphas_cumprod[0]`.
-* `ContinuousSchedule`: closed-form VP schedules (cosine, linear) on
-  `t in [0, 1]`.
+* `ContinuousSchedule`: closed-form schedules on `t in [0, 1]`: VP
+  (cosine, linear) and the rectified flow `x_t = (1 - t) x_0 + t eps`
+  (Stable Diffusion 3's and FLUX's path, with its time shift).
 
 Both give `alpha`, `sigma` and the descending DDIM `timesteps`; `lambda_` is
 the negative half log-SNR `log(sigma / alpha)` for any array of times, and
@@ -192,25 +193,37 @@ class DiscreteSchedule:
     return ts.astype(np.int64)
 
 
-_CONTINUOUS_KINDS = ("cosine", "linear")
+_CONTINUOUS_KINDS = ("cosine", "linear", "rectified_flow")
+
+
+def shift_time(t, shift: float):
+  """SD3's time shift `shift t / (1 + (shift - 1) t)`: more of a sampler's
+  steps at high noise for `shift > 1`; 0 and 1 stay fixed."""
+  return shift * t / (1.0 + (shift - 1.0) * t)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ContinuousSchedule:
-  """A closed-form VP schedule on `t in [0, 1]`.
+  """A closed-form schedule on `t in [0, 1]`.
 
   * cosine: `alpha(t) = cos(pi/2 (t + s)/(1 + s)) / cos(pi/2 s/(1 + s))`,
     `s = 0.008`; `alpha(1) = 0`, `alpha(0) = 1`.
   * linear (VP-SDE): `log alpha(t) = -(b1 - b0) t^2 / 4 - b0 t / 2` with
     `b0 = 0.1`, `b1 = 20`.
+  * rectified_flow: `alpha(t) = 1 - t`, `sigma(t) = t` (not variance
+    preserving); `t` is diffusers' sigma, the network's timestep `1000 t`.
 
-  `sigma = sqrt(1 - alpha^2)` in both.
+  `sigma = sqrt(1 - alpha^2)` in the VP ones.
   """
 
   name: str = "cosine"
   beta_min: float = 0.1
   beta_max: float = 20.0
   cosine_s: float = 0.008
+  # rectified_flow: the sampler's time shift (SD3: 3.0) and the training
+  # steps of the scheduler it follows (its smallest time is 1 / steps).
+  shift: float = 1.0
+  num_train_steps: int = 1000
 
   kind = "continuous"
 
@@ -232,6 +245,8 @@ class ContinuousSchedule:
       phi0 = 0.5 * math.pi * s / (1.0 + s)
       alpha = jnp.clip(jnp.cos(phi) / math.cos(phi0), 0.0, 1.0)
       sigma = jnp.sqrt(jnp.clip(1.0 - alpha**2, 0.0, 1.0))
+    elif self.name == "rectified_flow":
+      alpha, sigma = 1.0 - t, t
     else:
       b0, b1 = self.beta_min, self.beta_max
       log_alpha = -0.25 * t**2 * (b1 - b0) - 0.5 * t * b0
@@ -240,9 +255,18 @@ class ContinuousSchedule:
     return alpha, sigma
 
   def timesteps(self, num_steps: int, spacing: str = "uniform") -> np.ndarray:
-    """Descending times `1, 1 - 1/n, ..., 1/n` (the clean end 0 excluded)."""
+    """Descending times `1, 1 - 1/n, ..., 1/n` (the clean end 0 excluded).
+
+    rectified_flow: the times of diffusers' `FlowMatchEulerDiscreteScheduler`
+    (SD3's sampler): `shift_time(linspace(1, t_min, n))` with `t_min =
+    shift_time(1 / num_train_steps)`, in float32 as it computes them.
+    """
     if num_steps <= 0:
       raise ValueError(f"DDIM needs at least one step, got {num_steps}")
+    if self.name == "rectified_flow":
+      t_min = shift_time(np.float32(1.0 / self.num_train_steps), self.shift)
+      ts = np.linspace(1.0, t_min, num_steps, dtype=np.float32)
+      return shift_time(ts, np.float32(self.shift)).astype(np.float64)
     if spacing not in ("uniform", "trailing"):
       raise ValueError(
         f"continuous schedules support 'uniform' spacing, got {spacing!r}"
@@ -264,7 +288,8 @@ def make_schedule(config) -> Schedule:
 
   Keys: `type` ('discrete' or 'continuous'); for discrete `beta_schedule`,
   `num_train_steps`, `beta_start`, `beta_end`, `set_alpha_to_one`; for
-  continuous `name` ('cosine' or 'linear').
+  continuous `name` ('cosine', 'linear' or 'rectified_flow', with
+  `shift` and `num_train_steps`).
   """
   if config.type == "discrete":
     return DiscreteSchedule.named(
@@ -275,6 +300,12 @@ def make_schedule(config) -> Schedule:
       set_alpha_to_one=config.set_alpha_to_one,
     )
   if config.type == "continuous":
+    if config.name == "rectified_flow":
+      return ContinuousSchedule(
+        config.name,
+        shift=float(config.get("shift") or 1.0),
+        num_train_steps=int(config.get("num_train_steps") or 1000),
+      )
     return ContinuousSchedule(config.name)
   raise ValueError(
     f"unknown schedule type {config.type!r}; expected discrete or continuous"
