@@ -154,11 +154,11 @@ def _program_help() -> str:
   return "\n\n".join([main, *(h for h in shared if h.strip())])
 
 
-# `--config.KEY=None` (or none, null): set KEY to None. ml_collections
+# `--config.KEY=None` (or null): set KEY to None. ml_collections
 # parses an override by the type of the key's value, so a float key cannot
 # be unset from the command line by itself; these overrides are taken out
 # before absl parses and applied by `config_value`.
-_NONE_WORDS = ("None", "none", "null")
+_NONE_WORDS = ("None", "null")
 _none_keys: list[str] = []
 
 
