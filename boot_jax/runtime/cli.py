@@ -9,6 +9,7 @@ import re
 import sys
 
 from absl import app, flags, logging
+from ml_collections.config_dict import FieldReference
 
 
 def fail(message: str, code: int = 2):
@@ -180,6 +181,11 @@ def _set_none(config, key: str) -> None:
     node = node.get(part) if hasattr(node, "get") else None
   if not hasattr(node, "keys") or last not in node.keys():
     fail(f"unknown config key {key!r} in --config.{key}=None")
+  # Optional keys are declared as placeholders (a typed FieldReference) or
+  # hold None; any other key needs a value.
+  field = getattr(node, "_fields", {}).get(last)
+  if node[last] is not None and not isinstance(field, FieldReference):
+    fail(f"--config.{key}=None: {key} is not optional, it needs a value")
   node[last] = None
 
 

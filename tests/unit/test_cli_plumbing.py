@@ -110,14 +110,14 @@ from boot_jax.runtime import cli
 f = config_flags.DEFINE_config_file("config")
 cli.parse_flags(sys.argv)
 c = cli.config_value(f)
-print(c.boot.guidance, c.boot.guidance_range, c.optim.lr)
+print(c.boot.guidance, c.boot.guidance_range, c.teacher.thresholding)
 """
 
 
 def test_config_keys_can_be_set_to_none():
-  """`--config.KEY=None` unsets a key of any type (ml_collections alone
-  parses "None" as the key's type and fails for a float); an unknown key
-  is one line."""
+  """`--config.KEY=None` unsets an optional key (ml_collections alone
+  parses "None" as the key's type and fails for a float); an unknown or
+  required key is one line."""
 
   def run(*args):
     return subprocess.run(
@@ -129,12 +129,21 @@ def test_config_keys_can_be_set_to_none():
     )
 
   proc = run(
-    "--config.boot.guidance=None",
+    "--config.boot.guidance=null",
     "--config.boot.guidance_range=(2.0, 8.0)",
-    "--config.optim.lr=null",
+    "--config.teacher.thresholding=None",
   )
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.split() == ["None", "(2.0,", "8.0)", "None"]
+  # A key that is not optional (an int with a value) is refused in one
+  # line, not left to fail later.
+  proc = run("--config.train.batch_size=None")
+  lines = [x for x in proc.stderr.splitlines() if x.strip()]
+  assert proc.returncode != 0
+  assert lines == [
+    "error: --config.train.batch_size=None: train.batch_size is not "
+    "optional, it needs a value"
+  ], proc.stderr
   proc = run("--config.boot.nope=None")
   lines = [x for x in proc.stderr.splitlines() if x.strip()]
   assert proc.returncode != 0
