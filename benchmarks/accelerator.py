@@ -49,9 +49,7 @@ import train_step  # noqa: E402  (PEAK_FLOPS)
 import xla_memory  # noqa: E402
 
 from boot_jax import teachers
-from boot_jax.config import defaults, recipes
-from boot_jax.diffusion import predictions, schedules
-from boot_jax.teachers import base
+from boot_jax.config import recipes
 from boot_jax.teachers.sd import sd_teacher
 from boot_jax.training import loop, trainer
 
@@ -95,21 +93,13 @@ def random_family(unet_config: dict, materialize: bool = True):
       if placement is not None:
         specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)
         params = jax.device_put(params, placement(params, specs))
-    schedule = defaults.discrete_schedule(
-      "scaled_linear", 1000, 0.00085, 0.012, set_alpha_to_one=False
-    )
-    return sd_teacher.SDTeacher(
-      name="sd",
-      apply=base.module_apply(module),
-      params=params,
-      schedule=schedules.make_schedule(schedule),
-      prediction=predictions.canonical_prediction(config.prediction),
-      sample_shape=sample_shape,
-      condition=teachers.ConditionSpec("text", shape=shape),
-      module=module,
-      null_embedding=jnp.zeros(shape, jnp.float32),
-      ddim_spacing=("leading", 1),
-      prompt_loader=functools.partial(xla_memory.NoPrompts, width),
+    return xla_memory.sd_teacher(
+      module,
+      params,
+      config.prediction,
+      sample_shape,
+      shape,
+      sd_teacher.SDTeacher,
     )
 
   return types.SimpleNamespace(build=build)

@@ -67,14 +67,11 @@ import optax  # noqa: E402
 
 from boot_jax import teachers  # noqa: E402
 from boot_jax.config import (
-  defaults,  # noqa: E402
   recipes,
 )
-from boot_jax.diffusion import predictions, schedules  # noqa: E402
 from boot_jax.distill import state as state_lib  # noqa: E402
 from boot_jax.models import clip_text  # noqa: E402
 from boot_jax.runtime import sharding  # noqa: E402
-from boot_jax.teachers import base  # noqa: E402
 from boot_jax.teachers.sd import sd_teacher  # noqa: E402
 from boot_jax.teachers.sdxl import sdxl_teacher  # noqa: E402
 from boot_jax.training import trainer  # noqa: E402
@@ -233,24 +230,11 @@ def _abstract_family(unet_config: dict, width: int):
     )
     specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), params)
     params = xla_memory.placed_abstract(params, placement(params, specs))
-    schedule = defaults.discrete_schedule(
-      "scaled_linear", 1000, 0.00085, 0.012, set_alpha_to_one=False
-    )
     cls = sd_teacher.SDTeacher
     if module.micro is not None:
       cls = sdxl_teacher.SDXLTeacher
-    return cls(
-      name="sd",
-      apply=base.module_apply(module),
-      params=params,
-      schedule=schedules.make_schedule(schedule),
-      prediction=predictions.canonical_prediction(config.prediction),
-      sample_shape=sample_shape,
-      condition=condition,
-      module=module,
-      null_embedding=jnp.zeros(shape, jnp.float32),
-      ddim_spacing=("leading", 1),
-      prompt_loader=functools.partial(xla_memory.NoPrompts, width, shape[0]),
+    return xla_memory.sd_teacher(
+      module, params, config.prediction, sample_shape, shape, cls
     )
 
   return types.SimpleNamespace(build=build)

@@ -45,6 +45,37 @@ class NoPrompts:
     return np.zeros((len(indices),) + self.shape, np.float32)
 
 
+def sd_teacher(module, params, prediction: str, sample_shape, shape, cls):
+  """A teacher of class `cls` (SD's or SDXL's) around `module` and its
+  `params` (arrays or ShapeDtypeStructs): SD's noise table and DDIM
+  spacing, zero null condition, `NoPrompts` of the condition's `shape`."""
+  import functools  # noqa: PLC0415
+
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from boot_jax import teachers  # noqa: PLC0415
+  from boot_jax.config import defaults  # noqa: PLC0415
+  from boot_jax.diffusion import predictions, schedules  # noqa: PLC0415
+  from boot_jax.teachers import base  # noqa: PLC0415
+
+  schedule = defaults.discrete_schedule(
+    "scaled_linear", 1000, 0.00085, 0.012, set_alpha_to_one=False
+  )
+  return cls(
+    name="sd",
+    apply=base.module_apply(module),
+    params=params,
+    schedule=schedules.make_schedule(schedule),
+    prediction=predictions.canonical_prediction(prediction),
+    sample_shape=tuple(sample_shape),
+    condition=teachers.ConditionSpec("text", shape=tuple(shape)),
+    module=module,
+    null_embedding=jnp.zeros(shape, jnp.float32),
+    ddim_spacing=("leading", 1),
+    prompt_loader=functools.partial(NoPrompts, shape[1], shape[0]),
+  )
+
+
 def placed_abstract(tree, shardings):
   """ShapeDtypeStructs of `tree`'s leaves carrying `shardings`."""
   return jax.tree.map(
