@@ -26,10 +26,13 @@ from boot_jax.sampling import inference
 from boot_jax.training import logs, loop, teacher_run, trainer
 
 
-def sample_grid_fn(setup: trainer.Setup, config, workdir: str):
+def sample_grid_fn(
+  setup: trainer.Setup, config, workdir: str, printer=lambda line: None
+):
   """An `evaluate` hook: the student's one step on fixed noise, as a PNG.
 
-  None for vector data (there is no picture to draw).
+  None for vector data (there is no picture to draw). `printer` gets a
+  line before each part (the teacher's grid can take minutes).
   """
   if not setup.teacher.is_image:
     return None
@@ -93,12 +96,17 @@ def sample_grid_fn(setup: trainer.Setup, config, workdir: str):
   def hook(step, state):
     nonlocal teacher_fn
     params = loop.params_for_sampling(state)
+    printer(f"step {step}: the student's grid ({num} images)")
     out = one_step(params, eps, cond, num)
     scored_images = None
     if scorer is not None:  # every process samples (the step is sharded)
       scored_images = one_step(params, scored[0], scored[1], n_scored)
     teacher = None
     if teacher_fn is not None:
+      printer(
+        f"step {step}: the teacher's DDIM-{len(ts)} grid on the same noise "
+        f"({num} images, once per work directory)"
+      )
       tp = setup.teacher.params
       teacher = np.concatenate(
         [
@@ -162,7 +170,12 @@ def _train_locked(config, workdir: str, printer) -> dict:
     init_state=setup.init_state,
     step_fn=setup.step_fn,
     items=lambda st: {"state": st},
-    evaluate=sample_grid_fn(setup, config, workdir),
+    evaluate=sample_grid_fn(
+      setup,
+      config,
+      workdir,
+      printer if sharding.is_lead() else lambda line: None,
+    ),
     printer=printer,
     sync=sharding.needs_step_sync(setup.mesh),
     total_steps=refine.total_steps(config),
