@@ -1,14 +1,16 @@
 r"""Runs the README's demo from scratch and writes docs/BENCHMARKS.md.
 
     python benchmarks/demo.py [--workdir /tmp/boot_demo] [--keep] \
-      [--inception inception_fid.safetensors] [--boot]
+      [--inception inception_fid.safetensors] [--boot | --flow]
 
 Times the demo command (configs/digits.py: BOOT, then the refinement
-phase; `--boot`: configs/digits.py:boot, BOOT alone; teacher training
-included) in a fresh work directory, reads its eval.json, checks the
-quality and speed bars, copies the student's final sample grid to
-docs/demo_refine_samples.png (docs/demo_samples.png with `--boot`) and
-writes the table with the command, the machine and the date. With
+phase; `--boot`: configs/digits.py:boot, BOOT alone; `--flow`:
+configs/digits_flow.py, the demo on a teacher trained by flow matching;
+teacher training included) in a fresh work directory, reads its
+eval.json, checks the quality and speed bars, copies the student's final
+sample grid to docs/ (demo_refine_samples.png, demo_samples.png,
+demo_flow_samples.png) and writes the table with the command, the
+machine and the date. With
 `--inception` (the FID Inception's weights, docs/evaluation.md) it then
 re-evaluates the run with Inception metrics against the 1,797 digits
 (untimed: not part of the demo) and fills the table's Inception FID
@@ -18,6 +20,7 @@ column; without them the column says what it needs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import glob
 import json
@@ -45,7 +48,52 @@ REFINE_BEGIN = "<!-- demo-refine: begin -->"
 REFINE_END = "<!-- demo-refine: end -->"
 
 
-def run_demo(workdir: str, config: str = "configs/digits.py") -> float:
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One demo: its config, its section of BENCHMARKS.md, its bars."""
+
+  config: str
+  title: str
+  begin: str
+  end: str
+  samples: str  # the student's grid, copied into docs/
+  refine: bool  # BOOT, then the refinement phase
+  flow: bool = False  # a flow-matching teacher: its DDIM is Euler
+
+
+VARIANTS = {
+  "refine": Variant(
+    "configs/digits.py",
+    "The demo: BOOT, then the refinement phase, on 8x8 digits "
+    "(configs/digits.py)",
+    REFINE_BEGIN,
+    REFINE_END,
+    "demo_refine_samples.png",
+    refine=True,
+  ),
+  "boot": Variant(
+    "configs/digits.py:boot",
+    "BOOT alone on 8x8 digits (configs/digits.py:boot)",
+    SECTION_BEGIN,
+    SECTION_END,
+    "demo_samples.png",
+    refine=False,
+  ),
+  "flow": Variant(
+    "configs/digits_flow.py",
+    "The demo on a flow-matching teacher (configs/digits_flow.py)",
+    "<!-- demo-flow: begin -->",
+    "<!-- demo-flow: end -->",
+    "demo_flow_samples.png",
+    refine=True,
+    flow=True,
+  ),
+}
+
+
+def run_demo(
+  workdir: str, config: str = "configs/digits.py", *overrides: str
+) -> float:
   cmd = [
     sys.executable,
     "-m",
@@ -54,6 +102,7 @@ def run_demo(workdir: str, config: str = "configs/digits.py") -> float:
     config,
     "--workdir",
     workdir,
+    *overrides,
   ]
   t0 = time.perf_counter()
   subprocess.run(cmd, check=True, cwd=ROOT)
@@ -72,6 +121,58 @@ def inception_evaluation(workdir: str, weights: str) -> float:
   ):  # fmt: skip
     subprocess.run([sys.executable, "-m", *cmd], check=True, cwd=ROOT)
   return time.perf_counter() - t0
+
+
+def flow_bars(
+  report: dict, boot_fid: float | None
+) -> list[tuple[str, bool, str]]:
+  """The flow demo's bars: BOOT's student (the evaluation at the end of
+  BOOT, `boot_fid`) within 1.5x the teacher's Euler-50, the refined one
+  within 1.1x, one step 30x as fast."""
+  s = report["samplers"]
+  student, euler50 = s["student 1 step"], s["teacher DDIM 50"]
+  ratio = student["fid"] / euler50["fid"]
+  speed = student["images_per_s"] / euler50["images_per_s"]
+  rows = []
+  if boot_fid is not None:
+    boot_ratio = boot_fid / euler50["fid"]
+    rows.append(
+      (
+        "BOOT's student FID <= 1.5 x teacher Euler-50 FID",
+        boot_ratio <= 1.5,
+        f"{boot_fid:.2f} vs {euler50['fid']:.2f} ({boot_ratio:.2f}x)",
+      )
+    )
+  return rows + [
+    (
+      "refined student FID <= 1.1 x teacher Euler-50 FID",
+      ratio <= 1.1,
+      f"{student['fid']:.2f} vs {euler50['fid']:.2f} ({ratio:.2f}x)",
+    ),
+    (
+      "one step >= 30 x the images/s of Euler-50",
+      speed >= 30,
+      f"{speed:.1f}x",
+    ),
+  ]
+
+
+def boot_alone_fid(workdir: str, config: str) -> float:
+  """BOOT alone (`config`:boot) on the teacher the timed run trained, in a
+  work directory beside it (untimed): its student's FID-digits."""
+  boot_dir = workdir.rstrip("/") + "_boot"
+  if os.path.exists(boot_dir):
+    guards.check_workdir(boot_dir)  # only a work directory is removed
+    shutil.rmtree(boot_dir)
+  run_demo(
+    boot_dir,
+    f"{config}:boot",
+    f"--config.teacher.path={os.path.join(workdir, 'teacher')}",
+  )
+  with open(os.path.join(boot_dir, "eval.json"), encoding="utf-8") as f:
+    fid = json.load(f)["samplers"]["student 1 step"]["fid"]
+  shutil.rmtree(boot_dir)
+  return float(fid)
 
 
 def bars(
@@ -163,15 +264,23 @@ def ordered(names) -> list[str]:
 
 
 def markdown(
-  report, seconds, command, bar_rows, refine=False, pixels=None
+  report, seconds, command, bar_rows, variant=VARIANTS["boot"], pixels=None
 ) -> str:
+  flow_note = []
+  if variant.flow:
+    flow_note = [
+      "The teacher predicts the velocity `eps - x0` of the rectified flow "
+      "`x_t = (1 - t) x0 + t eps`, trained by flow matching "
+      "(configs/digits_teacher.py:flow); its DDIM rows are its Euler "
+      "sampler (the same step on this path, docs/method.md), at the "
+      "times of diffusers' FlowMatchEulerDiscreteScheduler.",
+      "",
+    ]
   lines = [
-    REFINE_BEGIN if refine else SECTION_BEGIN,
-    "## The demo: BOOT, then the refinement phase, on 8x8 digits "
-    "(configs/digits.py)"
-    if refine
-    else "## BOOT alone on 8x8 digits (configs/digits.py:boot)",
+    variant.begin,
+    f"## {variant.title}",
     "",
+    *flow_note,
     f"Command: `{command}` (fresh work directory, teacher training included)",
     "",
     f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores",
@@ -213,7 +322,7 @@ def markdown(
   lines += ["", "| bar | met | measured |", "|---|---|---|"]
   for name, ok, measured in bar_rows:
     lines.append(f"| {name} | {'yes' if ok else '**no**'} | {measured} |")
-  lines += ["", REFINE_END if refine else SECTION_END]
+  lines += ["", variant.end]
   return "\n".join(lines) + "\n"
 
 
@@ -275,14 +384,21 @@ def main():
     default=None,
     help="FID Inception weights (.safetensors): fills the Inception column",
   )
-  parser.add_argument(
+  which = parser.add_mutually_exclusive_group()
+  which.add_argument(
     "--boot",
     action="store_true",
     help="run configs/digits.py:boot (BOOT alone) instead of the demo",
   )
+  which.add_argument(
+    "--flow",
+    action="store_true",
+    help="run configs/digits_flow.py (a flow-matching teacher), then its "
+    ":boot variant on the same teacher (untimed)",
+  )
   args = parser.parse_args()
-  args.refine = not args.boot
-  config = "configs/digits.py" + ("" if args.refine else ":boot")
+  variant = VARIANTS["boot" if args.boot else "flow" if args.flow else "refine"]
+  config = variant.config
   if args.inception and not os.path.isfile(args.inception):
     parser.error(f"--inception {args.inception} does not exist")
   if args.rerender is None:
@@ -299,17 +415,20 @@ def main():
     report = json.load(f)
   grids = sorted(glob.glob(os.path.join(args.workdir, "samples", "student_*")))
   if grids:
-    name = "demo_refine_samples.png" if args.refine else "demo_samples.png"
-    shutil.copy(grids[-1], ROOT / "docs" / name)
+    shutil.copy(grids[-1], ROOT / "docs" / variant.samples)
   command = (
     f"python -m boot_jax.train --config {config} --workdir /tmp/boot_digits"
   )
-  rows = bars(report, args.refine, seconds)
+  if variant.flow:
+    rows = flow_bars(report, boot_alone_fid(args.workdir, config))
+  else:
+    rows = bars(report, variant.refine, seconds)
   pixels = pixel_distances(args.workdir)
   write_section(
     pathlib.Path(args.out),
-    markdown(report, seconds, command, rows, args.refine, pixels),
-    *((REFINE_BEGIN, REFINE_END) if args.refine else ()),
+    markdown(report, seconds, command, rows, variant, pixels),
+    variant.begin,
+    variant.end,
   )
   for name, ok, measured in rows:
     print(f"{'PASS' if ok else 'MISS'}  {name}: {measured}")

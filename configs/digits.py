@@ -22,15 +22,8 @@ Variants (the part after ':'):
 
 from boot_jax.config import recipes
 
-ARGS = ("", "refine", "boot")
-REFINE_STEPS = 600
+ARGS = recipes.DEMO_ARGS
 
 
 def get_config(arg: str = ""):
-  if arg not in ARGS:
-    raise ValueError(f"unknown digits variant {arg!r}; expected {ARGS}")
-  c = recipes.digits_boot_config("digits")
-  if arg != "boot":
-    c.boot.refine = True
-    c.refine.steps = REFINE_STEPS
-  return c
+  return recipes.digits_demo_config("digits", arg)

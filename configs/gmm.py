@@ -10,6 +10,10 @@ Presets (the part after ':'):
   circle_cond  circle, class-conditional, classifier-free guidance w = 2.
   circle_guided  circle_cond's teacher with a guidance-conditioned student:
                w drawn per example from [0.5, 4.5], evaluated at w = 1, 2, 4.
+  circle_flow  the circle under the rectified flow `x_t = (1 - t) x_0 +
+               t eps` (SD3's and FLUX's path; docs/method.md): the teacher
+               samples by Euler steps. Any preset takes it with
+               --config.teacher.schedule=rectified_flow.
   sweepI       the circle's settings on random mixture I (I >= 0) of
                `recipes.sweep_mixture`: 2-D or 8-D, 4 to 16 components of
                unequal stds and weights (benchmarks/mixture_sweep.py).

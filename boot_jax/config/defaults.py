@@ -52,6 +52,8 @@ def discrete_schedule(
   beta_end: float = 0.02,
   set_alpha_to_one: bool = True,
 ) -> ml_collections.ConfigDict:
+  """A schedule section holding a DDPM table (`named_schedule` turns it
+  into another schedule; `diffusion.make_schedule` reads it)."""
   return ml_collections.ConfigDict(
     dict(
       type="discrete",
@@ -60,9 +62,47 @@ def discrete_schedule(
       beta_start=beta_start,
       beta_end=beta_end,
       set_alpha_to_one=set_alpha_to_one,
+      # Continuous schedules: 'cosine', 'linear' or 'rectified_flow'.
       name="",
+      # rectified_flow: the sampler's time shift (None: 1, no shift).
+      shift=placeholder(float),
     )
   )
+
+
+# What `--config.teacher.schedule=NAME` (and `--config.diffusion.schedule`)
+# may name: the DDPM tables (their beta range stays the section's) and the
+# continuous paths (docs/method.md).
+DISCRETE_SCHEDULE_NAMES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+CONTINUOUS_SCHEDULE_NAMES = ("cosine", "rectified_flow")
+SCHEDULE_NAMES = DISCRETE_SCHEDULE_NAMES + CONTINUOUS_SCHEDULE_NAMES
+
+
+def named_schedule(section, name: str) -> None:
+  """Makes a schedule section (in place) the schedule called `name`.
+
+  A DDPM table name keeps the section's table length and beta range; a
+  continuous name keeps its `shift` and `num_train_steps` (the rectified
+  flow's smallest sampler time is `1 / num_train_steps`).
+  """
+  if name in DISCRETE_SCHEDULE_NAMES:
+    section.type = "discrete"
+    section.beta_schedule = name
+    section.name = ""
+  elif name in CONTINUOUS_SCHEDULE_NAMES:
+    section.type = "continuous"
+    section.name = name
+  else:
+    raise ValueError(
+      f"unknown schedule {name!r}; expected one of {SCHEDULE_NAMES}"
+    )
+
+
+def network_time_scale(schedule_type: str) -> float:
+  """What a fresh network multiplies its times by before the sinusoids:
+  1 for DDPM timesteps (0 to T - 1), 1000 for continuous times in [0, 1]
+  (the rectified flow's network timestep is `1000 t`, as diffusers')."""
+  return 1.0 if schedule_type == "discrete" else 1000.0
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -257,9 +297,13 @@ def dimension_lr(teacher) -> float:
 
 def resolve_unset(flat: dict) -> dict:
   """A flattened config ("a.b" keys) with its unset keys that follow
-  other keys filled in (`refine.lr` from `teacher.dim`), so that a run
+  other keys filled in (`refine.lr` from `teacher.dim`, a fresh student's
+  `student.model.time_scale` from the teacher's schedule), so that a run
   saved with the value and one asking for the default compare equal."""
   out = dict(flat)
+  key = "student.model.time_scale"
+  if key in out and out[key] is None:
+    out[key] = network_time_scale(out.get("teacher.schedule.type", "discrete"))
   if "refine.lr" in out and out["refine.lr"] is None:
     try:
       out["refine.lr"] = dimension_lr({"dim": out.get("teacher.dim")})

@@ -6,7 +6,7 @@ Builders on top of `defaults.base_config()`:
   training on scikit-learn's digits (configs/digits_teacher.py), and the
   recipes `train` runs itself when a BOOT run's teacher is missing.
 * `pixel_boot_config`, `digits_boot_config`: BOOT on our own pixel teachers
-  (configs/digits.py, configs/digits_cond.py).
+  (configs/digits.py, configs/digits_cond.py, configs/digits_flow.py).
 * `sd_boot_config`: BOOT on a Stable Diffusion teacher (configs/sd*.py).
 * `sdxl_boot_config`: BOOT on a Stable Diffusion XL teacher
   (configs/sdxl.py).
@@ -64,8 +64,13 @@ def digits_unet() -> ml_collections.ConfigDict:
   return unet_model()
 
 
-def digits_teacher_config(conditional: bool = False):
-  """Teacher training on scikit-learn's digits (configs/digits_teacher.py)."""
+def digits_teacher_config(conditional: bool = False, flow: bool = False):
+  """Teacher training on scikit-learn's digits (configs/digits_teacher.py).
+
+  `flow`: trained by flow matching instead, on the rectified flow `x_t =
+  (1 - t) x0 + t eps` (times uniform in [0.001, 1], the network reading
+  `1000 t`) to predict the velocity `eps - x0`, as SD3 and FLUX are.
+  """
   c = ml_collections.ConfigDict()
   c.data = ml_collections.ConfigDict(
     dict(source="digits", image_size=8, channels=1, path="", labels_path="")
@@ -79,6 +84,10 @@ def digits_teacher_config(conditional: bool = False):
       prediction="v",
     )
   )
+  if flow:
+    defaults.named_schedule(c.diffusion.schedule, "rectified_flow")
+    c.diffusion.prediction = "flow"
+    c.model.time_scale = defaults.network_time_scale("continuous")
   c.optim = ml_collections.ConfigDict(
     dict(
       lr=2e-3,
@@ -117,6 +126,7 @@ def digits_teacher_config(conditional: bool = False):
 TEACHER_RECIPES = {
   "digits": lambda: digits_teacher_config(conditional=False),
   "digits_cond": lambda: digits_teacher_config(conditional=True),
+  "digits_flow": lambda: digits_teacher_config(flow=True),
 }
 
 
@@ -166,6 +176,25 @@ def digits_boot_config(recipe: str = "digits") -> ml_collections.ConfigDict:
   c.train.eval_every = 2000
   c.eval.num_samples = 2000
   c.eval.batch_size = 500  # grid size and DDIM step counts: the defaults
+  return c
+
+
+DEMO_ARGS = ("", "refine", "boot")
+DEMO_REFINE_STEPS = 600
+
+
+def digits_demo_config(recipe: str, arg: str = "") -> ml_collections.ConfigDict:
+  """The demo (configs/digits.py, configs/digits_flow.py): BOOT on the
+  teacher `recipe` trains, then (unless `arg` is 'boot') 600 steps of the
+  refinement phase."""
+  if arg not in DEMO_ARGS:
+    raise ValueError(
+      f"unknown {recipe} variant {arg!r}; expected one of {DEMO_ARGS}"
+    )
+  c = digits_boot_config(recipe)
+  if arg != "boot":
+    c.boot.refine = True
+    c.refine.steps = DEMO_REFINE_STEPS
   return c
 
 
@@ -416,7 +445,13 @@ def sweep_mixture(index: int, seed: int = SWEEP_SEED) -> dict:
   )
 
 
-GMM_PRESETS = ("circle", "random16", "circle_cond", "circle_guided")
+GMM_PRESETS = (
+  "circle",
+  "random16",
+  "circle_cond",
+  "circle_guided",
+  "circle_flow",
+)
 
 
 def _sweep_index(arg: str) -> int | None:
@@ -440,6 +475,10 @@ def gmm_config(arg: str = "circle") -> ml_collections.ConfigDict:
     layout="random" if arg == "random16" else "circle",
     conditional=arg in ("circle_cond", "circle_guided"),
   )
+  if arg == "circle_flow":
+    # The circle under the rectified flow `x_t = (1 - t) x_0 + t eps`
+    # (any preset takes --config.teacher.schedule=rectified_flow).
+    defaults.named_schedule(c.teacher.schedule, "rectified_flow")
   if sweep is not None:
     # One of the random mixtures nobody tuned for, with the circle's
     # settings otherwise (benchmarks/mixture_sweep.py).
@@ -455,8 +494,11 @@ def gmm_config(arg: str = "circle") -> ml_collections.ConfigDict:
 
   c.student.init = "fresh"
   c.student.model = ml_collections.ConfigDict(
-    dict(name="mlp", width=128, depth=4, mlp_ratio=2, time_scale=1.0)
+    dict(name="mlp", width=128, depth=4, mlp_ratio=2)
   )
+  # None: from the teacher's schedule (config.defaults.network_time_scale:
+  # 1 for DDPM timesteps, 1000 for continuous times).
+  c.student.model.time_scale = placeholder(float)
   if arg == "circle_cond":
     c.boot.guidance = 2.0
   if arg == "circle_guided":

@@ -13,9 +13,10 @@ How the network's raw output becomes `y_t` (`parameterization`):
   at the noise end, `y_t = x0(out, x=eps, alpha_T, sigma_T)`. At
   initialisation the student then equals the teacher's x0-prediction at
   `(eps, T)`, which is exactly the boundary target. This is well
-  conditioned for v- and x0-prediction teachers; for eps-prediction
+  conditioned for v-, x0- and flow-prediction teachers (a flow teacher at
+  `t = 1` reads `x0 = eps - u`); for eps-prediction
   teachers it divides by `alpha_T` and is not offered.
-* 'auto' (default): 'teacher' for v and x0 teachers, else 'direct'.
+* 'auto' (default): 'teacher' for v, x0 and flow teachers, else 'direct'.
 
 `space='x'` is the ablation that reads the output as `x_t` itself.
 """
@@ -31,6 +32,7 @@ import numpy as np
 from flax import traverse_util
 
 from boot_jax import models
+from boot_jax.config import defaults
 from boot_jax.diffusion import predictions
 from boot_jax.models import layers
 from boot_jax.teachers import base
@@ -112,7 +114,7 @@ def resolve_parameterization(name: str, prediction: str) -> str:
       f"unknown student parameterization {name!r}; expected {PARAMETERIZATIONS}"
     )
   if name == "auto":
-    return "teacher" if prediction in ("v", "x0") else "direct"
+    return "teacher" if prediction in ("v", "x0", "flow") else "direct"
   if name == "teacher" and prediction == "eps":
     raise ValueError(
       "student.parameterization='teacher' divides by alpha_T for an "
@@ -159,8 +161,11 @@ def build_student(
     raise ValueError(f"unknown student space {space!r}; expected {SPACES}")
   fresh = teacher.module is None or config.get("init", "teacher") == "fresh"
   if fresh:
+    model = dict(config.model)
+    if "time_scale" in model and model["time_scale"] is None:
+      model["time_scale"] = defaults.network_time_scale(teacher.schedule.kind)
     module = models.make_model(
-      config.model, teacher.sample_shape, teacher.condition.num_classes
+      model, teacher.sample_shape, teacher.condition.num_classes
     )
     prediction = "x0"
     parameterization = "direct"

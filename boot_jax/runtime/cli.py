@@ -11,6 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections.config_dict import FieldReference
 
+from boot_jax.config import defaults
+
 
 def fail(message: str, code: int = 2):
   """Exits with `error: <message>` on one line of stderr.
@@ -162,16 +164,42 @@ def _program_help() -> str:
 _NONE_WORDS = ("None", "null")
 _none_keys: list[str] = []
 
+# `--config.teacher.schedule=NAME` (or `diffusion.schedule`, a teacher
+# training config's): a whole schedule section by name
+# (`defaults.named_schedule`), applied after the other overrides, so
+# `--config.teacher.schedule.shift=3` beside it is kept.
+_SCHEDULE_KEYS = ("teacher.schedule", "diffusion.schedule")
+_schedule_names: list[tuple[str, str]] = []
+
 
 def _split_none_overrides(argv):
   kept = []
   for arg in argv:
     name, eq, value = arg.partition("=")
+    key = name[len("--config.") :]
     if eq and name.startswith("--config.") and value in _NONE_WORDS:
-      _none_keys.append(name[len("--config.") :])
+      _none_keys.append(key)
+    elif eq and key in _SCHEDULE_KEYS and re.fullmatch(r"\w+", value):
+      _schedule_names.append((key, value))
     else:
       kept.append(arg)
   return kept
+
+
+def _set_schedule(config, key: str, name: str) -> None:
+  *parents, last = key.split(".")
+  node = config
+  for part in parents + [last]:
+    node = node.get(part) if hasattr(node, "get") else None
+  if not hasattr(node, "keys") or "type" not in node.keys():
+    fail(
+      f"--config.{key}={name}: this config has no schedule section {key} "
+      "(network teachers read theirs from the teacher's folder)"
+    )
+  try:
+    defaults.named_schedule(node, name)
+  except ValueError as e:
+    fail(f"--config.{key}={name}: {e}")
 
 
 def _set_none(config, key: str) -> None:
@@ -242,6 +270,8 @@ def config_value(config_flag):
     fail("--config is required")
   for key in _none_keys:
     _set_none(config, key)
+  for key, name in _schedule_names:
+    _set_schedule(config, key, name)
   return config
 
 

@@ -9,6 +9,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GMM = str(ROOT / "configs" / "gmm.py")
+DIGITS = str(ROOT / "configs" / "digits.py")
 
 
 def _run(*args, cwd=None):
@@ -36,6 +37,14 @@ def _run(*args, cwd=None):
     (["--config", GMM, "--config.train.steps=-5"], "train.steps must be >= 0"),
     (["--config", GMM, "--config.boot.num_steps=0"], "boot.num_steps"),
     (["--config", GMM + ":bogus"], "unknown gmm preset 'bogus'"),
+    (
+      ["--config", GMM, "--config.teacher.schedule=bogus"],
+      "unknown schedule 'bogus'",
+    ),
+    (
+      ["--config", DIGITS, "--config.teacher.schedule=rectified_flow"],
+      "this config has no schedule section teacher.schedule",
+    ),
     (["--config", GMM, "--config.train.steps=abc"], "invalid literal"),
     (["--config", GMM], "--workdir is required"),
     (
@@ -158,6 +167,61 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert code == 0, err[-2000:]
   rows = _metrics(work2)
   assert rows[-1]["step"] == 30 and rows[-1]["skipped"] > 0
+
+
+def test_schedule_by_name(tmp_path):
+  """`--config.teacher.schedule=rectified_flow` puts a mixture preset on
+  the flow (the section's shift, set beside it, is kept); the teacher
+  sampler then takes the Euler steps at the shifted times (those of
+  diffusers' FlowMatchEulerDiscreteScheduler: tests/unit/test_diffusion.py)
+  on the exact velocity (float32 against float64: 1e-5)."""
+  import json
+
+  import ml_collections
+  import numpy as np
+
+  from boot_jax import teachers
+  from boot_jax.diffusion import predictions
+
+  work = tmp_path / "f"
+  code, _, err = _run(
+    "--config",
+    GMM,
+    "--config.teacher.schedule=rectified_flow",
+    "--config.teacher.schedule.shift=3.0",
+    "--config.train.steps=20",
+    "--config.train.log_every=20",
+    "--config.eval.final=false",
+    "--workdir",
+    str(work),
+  )
+  assert code == 0, err[-2000:]
+  saved = json.loads((work / "config.json").read_text())["teacher"]
+  assert saved["schedule"]["type"] == "continuous"
+  assert saved["schedule"]["name"] == "rectified_flow"
+  assert saved["schedule"]["shift"] == 3.0
+  out = tmp_path / "t.npz"
+  proc = subprocess.run(
+    [
+      sys.executable, "-m", "boot_jax.sample", "--workdir", str(work),
+      "--out", str(out), "--num", "16", "--sampler", "teacher", "--steps", "4",
+    ],
+    capture_output=True, text=True, timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  got = np.load(out)
+  teacher = teachers.build_teacher(ml_collections.ConfigDict(saved))
+  ts = teacher.schedule.timesteps(4)
+  shifted = predictions.ContinuousSchedule("rectified_flow", shift=3.0)
+  np.testing.assert_array_equal(ts, shifted.timesteps(4))
+  assert np.all(ts[1:] > np.linspace(1, 1e-3, 4)[1:])  # the shift acted
+  x = np.asarray(got["noise"], np.float64)
+  for t, s in zip(ts, [*ts[1:], 0.0], strict=True):
+    x0 = np.asarray(teacher.x0(teacher.params, x, np.full(16, t)), np.float64)
+    u = (x - x0) / t  # the exact velocity eps - x0 read from x0
+    x = x + (s - t) * u
+  np.testing.assert_allclose(got["images"], x, atol=1e-5)
 
 
 def test_guided_student_sample_cli(tmp_path):

@@ -48,6 +48,35 @@ def test_circle_2d_then_refinement():
   assert weights <= 0.01, weights
 
 
+def test_circle_flow_then_refinement():
+  """The circle under the rectified flow (configs/gmm.py:circle_flow, as
+  shipped), then its refinement: the same bars as the VP circle above.
+  The teacher's reference is its Euler-32 from the same eps (DDIM on the
+  flow, docs/method.md)."""
+  config = preset_config("circle_flow")
+  config.boot.refine = True
+  setup = trainer.setup(config)
+  assert setup.teacher.schedule.name == "rectified_flow"
+  np.testing.assert_allclose(setup.grid.times, np.arange(33) / 32, atol=1e-7)
+  state, _ = trainer.run(setup, until=config.train.steps)
+  r = report(setup, state.params)
+  print("circle_flow", json.dumps(r, sort_keys=True))
+  assert r["num_eval"] == 4000 and r["num_grid_steps"] == 32
+  assert r["agreement"] >= 0.98
+  assert r["mse_over_var"] <= 0.01
+  assert r["weight_error"] <= 0.02
+
+  state, history = trainer.run(setup, state=state)
+  assert history[-1]["step"] == config.train.steps + config.refine.steps
+  ratios = [report(setup, state.params, seed)["mmd_ratio"] for seed in SEEDS]
+  weights = mixture_eval.weight_error(
+    setup.teacher, setup.student, state.params
+  )
+  print("circle_flow refined", ratios, weights)
+  assert np.mean(ratios) <= 1.1, ratios
+  assert weights <= 0.01, weights
+
+
 def test_random_16d():
   r = distil("random16")
   assert r["agreement"] >= 0.95

@@ -39,6 +39,9 @@ _SCHEDULES = {
     "scaled_linear", 1000, 0.00085, 0.012
   ),
   "cosine": ml_collections.ConfigDict(dict(type="continuous", name="cosine")),
+  "rectified_flow": ml_collections.ConfigDict(
+    dict(type="continuous", name="rectified_flow")
+  ),
 }
 
 
@@ -81,6 +84,9 @@ def _exact_student(teacher, grid, guidance):
     ("cosine", "teacher", True),
     ("linear", "ddim", False),
     ("scaled_linear", "ddim", True),
+    # The flow x_t = (1 - t) x0 + t eps: its DDIM step is the Euler step.
+    ("rectified_flow", "teacher", False),
+    ("rectified_flow", "teacher", True),
   ],
 )
 @pytest.mark.parametrize("spacing", ["uniform", "lambda"])

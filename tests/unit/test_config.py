@@ -239,3 +239,46 @@ def test_the_remat_policy_follows_train_remat_unless_named():
   assert defaults.remat(config) == "none"
   # Older configs without the key follow train.remat.
   assert defaults.remat({"train": {"remat": True}}) == "block"
+
+
+def test_a_schedule_section_is_set_by_name():
+  """`defaults.named_schedule` (what `--config.teacher.schedule=NAME`
+  applies) turns a schedule section into the named schedule, keeping the
+  keys it does not name, and refuses other names in one line."""
+  from boot_jax.diffusion import predictions
+
+  section = defaults.discrete_schedule("linear")
+  section.shift = 3.0
+  defaults.named_schedule(section, "rectified_flow")
+  schedule = predictions.make_schedule(section)
+  assert (schedule.kind, schedule.name, schedule.shift) == (
+    "continuous",
+    "rectified_flow",
+    3.0,
+  )
+  defaults.named_schedule(section, "scaled_linear")
+  assert predictions.make_schedule(section).kind == "discrete"
+  assert section.beta_start == 0.0001  # the section's range is kept
+  with pytest.raises(ValueError, match="unknown schedule 'flow'"):
+    defaults.named_schedule(section, "flow")
+
+
+def test_a_fresh_students_time_scale_follows_the_schedule():
+  """Unset, the mixture student's time scale is 1 on a DDPM table and
+  1000 on a continuous path; a run saved with the value (the previous
+  release wrote 1.0) and one asking for the default compare equal."""
+  from boot_jax import teachers
+  from boot_jax.distill import student as student_lib
+  from boot_jax.runtime import workdir
+
+  circle, flow = recipes.gmm_config("circle"), recipes.gmm_config("circle_flow")
+  assert circle.student.model.time_scale is None
+  for config, scale in ((circle, 1.0), (flow, 1000.0)):
+    teacher = teachers.build_teacher(config.teacher)
+    student, _ = student_lib.build_student(teacher, config.student, None)
+    assert student.module.time_scale == scale
+  old = circle.to_dict()
+  old["student"]["model"]["time_scale"] = 1.0
+  assert workdir.config_differences(old, circle.to_dict()) == []
+  old["student"]["model"]["time_scale"] = 1000.0
+  assert workdir.config_differences(old, circle.to_dict())
