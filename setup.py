@@ -89,6 +89,15 @@ setuptools.setup(
       "pyarrow>=14",
       "sentencepiece>=0.2",
     ],
+    # Stable Diffusion 3 / 3.5 teachers: the sd stack plus T5's
+    # tokenizer.
+    "sd3": [
+      "diffusers>=0.39",
+      "transformers>=4.57",
+      "safetensors",
+      "pyarrow>=14",
+      "sentencepiece>=0.2",
+    ],
     "convert": ["torch==2.13.0", "safetensors"],
     "gcs": _GCS,
     # The viewer for W/tb (the runs write event files with tensorboardX).

@@ -157,21 +157,26 @@ def flow_bars(
   ]
 
 
-def boot_alone_fid(workdir: str, config: str) -> float:
+def boot_alone_fid(workdir: str, config: str, keep: bool = False) -> float:
   """BOOT alone (`config`:boot) on the teacher the timed run trained, in a
-  work directory beside it (untimed): its student's FID-digits."""
+  work directory beside it (untimed; one already finished there is
+  reused): its student's FID-digits. Its BOOT phase is the timed run's
+  first `train.steps` steps exactly (same seeds, same schedule)."""
   boot_dir = workdir.rstrip("/") + "_boot"
-  if os.path.exists(boot_dir):
-    guards.check_workdir(boot_dir)  # only a work directory is removed
-    shutil.rmtree(boot_dir)
-  run_demo(
-    boot_dir,
-    f"{config}:boot",
-    f"--config.teacher.path={os.path.join(workdir, 'teacher')}",
-  )
-  with open(os.path.join(boot_dir, "eval.json"), encoding="utf-8") as f:
+  report = os.path.join(boot_dir, "eval.json")
+  if not os.path.isfile(report):
+    if os.path.exists(boot_dir):
+      guards.check_workdir(boot_dir)  # only a work directory is removed
+      shutil.rmtree(boot_dir)
+    run_demo(
+      boot_dir,
+      f"{config}:boot",
+      f"--config.teacher.path={os.path.join(workdir, 'teacher')}",
+    )
+  with open(report, encoding="utf-8") as f:
     fid = json.load(f)["samplers"]["student 1 step"]["fid"]
-  shutil.rmtree(boot_dir)
+  if not keep:
+    shutil.rmtree(boot_dir)
   return float(fid)
 
 
@@ -420,7 +425,8 @@ def main():
     f"python -m boot_jax.train --config {config} --workdir /tmp/boot_digits"
   )
   if variant.flow:
-    rows = flow_bars(report, boot_alone_fid(args.workdir, config))
+    boot_fid = boot_alone_fid(args.workdir, config, args.keep)
+    rows = flow_bars(report, boot_fid)
   else:
     rows = bars(report, variant.refine, seconds)
   pixels = pixel_distances(args.workdir)

@@ -244,6 +244,169 @@ def make_xl_folder(path, seed: int = 0, vae_levels: int = 2, heads: int = 2):
   return pipe
 
 
+SENTENCES = (
+  "a red square on a blue background",
+  "a photo of a cat sitting on a mat",
+  "an oil painting of the sea at night",
+  "two dogs playing in the snow",
+  "a green circle and a yellow triangle",
+  "the quick brown fox jumps over the lazy dog",
+)
+
+
+def sentencepiece_model(directory) -> str:
+  """Trains a 48-piece unigram model on `SENTENCES` (T5's special ids: pad
+  0, eos 1, unk 2); returns the spiece.model path."""
+  import sentencepiece as spm
+
+  directory.mkdir(parents=True, exist_ok=True)
+  corpus = directory / "corpus.txt"
+  corpus.write_text("\n".join(SENTENCES * 4) + "\n")
+  prefix = directory / "spiece"
+  spm.SentencePieceTrainer.train(
+    input=str(corpus),
+    model_prefix=str(prefix),
+    vocab_size=48,
+    model_type="unigram",
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    character_coverage=1.0,
+    minloglevel=2,
+  )
+  corpus.unlink()
+  return str(prefix) + ".model"
+
+
+# The tiny SD3 folder's widths: CLIP 16 + 16 (pooled 12 + 12), T5 and the
+# transformer's text width 40, transformer 2 heads of 8.
+SD3_TEXT_WIDTH = 40
+
+
+def make_sd3_folder(path, seed: int = 0, t5: bool = True, shift: float = 3.0):
+  """Writes a complete tiny Stable Diffusion 3.5 folder (`path`/sd3);
+  returns the PyTorch `StableDiffusion3Pipeline`.
+
+  SD 3.5 Medium's kind in small: an `SD3Transformer2DModel` with RMS q/k
+  norms and a second attention in its first block, a 16-channel VAE
+  without quant convolutions and with a shift factor, two
+  `CLIPTextModelWithProjection`s (the second tokenizer pads with another
+  token), a T5 encoder (`t5`; without it the pipeline conditions on
+  zeros) and a `FlowMatchEulerDiscreteScheduler` with `shift`. Every
+  weight of the transformer, the VAE and the CLIPs is redrawn at random
+  (fan-in scaled), so no zero-initialised part hides a wrong path; T5's
+  are its initialisation, perturbed.
+  """
+  import shutil
+
+  import torch
+  from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+  )
+  from transformers import (
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+  )
+
+  torch.manual_seed(seed)
+  transformer = SD3Transformer2DModel(
+    sample_size=8,
+    patch_size=2,
+    in_channels=16,
+    num_layers=2,
+    attention_head_dim=8,
+    num_attention_heads=2,
+    joint_attention_dim=SD3_TEXT_WIDTH,
+    caption_projection_dim=16,
+    pooled_projection_dim=24,
+    out_channels=16,
+    pos_embed_max_size=12,
+    dual_attention_layers=(0,),
+    qk_norm="rms_norm",
+  )
+  vae = AutoencoderKL(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+    block_out_channels=(32, 32),
+    latent_channels=16,
+    norm_num_groups=32,
+    sample_size=16,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+    scaling_factor=1.5305,
+    shift_factor=0.0609,
+  )
+  tok_dir = path / "_tok"
+  tokenizer_files(tok_dir)
+  tokenizer = CLIPTokenizer(
+    str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"),
+    model_max_length=77,
+  )  # fmt: skip
+  tokenizer_2 = CLIPTokenizer(
+    str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"),
+    model_max_length=77, pad_token="a",
+  )  # fmt: skip
+  clip = dict(_tiny_clip_text(tokenizer), hidden_size=16, projection_dim=12)
+  clip["intermediate_size"] = 32
+  text = CLIPTextModelWithProjection(CLIPTextConfig(**clip))
+  text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**clip))
+  modules = [transformer, vae, text, text_2]
+  t5_parts = dict(text_encoder_3=None, tokenizer_3=None)
+  if t5:
+    spm_dir = path / "_t5tok"
+    spm_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(sentencepiece_model(path / "_spm"), spm_dir / "spiece.model")
+    tokenizer_3 = T5Tokenizer.from_pretrained(
+      str(spm_dir), extra_ids=0, legacy=False
+    )
+    text_3 = T5EncoderModel(
+      T5Config(
+        vocab_size=len(tokenizer_3), d_model=SD3_TEXT_WIDTH, d_kv=8, d_ff=32,
+        num_layers=2, num_heads=2, relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu", dropout_rate=0.0,
+      )
+    )  # fmt: skip
+    # T5 as the IF folders have it (its default initialisation, perturbed):
+    # its attention is unscaled, and fan-in scaled weights would make its
+    # softmax needlessly sharp.
+    _perturb(text_3)
+    text_3.eval()
+    t5_parts = dict(text_encoder_3=text_3, tokenizer_3=tokenizer_3)
+  with torch.no_grad():
+    for module in modules:
+      for name, p in module.named_parameters():
+        fan_in = int(torch.tensor(p.shape[1:]).prod()) if p.ndim > 1 else 0
+        if fan_in:
+          p.copy_(torch.randn_like(p) * fan_in**-0.5)
+        else:
+          base = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+          p.copy_(base + 0.1 * torch.randn_like(p))
+      module.eval()
+  scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+  pipe = StableDiffusion3Pipeline(
+    transformer=transformer,
+    scheduler=scheduler,
+    vae=vae,
+    text_encoder=text,
+    tokenizer=tokenizer,
+    text_encoder_2=text_2,
+    tokenizer_2=tokenizer_2,
+    **t5_parts,
+  )
+  pipe.save_pretrained(str(path / "sd3"), safe_serialization=True)
+  return pipe
+
+
 WORDS = (
   "a the of red blue green cat dog square circle house tree sky big small "
   "photo painting city river night"

@@ -12,39 +12,9 @@ hold exactly the same numbers.
 import json
 import shutil
 
-SENTENCES = (
-  "a red square on a blue background",
-  "a photo of a cat sitting on a mat",
-  "an oil painting of the sea at night",
-  "two dogs playing in the snow",
-  "a green circle and a yellow triangle",
-  "the quick brown fox jumps over the lazy dog",
-)
+from boot_jax.testing import sentencepiece_model
+
 T5_WIDTH = 32
-
-
-def sentencepiece_model(directory) -> str:
-  """Trains a 48-piece unigram model; returns the spiece.model path."""
-  import sentencepiece as spm
-
-  directory.mkdir(parents=True, exist_ok=True)
-  corpus = directory / "corpus.txt"
-  corpus.write_text("\n".join(SENTENCES * 4) + "\n")
-  prefix = directory / "spiece"
-  spm.SentencePieceTrainer.train(
-    input=str(corpus),
-    model_prefix=str(prefix),
-    vocab_size=48,
-    model_type="unigram",
-    pad_id=0,
-    eos_id=1,
-    unk_id=2,
-    bos_id=-1,
-    character_coverage=1.0,
-    minloglevel=2,
-  )
-  corpus.unlink()
-  return str(prefix) + ".model"
 
 
 def unet_config(resolution: int = 64) -> dict:

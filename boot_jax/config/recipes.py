@@ -10,6 +10,8 @@ Builders on top of `defaults.base_config()`:
 * `sd_boot_config`: BOOT on a Stable Diffusion teacher (configs/sd*.py).
 * `sdxl_boot_config`: BOOT on a Stable Diffusion XL teacher
   (configs/sdxl.py).
+* `sd3_boot_config`: BOOT on a Stable Diffusion 3.5 teacher
+  (configs/sd35_medium.py, configs/sd35_large.py).
 * `if_boot_config`: BOOT on DeepFloyd IF stage I (configs/if_i_*.py).
 * `gmm_config`, `gmm_teacher`: the analytic mixture (configs/gmm.py) and
   its `teacher` section; `sweep_mixture`: random mixtures nobody tuned
@@ -255,6 +257,41 @@ def sdxl_boot_config(resolution: int = 1024):
   c.teacher.crop_top_left = (0, 0)
   c.boot.guidance = 5.0  # StableDiffusionXLPipeline's default
   c.train.batch_size = 64
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
+  return c
+
+
+# Per Stable Diffusion 3.5 size: the guidance of its model card, the
+# global batch and the learning rate (the larger transformer takes a
+# smaller batch and step; memory: docs/text_to_image.md).
+SD3_VARIANTS = {
+  "medium": dict(guidance=4.5, batch_size=64, lr=1e-5),  # 2.5B MMDiT
+  "large": dict(guidance=3.5, batch_size=32, lr=5e-6),  # 8.1B
+}
+
+
+def sd3_boot_config(variant: str, resolution: int = 1024):
+  """BOOT on a Stable Diffusion 3.5 teacher (configs/sd35_*.py), prompts
+  only: the flow-matching MMDiT, its Euler sampler at the folder's shift,
+  CLIP L and G and T5 text (`teacher.t5=false`: zeros in T5's place).
+
+  The folder and the prompt file are the user's (`teacher.path`,
+  `teacher.prompts`). SD's recipe with the variant's guidance, batch and
+  learning rate, and the student's state over every device (FSDP).
+  """
+  if variant not in SD3_VARIANTS:
+    raise ValueError(
+      f"unknown SD3 variant {variant!r}; expected one of {sorted(SD3_VARIANTS)}"
+    )
+  v = SD3_VARIANTS[variant]
+  c = sd_boot_config(resolution=resolution, prediction="flow")
+  c.teacher.name = "sd3"
+  del c.teacher["thresholding"]  # the flow's Euler sampler has none
+  c.teacher.t5 = True
+  c.boot.guidance = v["guidance"]
+  c.optim.lr = v["lr"]
+  c.train.batch_size = v["batch_size"]
   c.mesh.data = 1
   c.mesh.fsdp = -1
   return c

@@ -3,7 +3,7 @@
 A family is one module of this package with a `build(config, placement,
 dtype) -> Teacher` function (its subclass of `base.Teacher` holds what is
 particular to it). Adding a family = one module (or one subpackage, as
-`sd/`, `sdxl/` and `deepfloyd_if/`), its configs and its tests, plus one line in
+`sd/`, `sdxl/`, `sd3/` and `deepfloyd_if/`), its configs and its tests, plus one line in
 `TEACHERS` and, when it needs an optional dependency, one in `EXTRAS`
 (docs/architecture.md).
 """
@@ -14,6 +14,7 @@ from boot_jax.teachers import base, gmm, network
 from boot_jax.teachers.base import ConditionSpec, Teacher
 from boot_jax.teachers.deepfloyd_if import if_teacher
 from boot_jax.teachers.sd import sd_teacher
+from boot_jax.teachers.sd3 import sd3_teacher
 from boot_jax.teachers.sdxl import sdxl_teacher
 
 TEACHERS = {
@@ -22,6 +23,7 @@ TEACHERS = {
   "mlp": network,
   "sd": sd_teacher,
   "sdxl": sdxl_teacher,
+  "sd3": sd3_teacher,
   "if": if_teacher,
 }
 
@@ -31,6 +33,7 @@ TEACHERS = {
 EXTRAS = {
   "sd": ("sd",),
   "sdxl": ("sd",),
+  "sd3": ("sd3",),
   "if": ("if",),
 }
 

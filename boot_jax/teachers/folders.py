@@ -99,6 +99,20 @@ def check_parts(
   return kind
 
 
+def sd3_reason(kind: str, path: str, family: str) -> str | None:
+  """Why a Stable Diffusion 3 folder (its pipeline class, or a
+  `transformer/` part) is not one of `family`'s; None for other folders."""
+  if "StableDiffusion3" in kind or os.path.isdir(
+    os.path.join(path, "transformer")
+  ):
+    sign = kind or "a transformer/ part"
+    return (
+      f"{path} is a Stable Diffusion 3 folder ({sign}), not {family}: use "
+      "configs/sd35_medium.py or configs/sd35_large.py"
+    )
+  return None
+
+
 def weight_files(folder: str, base: str, error=FolderError) -> list[str]:
   """The safetensors files of a part: one file or the shards named by an
   index json, full precision first, else the fp16 variant."""

@@ -41,6 +41,9 @@ class IFError(folders.FolderError):
 
 
 def _not_if(kind: str, path: str) -> str | None:
+  sd3 = folders.sd3_reason(kind, path, "DeepFloyd IF")
+  if sd3:
+    return sd3
   if kind.startswith("StableDiffusion") or os.path.isdir(
     os.path.join(path, "vae")
   ):

@@ -48,6 +48,9 @@ def read_json(path: str, what: str) -> dict:
 
 
 def _not_sd(kind: str, path: str) -> str | None:
+  sd3 = folders.sd3_reason(kind, path, "Stable Diffusion 1.x or 2.x")
+  if sd3:
+    return sd3
   if kind.startswith("IF"):
     return (
       f"{path} is a DeepFloyd IF folder ({kind}), not Stable Diffusion: "

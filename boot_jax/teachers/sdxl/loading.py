@@ -42,6 +42,9 @@ SDError = sd_loading.SDError
 
 
 def _not_xl(kind: str, path: str) -> str | None:
+  sd3 = folders.sd3_reason(kind, path, "Stable Diffusion XL")
+  if sd3:
+    return sd3
   if kind.startswith("IF"):
     return (
       f"{path} is a DeepFloyd IF folder ({kind}), not Stable Diffusion XL: "
