@@ -3,9 +3,9 @@
 A family is one module of this package with a `build(config, placement,
 dtype) -> Teacher` function (its subclass of `base.Teacher` holds what is
 particular to it). Adding a family = one module (or one subpackage, as
-`sd/`, `sdxl/`, `sd3/` and `deepfloyd_if/`), its configs and its tests, plus one line in
-`TEACHERS` and, when it needs an optional dependency, one in `EXTRAS`
-(docs/architecture.md).
+`sd/`, `sdxl/`, `sd3/` and `deepfloyd_if/`), its configs and its tests,
+plus one line in `TEACHERS` and, when it needs an optional dependency,
+one in `EXTRAS` (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ with projection, T5, a FlowMatchEuler scheduler with shift 3; written by
 `StableDiffusion3Pipeline.save_pretrained`) is loaded through our loader.
 Tolerances (float32): CLIP's conditions within 1e-5 (as the SD and SDXL
 tests), T5's within 1e-5 of their scale (as tests/unit/test_t5_encoder.py;
-256 tokens, unscaled attention), the velocity within 1e-4, and the guided Euler-10 image within
-1e-3 on [-1, 1] pixels (the acceptance bar); other summation orders are
-the only source of difference.
+256 tokens, unscaled attention), the velocity within 1e-4, and the guided
+Euler-10 image within 1e-3 on [-1, 1] pixels (the acceptance bar); other
+summation orders are the only source of difference.
 """
 
 import json
