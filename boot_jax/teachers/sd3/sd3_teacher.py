@@ -26,6 +26,7 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from boot_jax.models import mmdit
 from boot_jax.runtime import paths
@@ -82,13 +83,14 @@ def tokenize(parts: dict, prompts):
     )
   ]
   if len(out) == 2:  # no T5: its ids are never read
-    out.append(jnp.zeros((len(prompts), loading.T5_TOKENS), jnp.int32))
-  return jnp.concatenate([jnp.asarray(o, jnp.int32) for o in out], axis=1)
+    out.append(np.zeros((len(prompts), loading.T5_TOKENS), np.int32))
+  return np.concatenate([np.asarray(o, np.int32) for o in out], axis=1)
 
 
 def encode_prompts(parts: dict, prompts):
   """Packed conditions `[len(prompts), *condition.shape]`."""
-  return parts["text_forward"](parts["text_params"], tokenize(parts, prompts))
+  ids = jnp.asarray(tokenize(parts, prompts))
+  return parts["text_forward"](parts["text_params"], ids)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
