@@ -20,7 +20,6 @@ column; without them the column says what it needs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import glob
 import json
@@ -31,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+import typing
 
 import numpy as np
 
@@ -48,8 +48,7 @@ REFINE_BEGIN = "<!-- demo-refine: begin -->"
 REFINE_END = "<!-- demo-refine: end -->"
 
 
-@dataclasses.dataclass(frozen=True)
-class Variant:
+class Variant(typing.NamedTuple):
   """One demo: its config, its section of BENCHMARKS.md, its bars."""
 
   config: str

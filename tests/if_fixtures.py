@@ -12,6 +12,8 @@ hold exactly the same numbers.
 import json
 import shutil
 
+# The sentences the tokenizer is trained on (the IF tests prompt with them).
+from boot_jax.testing import SENTENCES as SENTENCES
 from boot_jax.testing import sentencepiece_model
 
 T5_WIDTH = 32

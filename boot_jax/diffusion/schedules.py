@@ -202,6 +202,27 @@ def shift_time(t, shift: float):
   return shift * t / (1.0 + (shift - 1.0) * t)
 
 
+def exponential_shift(t, mu: float):
+  """FLUX's resolution-dependent time shift `e^mu / (e^mu + 1 / t - 1)`:
+  SD3's shift with `shift = e^mu` (diffusers' `time_shift_type=
+  'exponential'`)."""
+  return math.exp(mu) / (math.exp(mu) + (1.0 / t - 1.0))
+
+
+def resolution_mu(
+  image_seq_len: int,
+  base_seq_len: int = 256,
+  max_seq_len: int = 4096,
+  base_shift: float = 0.5,
+  max_shift: float = 1.15,
+) -> float:
+  """FLUX's `mu` for a latent of `image_seq_len` tokens: linear from
+  `base_shift` at `base_seq_len` tokens to `max_shift` at `max_seq_len`
+  (the defaults: FLUX.1's scheduler config; 4096 tokens is 1024 px)."""
+  slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+  return image_seq_len * slope + base_shift - slope * base_seq_len
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ContinuousSchedule:
   """A closed-form schedule on `t in [0, 1]`.
@@ -221,9 +242,12 @@ class ContinuousSchedule:
   beta_max: float = 20.0
   cosine_s: float = 0.008
   # rectified_flow: the sampler's time shift (SD3: 3.0) and the training
-  # steps of the scheduler it follows (its smallest time is 1 / steps).
+  # steps of the scheduler it follows (its smallest time is 1 / steps);
+  # `mu` set: FLUX's resolution-dependent shift instead
+  # (`exponential_shift`, `resolution_mu`).
   shift: float = 1.0
   num_train_steps: int = 1000
+  mu: float | None = None
 
   kind = "continuous"
 
@@ -259,10 +283,20 @@ class ContinuousSchedule:
 
     rectified_flow: the times of diffusers' `FlowMatchEulerDiscreteScheduler`
     (SD3's sampler): `shift_time(linspace(1, t_min, n))` with `t_min =
-    shift_time(1 / num_train_steps)`, in float32 as it computes them.
+    shift_time(1 / num_train_steps)`, in float32 as it computes them; with
+    `mu` (its `use_dynamic_shifting`), `exponential_shift(linspace(1,
+    1 / num_train_steps, n), mu)`.
     """
     if num_steps <= 0:
       raise ValueError(f"DDIM needs at least one step, got {num_steps}")
+    if self.name == "rectified_flow" and self.mu is not None:
+      # diffusers with use_dynamic_shifting: the unshifted training times'
+      # range, shifted once, by e^mu.
+      t_min = np.float32(1.0 / self.num_train_steps)
+      ts = np.linspace(1.0, t_min, num_steps, dtype=np.float32)
+      return np.asarray(exponential_shift(ts, self.mu), np.float32).astype(
+        np.float64
+      )
     if self.name == "rectified_flow":
       t_min = shift_time(np.float32(1.0 / self.num_train_steps), self.shift)
       ts = np.linspace(1.0, t_min, num_steps, dtype=np.float32)
@@ -289,7 +323,7 @@ def make_schedule(config) -> Schedule:
   Keys: `type` ('discrete' or 'continuous'); for discrete `beta_schedule`,
   `num_train_steps`, `beta_start`, `beta_end`, `set_alpha_to_one`; for
   continuous `name` ('cosine', 'linear' or 'rectified_flow', with
-  `shift` and `num_train_steps`).
+  `shift`, `num_train_steps` and optionally FLUX's `mu`).
   """
   if config.type == "discrete":
     return DiscreteSchedule.named(
@@ -301,10 +335,12 @@ def make_schedule(config) -> Schedule:
     )
   if config.type == "continuous":
     if config.name == "rectified_flow":
+      mu = config.get("mu")
       return ContinuousSchedule(
         config.name,
         shift=float(config.get("shift") or 1.0),
         num_train_steps=int(config.get("num_train_steps") or 1000),
+        mu=None if mu is None else float(mu),
       )
     return ContinuousSchedule(config.name)
   raise ValueError(

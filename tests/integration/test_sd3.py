@@ -40,12 +40,14 @@ def folder(tmp_path_factory):
 
 
 def test_sd3_train_resume_sample_evaluate_export(folder, tmp_path):
-  """configs/sd35_medium.py trains 2 steps, resumes to 4; the teacher's
+  """A guidance-conditioned student (w in [2, 8]) of
+  configs/sd35_medium.py trains 2 steps, resumes to 4; the teacher's
   sampler from given latents equals `StableDiffusion3Pipeline` (Euler-10,
   w = 5; 1e-3 on [-1, 1] pixels, the acceptance bar); the student
-  samples with --prompt, evaluates, and exports a JAX artifact that gives
-  the sampled images; other families' folders are refused in one line
-  with nothing written."""
+  samples with --prompt, evaluates, and exports a folder that
+  `StableDiffusion3Pipeline` loads, whose `one_step.py` (and the JAX
+  artifact) give the sampled images; other families' folders are refused
+  in one line with nothing written."""
   path, pipe = folder
   prompts = tmp_path / "p.txt"
   prompts.write_text("a red square\na blue circle\nsky\n")
@@ -57,6 +59,8 @@ def test_sd3_train_resume_sample_evaluate_export(folder, tmp_path):
     "--config.teacher.resolution=16",
     f"--config.teacher.prompts={prompts}",
     f"--config.teacher.prompt_cache={tmp_path / 'cache'}",
+    "--config.boot.guidance=None",
+    "--config.boot.guidance_range=(2.0, 8.0)",
     "--config.train.batch_size=2",
     "--config.train.ckpt_every=2",
     "--config.train.log_every=1",
@@ -110,7 +114,7 @@ def test_sd3_train_resume_sample_evaluate_export(folder, tmp_path):
 
   code, _, err = run_sample(
     work, tmp_path / "s.npz", "--num", "2", "--prompt", "a red square",
-    "--prompt", "sky", cwd=ROOT,
+    "--prompt", "sky", "--guidance", "5", cwd=ROOT,
   )  # fmt: skip
   assert code == 0, err[-3000:]
   s = np.load(tmp_path / "s.npz")
@@ -127,12 +131,40 @@ def test_sd3_train_resume_sample_evaluate_export(folder, tmp_path):
     "boot_jax.export", "--workdir", work, "--out", tmp_path / "e", cwd=ROOT
   )
   assert code == 0, err[-3000:]
+  out_dir = tmp_path / "e" / "diffusers"
+  model, info = diffusers.SD3Transformer2DModel.from_pretrained(
+    out_dir / "transformer", output_loading_info=True
+  )
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
+  diffusers.StableDiffusion3Pipeline.from_pretrained(out_dir)
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+    "one_step_sd3", out_dir / "one_step.py"
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  images = module.one_step(
+    str(out_dir),
+    ["a red square", "sky"],
+    s["noise"].transpose(0, 3, 1, 2),
+    guidance=5.0,
+  )
+  err = float(np.abs(images.numpy().transpose(0, 2, 3, 1) - s["images"]).max())
+  print(f"SD3 export one_step.py vs sample: max abs {err:.2e}")
+  assert err <= 1e-4, err
+  # The jax artifact from the same noise, packed text condition and w.
   signature = json.loads((tmp_path / "e" / "signature.json").read_text())
-  assert [i["name"] for i in signature["inputs"]] == ["eps", "text"]
+  assert [i["name"] for i in signature["inputs"]] == ["eps", "text", "guidance"]
+  w_shape = [2 if d == "b" else d for d in signature["inputs"][2]["shape"]]
   run = boot_jax.load(str(work))
   text = np.asarray(run.model.teacher.encode_text(["a red square", "sky"]))
   inputs = []
-  for name, value in (("eps", s["noise"]), ("text", text)):
+  for name, value in (
+    ("eps", s["noise"]),
+    ("text", text),
+    ("w", np.full(w_shape, 5.0)),
+  ):
     np.save(tmp_path / f"{name}.npy", np.asarray(value, np.float32))
     inputs.append(tmp_path / f"{name}.npy")
   got = run_export(tmp_path / "e", inputs, tmp_path / "got.npy")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from boot_jax.diffusion import predictions
+from boot_jax.diffusion import predictions, schedules
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -282,16 +282,26 @@ def test_flow_ddim_step_is_the_euler_step():
   np.testing.assert_allclose(x_s, euler, rtol=0, atol=2e-6)
 
 
-@pytest.mark.parametrize("shift", [1.0, 3.0])
-def test_rectified_flow_sampler_matches_diffusers(shift):
+# FLUX's mu at 1024 px (4096 latent tokens) and at 512 px (1024 tokens).
+FLUX_MU_1024 = schedules.resolution_mu(4096)
+FLUX_MU_512 = schedules.resolution_mu(1024)
+
+
+@pytest.mark.parametrize(
+  "shift,mu",
+  [(1.0, None), (3.0, None), (1.0, FLUX_MU_1024), (1.0, FLUX_MU_512)],
+)
+def test_rectified_flow_sampler_matches_diffusers(shift, mu):
   """The rectified flow's times and its DDIM sampler on a velocity network
-  equal diffusers' `FlowMatchEulerDiscreteScheduler` (SD3's sampler, with
-  its time shift) step by step: times to 1e-6 (float32 rounding of the
-  shift), samples to 1e-5 after 28 steps of a smooth velocity field."""
+  equal diffusers' `FlowMatchEulerDiscreteScheduler` step by step, with
+  SD3's constant time shift and with FLUX's resolution-dependent one
+  (`use_dynamic_shifting`, `mu` from `resolution_mu`): times to 1e-6
+  (float32 rounding of the shift), samples to 1e-5 after 28 steps of a
+  smooth velocity field."""
   torch = pytest.importorskip("torch")
   diffusers = pytest.importorskip("diffusers")
   schedule = predictions.make_schedule(
-    dict_config(type="continuous", name="rectified_flow", shift=shift)
+    dict_config(type="continuous", name="rectified_flow", shift=shift, mu=mu)
   )
   rng = np.random.default_rng(5)
   x_T = rng.standard_normal((3, 4)).astype(np.float32)
@@ -300,8 +310,10 @@ def test_rectified_flow_sampler_matches_diffusers(shift):
     return 0.5 * x * t - 0.3 * x + t
 
   for steps in (1, 4, 28):
-    ref = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
-    ref.set_timesteps(steps)
+    ref = diffusers.FlowMatchEulerDiscreteScheduler(
+      shift=shift, use_dynamic_shifting=mu is not None
+    )
+    ref.set_timesteps(steps, mu=mu)
     ts = schedule.timesteps(steps)
     np.testing.assert_allclose(ts, ref.sigmas.numpy()[:-1], rtol=0, atol=1e-6)
     x = torch.from_numpy(x_T)

@@ -37,9 +37,9 @@ FLOORS = {
   "training": 4,
 }
 PROGRAMS_FLOOR = 5  # top-level modules of the package: programs and the API
-# Modules outside the layering: a standalone PyTorch script copied into SD
-# exports (it imports nothing of boot_jax).
-OUTSIDE = {"boot_jax.teachers.sd.one_step"}
+# Modules outside the layering: the standalone PyTorch scripts copied into
+# SD and SD3 exports (they import nothing of boot_jax).
+OUTSIDE = {"boot_jax.teachers.sd.one_step", "boot_jax.teachers.sd3.one_step"}
 # Top-floor modules that are not programs: the Python API, which the
 # package's __init__ exposes, and the tests' and benchmarks' tiny folders.
 TOP_LIBRARY = {"boot_jax.api", "boot_jax.testing"}

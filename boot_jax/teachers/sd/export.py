@@ -158,9 +158,9 @@ def export_diffusers(
       os.path.join(out_dir, part),
       ignore=shutil.ignore_patterns(*PICKLES),
     )
-  _write_model_index(teacher_folder, out_dir, copied)
+  write_model_index(teacher_folder, out_dir, copied)
   if student.guided:
-    _write_guidance(
+    write_guidance(
       params[GUIDANCE_PARAMS], os.path.join(out_dir, GUIDANCE_FILE)
     )
   with open(os.path.join(out_dir, META_FILE), "w", encoding="utf-8") as f:
@@ -247,27 +247,39 @@ def _check_student(student, unet_config: dict, folder: str) -> None:
 
 
 def to_pytorch_unet(unet_config: dict, flax_params):
-  """diffusers' PyTorch UNet2DConditionModel holding our UNet's weights.
+  """diffusers' PyTorch UNet2DConditionModel holding our UNet's weights
+  (`load_weights`)."""
+  from diffusers import UNet2DConditionModel  # noqa: PLC0415
+
+  model = UNet2DConditionModel.from_config(unet_config)
+  return load_weights(model, flax_params, "UNet2DConditionModel")
+
+
+def load_weights(model, flax_params, what: str, kept=()):
+  """Fills a diffusers PyTorch `model` with our port's weights.
 
   Every PyTorch weight is named by `models.weights.torch_key` (the rule
   teachers are loaded with, read backwards) and must find its student
-  weight with its shape, and every student weight must be used once.
+  weight with its shape, and every student weight must be used once;
+  the state keys in `kept` (buffers the port computes, such as SD3's
+  position table) stay as the model made them.
 
   Raises:
     ValueError: a weight is missing, unused or of another shape.
   """
   import torch  # noqa: PLC0415
-  from diffusers import UNet2DConditionModel  # noqa: PLC0415
 
-  model = UNet2DConditionModel.from_config(unet_config)
   flat = traverse_util.flatten_dict(flax_params)
   state, used = {}, set()
   for key, tensor in model.state_dict().items():
+    if key in kept:
+      state[key] = tensor
+      continue
     fkey, how = weights.torch_key(key, tensor.ndim)
     if fkey not in flat:
       raise ValueError(
-        f"diffusers' UNet2DConditionModel weight {key} has no student "
-        f"weight ({'/'.join(fkey)})"
+        f"diffusers' {what} weight {key} has no student weight "
+        f"({'/'.join(fkey)})"
       )
     value = np.asarray(flat[fkey], np.float32)
     value = weights.to_torch(value, how)
@@ -281,8 +293,7 @@ def to_pytorch_unet(unet_config: dict, flax_params):
   unused = sorted(set(flat) - used)
   if unused:
     raise ValueError(
-      f"student weight {'/'.join(unused[0])} has no place in diffusers' "
-      "UNet2DConditionModel"
+      f"student weight {'/'.join(unused[0])} has no place in diffusers' {what}"
     )
   model.load_state_dict(state, strict=True)
   return model
@@ -338,12 +349,14 @@ def _integer_time(t: float) -> int:
   return int(t)
 
 
-def _write_model_index(folder: str, out_dir: str, copied) -> None:
+def write_model_index(
+  folder: str, out_dir: str, copied, network: str = "unet"
+) -> None:
   """model_index.json, with components that were not copied set to null."""
   index = loading.read_json(
     os.path.join(folder, "model_index.json"), "the pipeline index"
   )
-  kept = set(copied) | {"unet"}
+  kept = set(copied) | {network}
   for key, value in index.items():
     if not key.startswith("_") and isinstance(value, list) and key not in kept:
       index[key] = [None, None]
@@ -352,7 +365,7 @@ def _write_model_index(folder: str, out_dir: str, copied) -> None:
     f.write("\n")
 
 
-def _write_guidance(params, path: str) -> None:
+def write_guidance(params, path: str) -> None:
   """The w embedding's two Dense layers in PyTorch layout."""
   from safetensors.numpy import save_file  # noqa: PLC0415
 

@@ -32,7 +32,7 @@ from boot_jax.models import mmdit
 from boot_jax.runtime import paths
 from boot_jax.teachers import base
 from boot_jax.teachers.sd import sd_teacher
-from boot_jax.teachers.sd3 import loading
+from boot_jax.teachers.sd3 import export, loading
 
 SD3Error = loading.SD3Error
 ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -104,16 +104,19 @@ class SD3Teacher(sd_teacher.SDTeacher):
     return tokenize(self.parts, texts)
 
   def export_extras(self, out_dir: str, student, params) -> list[str]:
-    """None yet: the export holds the JAX artifact only."""
-    del out_dir, student, params
-    return []
+    """A diffusers SD3 folder of the student beside the jax artifact, with
+    a PyTorch one-step function (`teachers/sd3/export.py`)."""
+    export.export_diffusers(
+      self.folder,
+      jax.device_get(params),
+      student,
+      os.path.join(out_dir, "diffusers"),
+      t5=len(self.parts["tokenizers"]) == 3,
+    )
+    return ["diffusers/"]
 
   def export_readme(self) -> str:
-    return (
-      "\n## Stable Diffusion 3 students\n\nThis export holds the JAX "
-      "artifact only; a diffusers folder of an SD3 student is not "
-      "written.\n"
-    )
+    return export.README
 
 
 def build(
