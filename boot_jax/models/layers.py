@@ -206,3 +206,35 @@ class MLP(nn.Module):
     out = self.out or x.shape[-1]
     return dense(out, ("mlp", "embed"), dtype=self.dtype,
                  name=self.names[1])(self.act(h))  # fmt: skip
+
+
+class Proj(nn.Module):
+  """A dense layer one level down, `<name>/proj`, as PyTorch nests the
+  input projection of diffusers' feed-forwards (`net_0/proj`)."""
+
+  features: int
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, x):
+    return dense(self.features, ("embed", "mlp"), dtype=self.dtype,
+                 name="proj")(x)  # fmt: skip
+
+
+class RMSNorm(nn.Module):
+  """RMS normalisation with a learnt `scale` (T5's layer norm, diffusers'
+  `RMSNorm`): the mean square in float32, the result in the computation
+  dtype (float32 when None)."""
+
+  eps: float
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param(
+      "scale", partitioned(nn.initializers.ones, ("norm",)), (x.shape[-1],)
+    )
+    x32 = x.astype(jnp.float32)
+    ms = jnp.mean(x32**2, axis=-1, keepdims=True)
+    x32 = x32 * jax.lax.rsqrt(ms + self.eps)
+    return (scale * x32).astype(self.dtype or jnp.float32)

@@ -139,24 +139,6 @@ def _layer_norm(x):
   return ((x32 - mean) / jnp.sqrt(var + EPS)).astype(x.dtype)
 
 
-class RMSNorm(nn.Module):
-  """diffusers' `RMSNorm` with a weight (`scale`): the mean square in
-  float32."""
-
-  dtype: object = None
-
-  @nn.compact
-  def __call__(self, x):
-    scale = self.param(
-      "scale",
-      layers.partitioned(nn.initializers.ones, ("norm",)),
-      (x.shape[-1],),
-    )
-    x32 = x.astype(jnp.float32)
-    ms = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-    return (x32 / jnp.sqrt(ms + EPS) * scale).astype(x.dtype)
-
-
 class Modulation(nn.Module):
   """adaLN: `silu(c)` through a linear layer, split into `parts` vectors
   (diffusers' `AdaLayerNormZero`, `SD35AdaLayerNormZeroX`,
@@ -186,22 +168,10 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x):
     width = x.shape[-1]
-    h = _Proj(4 * width, self.dtype, name="net_0")(x)
+    h = layers.Proj(4 * width, self.dtype, name="net_0")(x)
     h = nn.gelu(h, approximate=True)
     return layers.dense(width, ("mlp", "embed"), dtype=self.dtype,
                         name="net_2")(h)  # fmt: skip
-
-
-class _Proj(nn.Module):
-  """A dense layer one level down (`net_0/proj`), as PyTorch nests it."""
-
-  features: int
-  dtype: object = None
-
-  @nn.compact
-  def __call__(self, x):
-    return layers.dense(self.features, ("embed", "mlp"), dtype=self.dtype,
-                        name="proj")(x)  # fmt: skip
 
 
 class Attention(nn.Module):
@@ -233,8 +203,8 @@ class Attention(nn.Module):
   def _qkv(self, y, names, norms):
     q, k, v = (self._proj(n, y) for n in names)
     if self.qk_norm == "rms_norm":
-      q = RMSNorm(self.dtype, name=norms[0])(q)
-      k = RMSNorm(self.dtype, name=norms[1])(k)
+      q = layers.RMSNorm(EPS, self.dtype, name=norms[0])(q)
+      k = layers.RMSNorm(EPS, self.dtype, name=norms[1])(k)
     return q, k, v
 
   @nn.compact

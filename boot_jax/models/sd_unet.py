@@ -175,23 +175,11 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x):
     width = x.shape[-1]
-    h = _Proj(8 * width, self.dtype, name="net_0")(x)
+    h = layers.Proj(8 * width, self.dtype, name="net_0")(x)
     value, gate = jnp.split(h, 2, axis=-1)
     h = value * blocks.ACTIVATIONS["gelu"](gate)
     return layers.dense(width, ("mlp", "embed"), dtype=self.dtype,
                         name="net_2")(h)  # fmt: skip
-
-
-class _Proj(nn.Module):
-  """GEGLU's projection, a level down as in PyTorch (`net_0/proj`)."""
-
-  features: int
-  dtype: object = None
-
-  @nn.compact
-  def __call__(self, x):
-    return layers.dense(self.features, ("embed", "mlp"), dtype=self.dtype,
-                        name="proj")(x)  # fmt: skip
 
 
 class Transformer2D(nn.Module):

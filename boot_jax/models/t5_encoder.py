@@ -83,24 +83,6 @@ def relative_buckets(length: int, num_buckets: int, max_distance: int):
   return buckets + np.where(rel < exact, rel, large)
 
 
-class _RMSNorm(nn.Module):
-  eps: float
-  dtype: object = None
-
-  @nn.compact
-  def __call__(self, x):
-    scale = self.param(
-      "scale",
-      layers.partitioned(nn.initializers.ones, ("norm",)),
-      (x.shape[-1],),
-    )
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(
-      jnp.mean(x32**2, axis=-1, keepdims=True) + self.eps
-    )
-    return (scale * x32).astype(self.dtype or jnp.float32)
-
-
 def _dense(features, names, dtype, name):
   return nn.Dense(
     features,
@@ -191,7 +173,7 @@ class _AttentionLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, *bias_args):
-    h = _RMSNorm(self.eps, self.dtype, name="layer_norm")(x)
+    h = layers.RMSNorm(self.eps, self.dtype, name="layer_norm")(x)
     out, position_bias = _SelfAttention(
       self.heads, self.head_dim, self.buckets, self.has_bias, self.dtype,
       name="SelfAttention",
@@ -223,7 +205,7 @@ class _FFLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = _RMSNorm(self.eps, self.dtype, name="layer_norm")(x)
+    h = layers.RMSNorm(self.eps, self.dtype, name="layer_norm")(x)
     return x + _DenseReluDense(
       self.ffn, self.proj, self.dtype, name="DenseReluDense"
     )(h)
@@ -254,7 +236,7 @@ class _Stack(nn.Module):
         h, position_bias, bucket_ids, mask_bias
       )
     eps = float(cfg.get("layer_norm_epsilon", 1e-6))
-    return _RMSNorm(eps, self.dtype, name="final_layer_norm")(h)
+    return layers.RMSNorm(eps, self.dtype, name="final_layer_norm")(h)
 
 
 class T5Encoder(nn.Module):

@@ -99,6 +99,38 @@ def check_parts(
   return kind
 
 
+def t5_encoder(folder: str, error=FolderError):
+  """A transformers T5 encoder folder (config.json, safetensors) on our
+  `models.t5_encoder`: `(module, float32 params, d_model)`."""
+  import flax.linen as nn  # noqa: PLC0415
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  from transformers import T5Config  # noqa: PLC0415
+
+  from boot_jax.models import t5_encoder as t5  # noqa: PLC0415
+
+  read_json(os.path.join(folder, "config.json"), "the T5 encoder", error)
+  config = T5Config.from_pretrained(folder)
+  if config.model_type != "t5":
+    raise error(f"{folder} holds a {config.model_type} model, not T5")
+  try:
+    module = t5.T5Encoder(config.to_dict())
+    ids = jnp.zeros((1, 1), jnp.int32)
+    abstract = jax.eval_shape(
+      lambda: module.init(jax.random.key(0), ids, ids + 1)["params"]
+    )
+  except t5.T5ConfigError as e:
+    raise error(f"{folder}: {e}") from None
+  params = convert_by_rule(
+    weight_files(folder, "model", error),
+    nn.meta.unbox(abstract),
+    "T5",
+    error,
+    rename=t5.weight_key,
+  )
+  return module, params, int(config.d_model)
+
+
 def sd3_reason(kind: str, path: str, family: str) -> str | None:
   """Why a Stable Diffusion 3 folder (its pipeline class, or a
   `transformer/` part) is not one of `family`'s; None for other folders."""

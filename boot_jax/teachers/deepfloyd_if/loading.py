@@ -22,12 +22,11 @@ from __future__ import annotations
 import functools
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from boot_jax.models import if_unet, t5_encoder
+from boot_jax.models import if_unet
 from boot_jax.teachers import folders
 
 PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
@@ -95,28 +94,11 @@ def convert_unet(files: list[str], abstract) -> dict:
 def t5_parts(path: str) -> dict:
   """The T5 encoder (`models.t5_encoder`), its float32 parameters and IF's
   tokenizer (cached)."""
-  from transformers import T5Config, T5Tokenizer  # noqa: PLC0415
+  from transformers import T5Tokenizer  # noqa: PLC0415
 
   folder = os.path.join(path, "text_encoder")
   read_json(os.path.join(folder, "config.json"), "the text encoder")
-  config = T5Config.from_pretrained(folder)
-  if config.model_type != "t5":
-    raise IFError(f"{folder} holds a {config.model_type} model, not T5")
-  try:
-    module = t5_encoder.T5Encoder(config.to_dict())
-    ids = jnp.zeros((1, 1), jnp.int32)
-    abstract = jax.eval_shape(
-      lambda: module.init(jax.random.key(0), ids, ids + 1)["params"]
-    )
-  except t5_encoder.T5ConfigError as e:
-    raise IFError(f"{folder}: {e}") from None
-  params = folders.convert_by_rule(
-    weight_files(folder, T5_WEIGHTS),
-    nn.meta.unbox(abstract),
-    "T5",
-    IFError,
-    rename=t5_encoder.weight_key,
-  )
+  module, params, width = folders.t5_encoder(folder, IFError)
   tokenizer = folders.read_tokenizer(
     T5Tokenizer, os.path.join(path, "tokenizer"), ("spiece.model",), IFError
   )
@@ -131,7 +113,7 @@ def t5_parts(path: str) -> dict:
     forward_jit=jax.jit(forward),
     params=params,
     tokenizer=tokenizer,
-    width=int(config.d_model),
+    width=width,
   )
 
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from boot_jax.models import mmdit, t5_encoder
+from boot_jax.models import mmdit
 from boot_jax.teachers import folders
 from boot_jax.teachers.sd import loading as sd_loading
 from boot_jax.teachers.sd import sd_teacher
@@ -140,36 +140,6 @@ def schedule_config(path: str) -> dict:
   )
 
 
-def t5_encoder_part(path: str):
-  """T5 (`models.t5_encoder`) of `text_encoder_3/`: `(module, params,
-  width)`, float32."""
-  from transformers import T5Config  # noqa: PLC0415
-
-  folder = os.path.join(path, "text_encoder_3")
-  folders.read_json(
-    os.path.join(folder, "config.json"), "the T5 encoder", SD3Error
-  )
-  config = T5Config.from_pretrained(folder)
-  if config.model_type != "t5":
-    raise SD3Error(f"{folder} holds a {config.model_type} model, not T5")
-  try:
-    module = t5_encoder.T5Encoder(config.to_dict())
-    ids = jnp.zeros((1, 1), jnp.int32)
-    abstract = jax.eval_shape(
-      lambda: module.init(jax.random.key(0), ids)["params"]
-    )
-  except t5_encoder.T5ConfigError as e:
-    raise SD3Error(f"{folder}: {e}") from None
-  params = folders.convert_by_rule(
-    folders.weight_files(folder, "model", SD3Error),
-    nn.meta.unbox(abstract),
-    "T5",
-    SD3Error,
-    rename=t5_encoder.weight_key,
-  )
-  return module, params, int(config.d_model)
-
-
 @functools.cache
 def parts(path: str, t5: bool = True) -> dict:
   """The VAE, the text encoders and tokenizers (cached per folder).
@@ -196,7 +166,9 @@ def parts(path: str, t5: bool = True) -> dict:
   if t5:
     from transformers import T5TokenizerFast  # noqa: PLC0415
 
-    t5_module, text_params["text_encoder_3"], t5_width = t5_encoder_part(path)
+    t5_module, text_params["text_encoder_3"], t5_width = folders.t5_encoder(
+      os.path.join(path, "text_encoder_3"), SD3Error
+    )
     if t5_width != width:
       raise SD3Error(
         f"{path}: T5's width {t5_width} is not the transformer's "
@@ -317,7 +289,6 @@ def transformer(path: str):
 
 def abstract_params(module: mmdit.MMDiT, cfg: dict, size: int | None = None):
   """The transformer's parameter shapes (nothing computed)."""
-  import flax.linen as nn  # noqa: PLC0415
 
   size = size or int(cfg.get("patch_size", 2)) * 2
   x = jax.ShapeDtypeStruct((1, size, size, int(cfg["in_channels"])), "float32")
