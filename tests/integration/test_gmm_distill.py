@@ -80,6 +80,32 @@ def test_circle_flow_then_refinement():
   assert weights <= 0.01, weights
 
 
+@pytest.mark.parametrize("preset", ["random16", "circle_cond", "circle_guided"])
+def test_every_preset_runs_on_the_flow(preset):
+  """`--config.teacher.schedule=rectified_flow` on the other presets (as
+  the command line applies it: `defaults.named_schedule`): 200 steps
+  train with finite losses, and the student agrees with the teacher's
+  Euler-32 more often than chance (1 / 8 components) already."""
+  from boot_jax.config import defaults
+
+  config = preset_config(preset)
+  defaults.named_schedule(config.teacher.schedule, "rectified_flow")
+  config.train.steps = 200
+  setup = trainer.setup(config)
+  assert setup.teacher.schedule.name == "rectified_flow"
+  state, history = trainer.run(setup)
+  assert history[-1]["step"] == 200
+  assert all(np.isfinite(row["loss"]) for row in history)
+  if setup.student.guided:  # its report at w = 2, inside its range
+    r = mixture_eval.gmm_report(
+      setup.teacher, setup.student, state.params, setup.grid, 2.0, num=4000
+    )
+  else:
+    r = report(setup, state.params)
+  print(preset, "on the flow, 200 steps", json.dumps(r, sort_keys=True))
+  assert r["agreement"] > 0.5
+
+
 def test_random_16d():
   r = distil("random16")
   assert r["agreement"] >= 0.95
