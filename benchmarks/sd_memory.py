@@ -35,7 +35,8 @@ own table; `--remat` the BOOT step under each `model.remat` policy;
 `--state` writes the state table alone (nothing compiled);
 `--sdxl` SDXL's BOOT step at 1024 px (`--sdxl_rows`, fsdp x batch a
 device: 4x2, 4x4, 8x2 and 8x4 by default). The state table has SDXL's
-rows too.
+rows too, and SD 3.5 Medium's and Large's transformers (their folders'
+configs; `models.mmdit`).
 """
 
 from __future__ import annotations
@@ -70,9 +71,10 @@ from boot_jax.config import (
   recipes,
 )
 from boot_jax.distill import state as state_lib  # noqa: E402
-from boot_jax.models import clip_text  # noqa: E402
+from boot_jax.models import clip_text, mmdit  # noqa: E402
 from boot_jax.runtime import sharding  # noqa: E402
 from boot_jax.teachers.sd import sd_teacher  # noqa: E402
+from boot_jax.teachers.sd3 import loading as sd3_loading  # noqa: E402
 from boot_jax.teachers.sdxl import sdxl_teacher  # noqa: E402
 from boot_jax.training import trainer  # noqa: E402
 
@@ -153,6 +155,35 @@ XL_MODELS = {
 }
 XL_POOLED = 1280
 XL_ROWS = "4x2,4x4,8x2,8x4"  # fsdp x batch a device
+# SD 3.5's transformers (their folders' config.json), for the state table.
+SD35 = dict(
+  sample_size=128,
+  patch_size=2,
+  in_channels=16,
+  out_channels=16,
+  attention_head_dim=64,
+  joint_attention_dim=4096,
+  pooled_projection_dim=2048,
+  qk_norm="rms_norm",
+)
+SD3_MODELS = {
+  "SD 3.5 Medium MMDiT": dict(
+    SD35,
+    num_layers=24,
+    num_attention_heads=24,
+    caption_projection_dim=1536,
+    pos_embed_max_size=384,
+    dual_attention_layers=tuple(range(13)),
+  ),
+  "SD 3.5 Large MMDiT": dict(
+    SD35,
+    num_layers=38,
+    num_attention_heads=38,
+    caption_projection_dim=2432,
+    pos_embed_max_size=192,
+    dual_attention_layers=(),
+  ),
+}
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 8, 1)]
 BATCHES = (4, 8, 16, 32)  # per device
 FSDPS = (1, 4, 8)
@@ -174,11 +205,15 @@ def rows() -> list[str]:
   """The parameter-state table (shard shapes; activations excluded)."""
   out = []
   opt = optax.adamw(1e-5)
+  networks = {}
   for name, (cfg, latent, width, _) in {**MODELS, **XL_MODELS}.items():
     module, shape = _module(cfg, width, latent * 8)
-    params = nn.meta.unbox(
+    networks[name] = nn.meta.unbox(
       sd_teacher.unet_params_abstract(module, (latent, latent, 4), shape)
     )
+  for name, cfg in SD3_MODELS.items():
+    networks[name] = sd3_loading.abstract_params(mmdit.MMDiT(cfg), cfg)
+  for name, params in networks.items():
     state = jax.eval_shape(lambda p: state_lib.create(p, opt, True), params)
     n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
     for mesh_shape in MESHES:
@@ -687,7 +722,7 @@ def state_section() -> str:
         f"{datetime.date.today().isoformat()}). GiB per device, float32, "
         "activations excluded.",
         "",
-        "| UNet | params | mesh | student params + AdamW + EMA | teacher "
+        "| network | params | mesh | student params + AdamW + EMA | teacher "
         "replicated | teacher over fsdp |",
         "|---|---|---|---|---|---|",
         *rows(),
