@@ -172,3 +172,8 @@ def test_other_folders_are_refused_in_one_line(folder, tmp_path):
     _teacher(bad)
   with pytest.raises(loading.SD3Error, match="predicts the flow velocity"):
     _teacher(path, prediction="epsilon")
+  # 12 positions of 2x2 patches cover 24 latents: 48 px with the tiny VAE.
+  with pytest.raises(loading.SD3Error, match="more than the transformer's"):
+    _teacher(path, resolution=64)
+  with pytest.raises(loading.SD3Error, match="not divisible by 4"):
+    _teacher(path, resolution=18)

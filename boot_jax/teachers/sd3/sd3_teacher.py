@@ -154,6 +154,13 @@ def build(
       "VAE's factor times the transformer's patch size)"
     )
   latent = resolution // parts["vae_factor"]
+  most = int(cfg["pos_embed_max_size"]) * int(cfg.get("patch_size", 2))
+  if latent > most:
+    raise SD3Error(
+      f"teacher.resolution={resolution} is {latent} latents across, more "
+      f"than the transformer's positions cover ({most}: pos_embed_max_size "
+      "times the patch size)"
+    )
   sample_shape = (latent, latent, int(cfg.get("in_channels", 16)))
   length, width = parts["text_length"], parts["text_width"]
   pooled = parts["pooled_width"]
