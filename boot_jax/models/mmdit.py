@@ -100,22 +100,31 @@ def _sincos(positions, dim: int) -> np.ndarray:
   return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
 
-def position_table(cfg: dict) -> np.ndarray:
-  """The fixed positions `[G * G, width]` (G = pos_embed_max_size) of
-  diffusers' `PatchEmbed`: position `(row, col)` at index `row * G + col`
-  holds the features of the column, then of the row, both at `index /
-  (G / base)` with `base = sample_size // patch_size`. float32, rounded
-  from float64 (diffusers computes in float32; the two agree to ~1e-6)."""
+def positions(cfg: dict, top: int, left: int, h: int, w: int) -> np.ndarray:
+  """Rows `top..top+h` and columns `left..left+w` of the fixed positions of
+  diffusers' `PatchEmbed` (`G = pos_embed_max_size` a side), `[h * w,
+  width]`: position `(row, col)` holds the features of the column, then
+  of the row, both at `index / (G / base)` with `base = sample_size //
+  patch_size`. float32, rounded from float64 (diffusers computes in
+  float32; the two agree to ~1e-6). Only the block asked for is made."""
   g = int(cfg["pos_embed_max_size"])
   width = int(cfg["num_attention_heads"]) * int(cfg["attention_head_dim"])
   base = int(cfg.get("sample_size", 128)) // int(cfg.get("patch_size", 2))
-  pos = np.arange(g, dtype=np.float64) / (g / base)
-  col = np.tile(pos, g)  # index row * G + col -> col
-  row = np.repeat(pos, g)
+  scale = g / base
+  rows = np.arange(top, top + h, dtype=np.float64) / scale
+  cols = np.arange(left, left + w, dtype=np.float64) / scale
+  half = width // 2
   table = np.concatenate(
-    [_sincos(col, width // 2), _sincos(row, width // 2)], axis=1
+    [_sincos(np.tile(cols, h), half), _sincos(np.repeat(rows, w), half)],
+    axis=1,
   )
   return table.astype(np.float32)
+
+
+def position_table(cfg: dict) -> np.ndarray:
+  """The whole table `[G * G, width]` (index `row * G + col`)."""
+  g = int(cfg["pos_embed_max_size"])
+  return positions(cfg, 0, 0, g, g)
 
 
 def cropped_positions(cfg: dict, h: int, w: int) -> np.ndarray:
@@ -126,9 +135,7 @@ def cropped_positions(cfg: dict, h: int, w: int) -> np.ndarray:
       f"latents of {h} x {w} patches exceed the transformer's "
       f"pos_embed_max_size {g}"
     )
-  top, left = (g - h) // 2, (g - w) // 2
-  table = position_table(cfg).reshape(g, g, -1)
-  return table[top : top + h, left : left + w].reshape(h * w, -1)
+  return positions(cfg, (g - h) // 2, (g - w) // 2, h, w)
 
 
 def _layer_norm(x):
