@@ -142,11 +142,14 @@ def tokenize(parts: dict, prompts, max_length: int | None = None):
   """
   toks = parts.get("tokenizers") or (parts["tokenizer"],)
   prompts = list(prompts)
-  out = [_token_ids(t, prompts, max_length, i == 0) for i, t in enumerate(toks)]
+  out = [token_ids(t, prompts, max_length, i == 0) for i, t in enumerate(toks)]
   return np.concatenate(out, axis=1)
 
 
-def _token_ids(tok, prompts, max_length, warn: bool):
+def token_ids(tok, prompts, max_length, warn: bool):
+  """One tokenizer's ids `[n, length]` (int32): padded to `max_length`
+  (None: the tokenizer's), over-long prompts cut to their first tokens
+  and the end token, with a warning when `warn` (CLIP and T5 alike)."""
   length = max_length or tok.model_max_length
   prompts = [clip_words(p, length) for p in prompts]
   ids = tok(

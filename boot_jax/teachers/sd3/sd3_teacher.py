@@ -77,7 +77,7 @@ def tokenize(parts: dict, prompts):
   padded to its length; long prompts truncated with a warning)."""
   prompts = [" ".join(str(p).split()) for p in prompts]
   out = [
-    sd_teacher._token_ids(tok, prompts, length, i == 0)  # noqa: SLF001
+    sd_teacher.token_ids(tok, prompts, length, i == 0)
     for i, (tok, length) in enumerate(
       zip(parts["tokenizers"], parts["token_lengths"], strict=True)
     )
